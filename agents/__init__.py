@@ -1,0 +1,5 @@
+"""loraroute.agents."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,11 @@
+"""Errors shared by every part of loraroute."""
+
+from __future__ import annotations
+
+
+class LoraRouteError(Exception):
+    """Base class of every loraroute error."""
+
+
+class ModelResolutionError(LoraRouteError, LookupError):
+    """A base model or embedder name could not be turned into files on disk."""

@@ -1,0 +1,5 @@
+"""loraroute.registry."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,5 @@
+"""loraroute.router."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
