@@ -1,0 +1,21 @@
+"""``adapters`` commands of the agents package (training, chat, serving, demo)."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# One module per concept; each exposes ``register(group)``. Imports stay light.
+_MODULES = ("loraroute.agents.cli_train", "loraroute.agents.cli_chat", "loraroute.agents.cli_demo")
+
+
+def register(group: click.Group) -> None:
+    for name in _MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(group)
