@@ -15,6 +15,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
+# Tests never touch the user's own registry or cache: the whole session uses a home inside the
+# checkout (git-ignored), so the real SmolLM2 is converted once per clone and reused after.
+TEST_HOME = Path(os.environ.get("LORAROUTE_TEST_HOME", REPO_ROOT / ".lr-home"))
+os.environ["LORAROUTE_HOME"] = str(TEST_HOME)
+for _var in ("LORAROUTE_REGISTRY", "LORAROUTE_BASE_MODEL", "LORAROUTE_EMBEDDER", "LORAROUTE_DEVICE"):
+    os.environ.pop(_var, None)
+
 
 @pytest.fixture
 def lr_home(tmp_path, monkeypatch):
@@ -71,3 +78,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"benchmark data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The real SmolLM2-135M-Instruct, converted once into the test home (about 30 s)."""
+    from loraroute.models import resolve_base_model
+    from loraroute.settings import get_settings
+
+    return resolve_base_model("smollm2-135m-instruct", settings=get_settings(home=TEST_HOME)).path
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    from loraroute.models import resolve_embedder
+
+    return resolve_embedder("all-minilm-l6-v2").path
