@@ -43,7 +43,7 @@ class Settings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "home", Path(self.home).expanduser())
+        object.__setattr__(self, "home", Path(self.home).expanduser().absolute())
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ValueError(
                 f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps"

@@ -1,5 +1,84 @@
-"""loraroute.registry."""
+"""loraroute.registry: versioned, verified, concurrent-safe adapter store.
+
+Example::
+
+    >>> from loraroute.registry import open_registry
+    >>> reg = open_registry()  # doctest: +SKIP  (settings.registry_url: SQLite under home)
+    >>> v = reg.push("out/legal", "legal", domain="law", routing_examples=["draft an NDA"])  # doctest: +SKIP
+    >>> reg.resolve("legal@1").digest  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loraroute.settings import Settings, get_settings
+
+from .errors import (
+    AdapterNotFoundError,
+    AuthError,
+    IntegrityError,
+    InvalidAdapterError,
+    InvalidReferenceError,
+    RegistryError,
+    RemoteError,
+    VersionConflictError,
+)
+from .local import Registry
+from .refs import Ref, parse_ref
+from .reports import GcReport, VerifyReport
+from .tables import AdapterVersion, FileInfo
+
+if TYPE_CHECKING:
+    from .remote import RemoteRegistry
+
+
+def open_registry(
+    url: str | None = None,
+    *,
+    settings: Settings | None = None,
+    blob_dir: str | Path | None = None,
+    token: str | None = None,
+) -> Registry | RemoteRegistry:
+    """Open the registry at ``url`` (``None`` -> ``settings.registry_url``).
+
+    ``sqlite:///path`` or ``postgresql://...`` give a local :class:`Registry`;
+    ``http(s)://...`` gives a :class:`RemoteRegistry` with the same methods.
+    """
+    settings = settings or get_settings()
+    url = url or settings.registry_url
+    if url.startswith(("http://", "https://")):
+        from .remote import RemoteRegistry
+
+        return RemoteRegistry(url, token=token, settings=settings)
+    return Registry(url, settings=settings, blob_dir=Path(blob_dir) if blob_dir else None)
+
+
+def __getattr__(name: str):  # RemoteRegistry imports httpx; load it on first use
+    if name == "RemoteRegistry":
+        from .remote import RemoteRegistry
+
+        return RemoteRegistry
+    raise AttributeError(name)
+
+
+__all__ = [
+    "AdapterNotFoundError",
+    "AdapterVersion",
+    "AuthError",
+    "FileInfo",
+    "GcReport",
+    "IntegrityError",
+    "InvalidAdapterError",
+    "InvalidReferenceError",
+    "Ref",
+    "Registry",
+    "RegistryError",
+    "RemoteError",
+    "RemoteRegistry",
+    "VerifyReport",
+    "VersionConflictError",
+    "open_registry",
+    "parse_ref",
+]

@@ -1,0 +1,103 @@
+"""Engines for SQLite (WAL, busy timeout, BEGIN IMMEDIATE for writers) and PostgreSQL."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, exc, update
+from sqlalchemy.engine import make_url
+from sqlmodel import Session, select
+
+from .errors import RegistryError
+from .tables import TABLES, State
+
+logger = logging.getLogger(__name__)
+BUSY_TIMEOUT_MS = 30_000
+
+
+def sqlite_path(url: str) -> Path | None:
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite":
+        return None
+    if not u.database or u.database == ":memory:":
+        raise RegistryError(
+            f"registry URL {url!r} names an in-memory SQLite database; blobs and metadata must "
+            f"persist, use sqlite:///path/to/registry.db"
+        )
+    return Path(u.database).expanduser().absolute()
+
+
+def _sqlite_engine(url: str, immediate: bool) -> Engine:
+    engine = create_engine(
+        url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        # let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own handling is lazy)
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+        # writers take the write lock up front: no deadlocked lock upgrades between processes
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _pg_driver(url: str) -> str:
+    """Plain ``postgresql://`` means psycopg (v3) to SQLAlchemy 2.1; use psycopg2 when only
+    that one is installed (it is what loraroute's ``postgres`` extra installs)."""
+    u = make_url(url)
+    if u.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
+        return u.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
+
+
+def make_engines(url: str) -> tuple[Engine, Engine]:
+    """(read engine, write engine) for ``url``; the same engine twice outside SQLite."""
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _sqlite_engine(url, False), _sqlite_engine(url, True)
+    try:
+        engine = create_engine(_pg_driver(url), pool_pre_ping=True)
+    except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as e:
+        raise RegistryError(
+            f"cannot open registry URL {url!r}: {e}. Use sqlite:///path.db, "
+            f"postgresql://user@host/db (pip install psycopg2-binary) or http(s)://host:port"
+        ) from e
+    return engine, engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables and the state row; safe when several processes do it at once."""
+    for attempt in range(5):
+        try:
+            TABLES[0].metadata.create_all(engine, tables=TABLES)
+            with Session(engine) as s:
+                if s.get(State, 1) is None:
+                    s.add(State(id=1, revision=0))
+                    s.commit()
+            return
+        except (exc.IntegrityError, exc.ProgrammingError, exc.OperationalError) as e:
+            if attempt == 4:
+                raise RegistryError(f"cannot create the registry schema: {e}") from e
+            logger.debug("schema creation raced (%s); retrying", e)
+            time.sleep(0.05 * (attempt + 1))
+
+
+def bump_revision(session: Session) -> int:
+    """Increment the state row first in a write transaction; on PostgreSQL this row lock
+    also serialises writers, so version numbers never collide."""
+    session.execute(update(State).where(State.id == 1).values(revision=State.revision + 1))  # type: ignore[arg-type]
+    return session.exec(select(State.revision).where(State.id == 1)).one()

@@ -1,0 +1,197 @@
+"""Content-addressed blob store on disk: ``<root>/sha256/<ab>/<hex>``, each file stored once.
+
+Writes go to a temporary file in ``<root>/tmp`` that is hashed while written, fsynced and
+renamed into place, so a blob path only ever holds complete, correct bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import IntegrityError, InvalidReferenceError
+from .refs import DIGEST_RE
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path, chunk: int = CHUNK) -> tuple[str, int]:
+    """``("sha256:<hex>", size)`` of a file."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return "sha256:" + h.hexdigest(), size
+
+
+def check_digest(digest: str) -> str:
+    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+        raise InvalidReferenceError(f"invalid digest {digest!r}: expected 'sha256:<64 hex>'")
+    return digest
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    """Blobs by digest under ``root``.
+
+    Example::
+
+        >>> store = BlobStore(Path("/tmp/blobs"))  # doctest: +SKIP
+        >>> digest, size = store.put_file(Path("adapter_model.safetensors"))  # doctest: +SKIP
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.tmp_dir = self.root / "tmp"
+
+    def path(self, digest: str) -> Path:
+        hexd = check_digest(digest).split(":", 1)[1]
+        return self.root / "sha256" / hexd[:2] / hexd
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: str) -> int | None:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def writer(self, expected: str | None = None) -> BlobWriter:
+        """An incremental writer (for streamed uploads); ``commit()`` verifies and installs."""
+        return BlobWriter(self, expected)
+
+    def put_chunks(self, chunks: Iterable[bytes], expected: str | None = None) -> tuple[str, int]:
+        """Store streamed bytes; verify against ``expected`` when given. Returns (digest, size)."""
+        w = self.writer(expected)
+        try:
+            for block in chunks:
+                w.write(block)
+            return w.commit()
+        finally:
+            w.abort()
+
+    def put_file(self, src: Path) -> tuple[str, int]:
+        with open(src, "rb") as f:
+            return self.put_chunks(iter(lambda: f.read(CHUNK), b""))
+
+    def put_stream(self, stream: BinaryIO, expected: str | None = None) -> tuple[str, int]:
+        return self.put_chunks(iter(lambda: stream.read(CHUNK), b""), expected)
+
+    def _install(self, tmp: Path, digest: str) -> None:
+        final = self.path(digest)
+        if final.is_file():
+            # already stored (same digest = same bytes); refresh mtime so gc's grace period
+            # protects it while the version that now uses it is being committed
+            os.utime(final)
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+
+    def open(self, digest: str) -> BinaryIO:
+        return open(self.path(digest), "rb")
+
+    def iter_chunks(self, digest: str, chunk: int = CHUNK) -> Iterator[bytes]:
+        with self.open(digest) as f:
+            while block := f.read(chunk):
+                yield block
+
+    def verify(self, digest: str) -> str | None:
+        """``None`` if the blob is intact, else a sentence saying what is wrong."""
+        p = self.path(digest)
+        if not p.is_file():
+            return f"blob {digest} is missing from {p.parent}"
+        actual, _ = sha256_file(p)
+        if actual != digest:
+            return f"blob {digest} is corrupted on disk: its bytes hash to {actual}"
+        return None
+
+    def all_digests(self) -> Iterator[tuple[str, Path]]:
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for sub in sorted(base.iterdir()):
+            for p in sorted(sub.iterdir()):
+                yield f"sha256:{p.name}", p
+
+    def clean_tmp(self, older_than: float) -> int:
+        """Remove temporary files left by killed writers, older than ``older_than`` seconds."""
+        if not self.tmp_dir.is_dir():
+            return 0
+        now = time.time()
+        n = 0
+        for p in self.tmp_dir.iterdir():
+            if now - p.stat().st_mtime >= older_than:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                n += 1
+        return n
+
+
+class BlobWriter:
+    """Write a blob in pieces: temp file, hashed as written, fsynced and renamed on commit."""
+
+    def __init__(self, store: BlobStore, expected: str | None) -> None:
+        if expected is not None:
+            check_digest(expected)
+        self.store = store
+        self.expected = expected
+        store.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="blob-", dir=store.tmp_dir)
+        self.tmp = Path(name)
+        self._out: BinaryIO | None = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, block: bytes) -> None:
+        if self._out is None:
+            raise ValueError("blob writer is closed")
+        self._hash.update(block)
+        self.size += len(block)
+        self._out.write(block)
+
+    def commit(self) -> tuple[str, int]:
+        if self._out is None:
+            raise ValueError("blob writer is closed")
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._out.close()
+        self._out = None
+        digest = "sha256:" + self._hash.hexdigest()
+        if self.expected is not None and digest != self.expected:
+            raise IntegrityError(
+                f"blob upload does not match its digest: expected {self.expected}, received "
+                f"{digest} ({self.size} bytes); the transfer was corrupted, retry it"
+            )
+        self.store._install(self.tmp, digest)
+        return digest, self.size
+
+    def abort(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        self.tmp.unlink(missing_ok=True)
+
+
+__all__ = ["BlobStore", "BlobWriter", "CHUNK", "check_digest", "fsync_dir", "sha256_file"]

@@ -1,0 +1,442 @@
+"""``adapters`` registry verbs: push, pull, ls, show, alias, rm, verify, gc, export, import,
+and ``registry serve`` / ``registry token create``.
+
+Every command takes ``--registry URL`` (env ``LORAROUTE_REGISTRY``; default: settings).
+Read commands take ``--json``. Heavy imports happen inside commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+registry_option = click.option(
+    "--registry",
+    "registry_url",
+    envvar="LORAROUTE_REGISTRY",
+    default=None,
+    metavar="URL",
+    help="Registry URL: sqlite:///file.db, postgresql://..., http(s)://host:port "
+    "(env LORAROUTE_REGISTRY; default: SQLite under LORAROUTE_HOME).",
+)
+token_option = click.option(
+    "--token",
+    envvar="LORAROUTE_REGISTRY_TOKEN",
+    default=None,
+    help="Bearer token for an HTTP registry (env LORAROUTE_REGISTRY_TOKEN).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _open(url: str | None, token: str | None = None) -> Any:
+    from . import open_registry
+
+    return open_registry(url, token=token)
+
+
+def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=what)
+        out[key] = value
+    return out
+
+
+def _dump(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _version_dict(v: Any) -> dict[str, Any]:
+    return {"ref": v.ref, **v.to_dict()}
+
+
+@contextmanager
+def _progress(label: str, enabled: bool = True) -> Iterator[Callable[[str, int, int], None] | None]:
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(path: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=f"{label} {path}")
+
+        yield update
+
+
+def _table(versions: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(versions)} adapter version(s)")
+    for col in ("ref", "aliases", "domain", "rank", "size", "base", "tags", "created"):
+        table.add_column(col)
+    for v in versions:
+        table.add_row(
+            v.ref,
+            ", ".join(v.aliases),
+            v.domain or "",
+            str(v.rank or ""),
+            f"{v.size / 1e6:.2f} MB",
+            (v.base_model_id or "")[-32:],
+            ", ".join(f"{k}={val}" for k, val in v.tags.items()),
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    Console().print(table)
+
+
+@click.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Adapter name.")
+@click.option("--domain", default=None)
+@click.option("--description", default=None)
+@click.option("--example", "examples", multiple=True, help="A routing example (repeatable).")
+@click.option(
+    "--examples-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Routing examples, one per line (or a JSON list).",
+)
+@click.option("--tag", "tags", multiple=True, metavar="K=V", help="Free-form tag (repeatable).")
+@click.option("--metric", "metrics", multiple=True, metavar="K=V", help="Eval metric (repeatable).")
+@click.option("--parent", default=None, help="Parent version reference (lineage).")
+@click.option("--data-digest", default=None)
+@click.option(
+    "--training-config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON file with the training configuration.",
+)
+@click.option("--author", default=None)
+@click.option("--license", "license_", default=None)
+@click.option("--base-model-id", default=None)
+@click.option("--base-fingerprint", default=None)
+@registry_option
+@token_option
+@json_option
+def push(
+    folder: Path,
+    name: str,
+    domain,
+    description,
+    examples,
+    examples_file,
+    tags,
+    metrics,
+    parent,
+    data_digest,
+    training_config,
+    author,
+    license_,
+    base_model_id,
+    base_fingerprint,
+    registry_url,
+    token,
+    as_json,
+) -> None:
+    """Validate FOLDER (a PEFT adapter) and store it as the next version of NAME."""
+    routing = list(examples)
+    if examples_file:
+        text = examples_file.read_text()
+        if text.lstrip().startswith("["):
+            routing += [str(x) for x in json.loads(text)]
+        else:
+            routing += [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        metric_values = {k: float(v) for k, v in _kv(metrics, "--metric").items()}
+    except ValueError as e:
+        raise click.BadParameter(
+            f"metric values must be numbers ({e})", param_hint="--metric"
+        ) from e
+    reg = _open(registry_url, token)
+    with _progress("push", not as_json) as progress:
+        v = reg.push(
+            folder,
+            name,
+            domain=domain,
+            description=description,
+            routing_examples=routing or None,
+            tags=_kv(tags, "--tag") or None,
+            metrics=metric_values or None,
+            parent=parent,
+            data_digest=data_digest,
+            training_config=json.loads(training_config.read_text()) if training_config else None,
+            author=author,
+            license=license_,
+            base_model_id=base_model_id,
+            base_fingerprint=base_fingerprint,
+            progress=progress,
+        )
+    if as_json:
+        _dump(_version_dict(v))
+    else:
+        click.echo(f"{v.ref} {v.digest}")
+
+
+@click.command()
+@click.argument("ref")
+@click.option(
+    "-o",
+    "--output",
+    "dest",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder to create (must be new or empty).",
+)
+@registry_option
+@token_option
+def pull(ref: str, dest: Path, registry_url, token) -> None:
+    """Download REF into a plain PEFT folder, verifying every file."""
+    reg = _open(registry_url, token)
+    with _progress("pull") as progress:
+        out = reg.pull(ref, dest, progress=progress)
+    click.echo(str(out))
+
+
+@click.command()
+@click.argument("ref")
+@click.argument("dest", type=click.Path(path_type=Path))
+@registry_option
+@token_option
+def export(ref: str, dest: Path, registry_url, token) -> None:
+    """Write REF to DEST as a plain PEFT folder (PeftModel.from_pretrained, vLLM, LoRAX)."""
+    click.echo(str(_open(registry_url, token).pull(ref, dest)))
+
+
+@click.command("import")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", required=True)
+@registry_option
+@token_option
+def import_(folder: Path, name: str, registry_url, token) -> None:
+    """Import an existing PEFT folder as a new version of NAME."""
+    v = _open(registry_url, token).push(folder, name)
+    click.echo(f"{v.ref} {v.digest}")
+
+
+@click.command("ls")
+@click.option("--name", default=None)
+@click.option("--tag", default=None, metavar="K[=V]")
+@click.option("--domain", default=None)
+@click.option("--base", default=None, help="Base model id or fingerprint.")
+@registry_option
+@token_option
+@json_option
+def ls(name, tag, domain, base, registry_url, token, as_json) -> None:
+    """List adapter versions (with their aliases)."""
+    versions = _open(registry_url, token).list(name=name, tag=tag, domain=domain, base=base)
+    if as_json:
+        _dump([_version_dict(v) for v in versions])
+    else:
+        _table(versions)
+
+
+@click.command()
+@click.argument("ref")
+@registry_option
+@token_option
+@json_option
+def show(ref: str, registry_url, token, as_json) -> None:
+    """Metadata, files, digests, lineage and model card of REF."""
+    reg = _open(registry_url, token)
+    v = reg.resolve(ref)
+    card = reg.model_card(v.ref)
+    if as_json:
+        _dump({**_version_dict(v), "model_card": card})
+        return
+    from rich.console import Console
+    from rich.markdown import Markdown
+    from rich.table import Table
+
+    console = Console()
+    meta = Table(title=v.ref, show_header=False)
+    for key in (
+        "digest",
+        "aliases",
+        "base_model_id",
+        "base_fingerprint",
+        "peft_type",
+        "rank",
+        "alpha",
+        "target_modules",
+        "dtype",
+        "size",
+        "domain",
+        "description",
+        "routing_examples",
+        "tags",
+        "metrics",
+        "parent",
+        "data_digest",
+        "training_config",
+        "author",
+        "license",
+        "created_at",
+    ):
+        value = getattr(v, key)
+        meta.add_row(key, value if isinstance(value, str) else json.dumps(value, default=str))
+    console.print(meta)
+    files = Table(title="files")
+    for col in ("path", "digest", "size"):
+        files.add_column(col)
+    for f in v.files:
+        files.add_row(f.path, f.digest, str(f.size))
+    console.print(files)
+    if card:
+        console.print(Markdown(card))
+
+
+@click.group()
+def alias() -> None:
+    """Move or remove an adapter's aliases (``legal:prod``)."""
+
+
+@alias.command("set")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@click.argument("version")
+@registry_option
+@token_option
+def alias_set(name, alias_name, version, registry_url, token) -> None:
+    """Point NAME:ALIAS at VERSION (a number or reference)."""
+    v = _open(registry_url, token).alias_set(name, alias_name, version)
+    click.echo(f"{name}:{alias_name} -> {v.ref}")
+
+
+@alias.command("rm")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+@registry_option
+@token_option
+def alias_rm(name, alias_name, registry_url, token) -> None:
+    """Remove NAME:ALIAS."""
+    _open(registry_url, token).alias_remove(name, alias_name)
+    click.echo(f"removed {name}:{alias_name}")
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--force", is_flag=True, help="Also remove versions that aliases point to.")
+@registry_option
+@token_option
+def rm(ref: str, force: bool, registry_url, token) -> None:
+    """Remove a version (legal@3) or a whole adapter (legal). Blobs go at the next gc."""
+    for v in _open(registry_url, token).rm(ref, force=force):
+        click.echo(f"removed {v.ref}")
+
+
+@click.command()
+@click.argument("ref", required=False)
+@registry_option
+@token_option
+@json_option
+def verify(ref, registry_url, token, as_json) -> None:
+    """Re-hash the blobs of REF (or of every version); exit 1 on any problem."""
+    report = _open(registry_url, token).verify(ref)
+    if as_json:
+        _dump(report.to_dict())
+    else:
+        for p in report.problems:
+            click.echo(p, err=True)
+        click.echo(
+            f"checked {report.versions} version(s), {report.blobs} blob(s): "
+            f"{'ok' if report.ok else f'{len(report.problems)} problem(s)'}"
+        )
+    if not report.ok:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option(
+    "--grace",
+    default=3600.0,
+    show_default=True,
+    help="Keep unreferenced blobs younger than this many seconds (a push may be using them).",
+)
+@registry_option
+@token_option
+@json_option
+def gc(dry_run, grace, registry_url, token, as_json) -> None:
+    """Delete blobs that no version references."""
+    report = _open(registry_url, token).gc(dry_run=dry_run, grace_seconds=grace)
+    if as_json:
+        _dump(report.to_dict())
+    else:
+        verb = "would remove" if dry_run else "removed"
+        click.echo(f"{verb} {len(report.removed)} blob(s), {report.bytes} bytes")
+
+
+@click.group("registry")
+def registry_group() -> None:
+    """Run an HTTP registry server and manage its tokens."""
+
+
+@registry_group.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--allow-anonymous-read", is_flag=True, help="Let requests without a token read.")
+@registry_option
+def serve(host, port, allow_anonymous_read, registry_url) -> None:
+    """Serve the local registry (SQLite/PostgreSQL + blobs) over HTTP."""
+    import uvicorn
+
+    from .server import create_app
+
+    if registry_url and registry_url.startswith(("http://", "https://")):
+        raise click.BadParameter(
+            "serve needs a local store URL (sqlite/postgresql)", param_hint="--registry"
+        )
+    app = create_app(registry_url, allow_anonymous_read=allow_anonymous_read)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@registry_group.group("token")
+def token_group() -> None:
+    """Bearer tokens of the HTTP server (stored hashed)."""
+
+
+@token_group.command("create")
+@click.option("--scope", type=click.Choice(["read", "write", "admin"]), required=True)
+@click.option("--name", "token_name", default="", help="A label for the token.")
+@registry_option
+@json_option
+def token_create(scope, token_name, registry_url, as_json) -> None:
+    """Create a token; it is printed once and only its sha256 is stored."""
+    from .auth import create_token
+
+    reg = _open(registry_url)
+    token = create_token(reg, scope, name=token_name)
+    if as_json:
+        _dump({"token": token, "scope": scope, "name": token_name})
+    else:
+        click.echo(token)
+
+
+def register(group: click.Group) -> None:
+    """Add the registry commands to the root ``adapters`` group."""
+    for cmd in (push, pull, ls, show, alias, rm, verify, gc, export, import_, registry_group):
+        group.add_command(cmd)
+
+
+__all__ = ["register"]

@@ -1,0 +1,52 @@
+"""Errors of the adapter registry: one base class, specific subclasses that also inherit built-ins."""
+
+from __future__ import annotations
+
+from loraroute.errors import LoraRouteError
+
+
+class RegistryError(LoraRouteError):
+    """Base class of every error raised by ``loraroute.registry``."""
+
+
+class AdapterNotFoundError(RegistryError, KeyError):
+    """A reference names no adapter, version, alias or digest the registry holds."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidReferenceError(RegistryError, ValueError):
+    """A reference string is malformed (see :func:`loraroute.registry.parse_ref`)."""
+
+
+class InvalidAdapterError(RegistryError, ValueError):
+    """An adapter folder was refused at push: unsafe, malformed or inconsistent."""
+
+
+class VersionConflictError(RegistryError, RuntimeError):
+    """A version number is taken by different content, or an alias blocks a removal."""
+
+
+class IntegrityError(RegistryError, RuntimeError):
+    """Stored or transferred bytes do not match their recorded sha256 digest."""
+
+
+class AuthError(RegistryError, PermissionError):
+    """A remote registry refused the request's token (missing, unknown or lacking a scope)."""
+
+
+class RemoteError(RegistryError, ConnectionError):
+    """A remote registry could not be reached or answered with an unexpected error."""
+
+
+__all__ = [
+    "AdapterNotFoundError",
+    "AuthError",
+    "IntegrityError",
+    "InvalidAdapterError",
+    "InvalidReferenceError",
+    "RegistryError",
+    "RemoteError",
+    "VersionConflictError",
+]

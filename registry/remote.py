@@ -1,0 +1,249 @@
+"""Client of the HTTP registry, with the same methods as the local :class:`Registry`.
+
+Uploads stream in chunks and skip blobs the server already has; the manifest goes last.
+Downloads stream into a temp folder, are re-hashed, and are renamed into place.
+
+Example::
+
+    >>> reg = open_registry("http://127.0.0.1:8765", token="lrt_...")  # doctest: +SKIP
+    >>> reg.push("out/legal", "legal")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loraroute.settings import Settings, get_settings
+
+from . import errors
+from ._transfer import checkout_ok, materialize
+from .blobs import CHUNK, sha256_file
+from .errors import RegistryError, RemoteError
+from .local import complete_meta
+from .refs import check_name
+from .reports import GcReport, VerifyReport
+from .tables import AdapterVersion, FileInfo
+from .validate import validate_folder
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ENV = "LORAROUTE_REGISTRY_TOKEN"
+Progress = Callable[[str, int, int], None]
+
+
+class RemoteRegistry:
+    """A registry served by ``adapters registry serve`` at ``url``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        settings: Settings | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.settings = settings or get_settings()
+        token = token or os.environ.get(TOKEN_ENV) or None
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url + "/v1", headers=headers, timeout=timeout)
+        self.checkout_dir = self.settings.registry_dir / "remote-checkouts"
+
+    def __repr__(self) -> str:
+        return f"RemoteRegistry({self.url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.HTTPError as e:
+            raise RemoteError(f"registry {self.url} is unreachable or failed: {e}") from e
+        self._raise_for(resp)
+        return resp
+
+    def _raise_for(self, resp: httpx.Response) -> None:
+        if resp.status_code < 400:
+            return
+        try:
+            body = resp.json()
+            cls = getattr(errors, body.get("error", ""), None)
+            detail = body.get("detail")
+        except ValueError:
+            cls, detail = None, None
+        if not (isinstance(cls, type) and issubclass(cls, RegistryError)):
+            cls = RemoteError
+        raise cls(str(detail or f"{resp.status_code} from {self.url}{resp.request.url.path}"))
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        return self._request(method, path, **kw).json()
+
+    @staticmethod
+    def _version(data: dict[str, Any]) -> AdapterVersion:
+        return AdapterVersion.from_dict(data)
+
+    # -- push ------------------------------------------------------------------------------
+    def has_blob(self, digest: str) -> bool:
+        try:
+            resp = self._http.head(f"/blobs/{digest}")
+        except httpx.HTTPError as e:
+            raise RemoteError(f"registry {self.url} is unreachable: {e}") from e
+        if resp.status_code == 404:
+            return False
+        self._raise_for(resp)
+        return True
+
+    def upload_blob(
+        self, path: Path, digest: str, on_bytes: Callable[[int], None] | None = None
+    ) -> None:
+        def body() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while block := f.read(CHUNK):
+                    if on_bytes:
+                        on_bytes(len(block))
+                    yield block
+
+        self._request(
+            "PUT",
+            f"/blobs/{digest}",
+            content=body(),
+            headers={"content-type": "application/octet-stream"},
+        )
+
+    def push(
+        self,
+        folder: str | Path,
+        name: str,
+        *,
+        version: int | None = None,
+        require_base: str | None = None,
+        progress: Progress | None = None,
+        **meta: Any,
+    ) -> AdapterVersion:
+        """Validate locally, upload missing blobs, then post the manifest (same as Registry.push)."""
+        check_name(name)
+        info = validate_folder(Path(folder))
+        meta = complete_meta(info, meta, require_base, self.settings)
+        files: builtins.list[FileInfo] = []
+        total = sum(p.stat().st_size for p in info.files.values())
+        done = 0
+        for rel, path in sorted(info.files.items()):
+            digest, size = sha256_file(path)
+            files.append(FileInfo(path=rel, digest=digest, size=size))
+            if not self.has_blob(digest):
+
+                def tick(n: int, rel: str = rel) -> None:
+                    nonlocal done
+                    done += n
+                    if progress:
+                        progress(rel, done, total)
+
+                self.upload_blob(path, digest, tick)
+            else:
+                done += size
+                if progress:
+                    progress(rel, done, total)
+        payload = {"files": [f.to_dict() for f in files], "meta": meta, "version": version}
+        return self._version(self._json("POST", f"/adapters/{name}/versions", json=payload))
+
+    def import_folder(self, folder: str | Path, name: str, **meta: Any) -> AdapterVersion:
+        return self.push(folder, name, **meta)
+
+    # -- read ------------------------------------------------------------------------------
+    def resolve(self, ref: str) -> AdapterVersion:
+        from .refs import parse_ref
+
+        parse_ref(ref)  # same error, before any network
+        return self._version(self._json("GET", "/resolve", params={"ref": ref}))
+
+    def list(
+        self,
+        name: str | None = None,
+        tag: str | None = None,
+        domain: str | None = None,
+        base: str | None = None,
+    ) -> builtins.list[AdapterVersion]:
+        params = {
+            k: v
+            for k, v in {"name": name, "tag": tag, "domain": domain, "base": base}.items()
+            if v is not None
+        }
+        return [self._version(d) for d in self._json("GET", "/versions", params=params)]
+
+    def serving(self, alias: str = "prod") -> builtins.list[AdapterVersion]:
+        return [self._version(d) for d in self._json("GET", "/serving", params={"alias": alias})]
+
+    def revision(self) -> str:
+        return self._json("GET", "/revision")["revision"]
+
+    def model_card(self, ref: str) -> str | None:
+        return self._json("GET", "/model-card", params={"ref": ref})["model_card"]
+
+    # -- pull ------------------------------------------------------------------------------
+    def _download(self, digest: str) -> Iterator[bytes]:
+        try:
+            with self._http.stream("GET", f"/blobs/{digest}") as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    self._raise_for(resp)
+                yield from resp.iter_bytes(CHUNK)
+        except httpx.HTTPError as e:
+            raise RemoteError(f"download of {digest} from {self.url} failed: {e}") from e
+
+    def pull(self, ref: str, dest: str | Path, *, progress: Progress | None = None) -> Path:
+        """Download ``ref`` into ``dest`` (new or empty), verified, atomically."""
+        return materialize(self.resolve(ref), Path(dest), self._download, progress=progress)
+
+    export = pull
+
+    def local_path(self, ref: str) -> Path:
+        """A verified local folder for ``ref``, cached by manifest digest."""
+        v = self.resolve(ref)
+        dest = self.checkout_dir / v.digest.split(":", 1)[1]
+        if dest.is_dir():
+            if checkout_ok(v, dest):
+                return dest
+            logger.warning("cached checkout %s is incomplete; fetching it again", dest)
+            shutil.rmtree(dest, ignore_errors=True)
+        self.checkout_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return materialize(v, dest, self._download)
+        except FileExistsError:
+            return dest
+
+    # -- writes ----------------------------------------------------------------------------
+    def alias_set(self, name: str, alias: str, version: int | str) -> AdapterVersion:
+        return self._version(
+            self._json("PUT", f"/adapters/{name}/aliases/{alias}", json={"version": version})
+        )
+
+    def alias_remove(self, name: str, alias: str) -> None:
+        self._request("DELETE", f"/adapters/{name}/aliases/{alias}")
+
+    def rm(self, ref: str, *, force: bool = False) -> builtins.list[AdapterVersion]:
+        data = self._json("DELETE", "/versions", params={"ref": ref, "force": force})
+        return [self._version(d) for d in data]
+
+    def verify(self, ref: str | None = None) -> VerifyReport:
+        data = self._json("POST", "/verify", params={"ref": ref} if ref else {})
+        data.pop("ok", None)
+        return VerifyReport(**data)
+
+    def gc(self, *, dry_run: bool = False, grace_seconds: float = 3600.0) -> GcReport:
+        data = self._json(
+            "POST", "/gc", params={"dry_run": dry_run, "grace_seconds": grace_seconds}
+        )
+        return GcReport(**data)
+
+
+__all__ = ["TOKEN_ENV", "RemoteRegistry"]

@@ -1,0 +1,36 @@
+"""Results of ``verify`` and ``gc``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class VerifyReport:
+    """``problems`` is empty when every checked blob hashes to its digest."""
+
+    versions: int = 0
+    blobs: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+@dataclass
+class GcReport:
+    dry_run: bool = False
+    removed: list[str] = field(default_factory=list)  # digests removed (or, dry run, removable)
+    bytes: int = 0
+    kept_recent: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+__all__ = ["GcReport", "VerifyReport"]

@@ -1,0 +1,213 @@
+"""SQL tables (SQLModel tutorial shape) and the public :class:`AdapterVersion` model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(slots=True)
+class FileInfo:
+    """One file of a version: its path inside the adapter folder, sha256 digest and size."""
+
+    path: str
+    digest: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "digest": self.digest, "size": self.size}
+
+
+class AdapterBase(SQLModel):
+    name: str = Field(index=True, unique=True, max_length=128)
+
+
+class Adapter(AdapterBase, table=True):
+    __tablename__ = "lr_adapter"
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class VersionBase(SQLModel):
+    """Metadata a version records; everything but the files and the numbers."""
+
+    base_model_id: str | None = None
+    base_fingerprint: str | None = Field(default=None, index=True)
+    peft_type: str | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    target_modules: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    dtype: str | None = None
+    size: int = 0
+    domain: str | None = Field(default=None, index=True)
+    description: str | None = None
+    routing_examples: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    tags: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+    metrics: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON))
+    parent: str | None = None
+    data_digest: str | None = None
+    training_config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    author: str | None = None
+    license: str | None = None
+
+
+class Version(VersionBase, table=True):
+    __tablename__ = "lr_version"
+    __table_args__ = (
+        UniqueConstraint("adapter_id", "number", name="uq_lr_version_number"),
+        UniqueConstraint("adapter_id", "digest", name="uq_lr_version_digest"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    adapter_id: int = Field(foreign_key="lr_adapter.id", index=True)
+    number: int
+    digest: str = Field(index=True)
+    # the manifest's file list, kept with the row so that listing needs one query
+    files_json: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    # the public AdapterVersion as JSON (without aliases): listing decodes one string per row
+    doc: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Alias(SQLModel, table=True):
+    __tablename__ = "lr_alias"
+    __table_args__ = (UniqueConstraint("adapter_id", "name", name="uq_lr_alias"),)
+    id: int | None = Field(default=None, primary_key=True)
+    adapter_id: int = Field(foreign_key="lr_adapter.id", index=True)
+    name: str = Field(max_length=128)
+    version_id: int = Field(foreign_key="lr_version.id", index=True)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Blob(SQLModel, table=True):
+    __tablename__ = "lr_blob"
+    digest: str = Field(primary_key=True)
+    size: int
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class FileEntry(SQLModel, table=True):
+    __tablename__ = "lr_file"
+    __table_args__ = (
+        UniqueConstraint("version_id", "path", name="uq_lr_file_path"),
+        Index("ix_lr_file_blob", "blob_digest"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    version_id: int = Field(foreign_key="lr_version.id", index=True)
+    path: str
+    blob_digest: str = Field(foreign_key="lr_blob.digest")
+    size: int
+
+
+class Token(SQLModel, table=True):
+    """A bearer token of the HTTP server; only its sha256 is stored."""
+
+    __tablename__ = "lr_token"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = ""
+    token_hash: str = Field(unique=True, index=True)
+    scope: str  # read | write | admin
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class State(SQLModel, table=True):
+    """One row whose counter changes on every write: ``Registry.revision()``."""
+
+    __tablename__ = "lr_state"
+    id: int = Field(default=1, primary_key=True)
+    revision: int = 0
+
+
+TABLES = [t.__table__ for t in (Adapter, Version, Alias, Blob, FileEntry, Token, State)]  # type: ignore[union-attr]
+
+
+@dataclass(slots=True)
+class AdapterVersion:
+    """One immutable adapter version, as every registry (local or remote) returns it.
+
+    A plain dataclass (not a validated model) so that listing 10,000 versions stays fast.
+
+    Example::
+
+        >>> v = reg.resolve("legal:prod")  # doctest: +SKIP
+        >>> v.ref, v.digest[:15]  # doctest: +SKIP
+        ('legal@3', 'sha256:9f3c1a2b')
+    """
+
+    name: str
+    version: int
+    digest: str
+    created_at: datetime
+    base_model_id: str | None = None
+    base_fingerprint: str | None = None
+    peft_type: str | None = None
+    rank: int | None = None
+    alpha: float | None = None
+    target_modules: list[str] = field(default_factory=list)
+    dtype: str | None = None
+    size: int = 0
+    domain: str | None = None
+    description: str | None = None
+    routing_examples: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    parent: str | None = None
+    data_digest: str | None = None
+    training_config: dict[str, Any] = field(default_factory=dict)
+    author: str | None = None
+    license: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    files: list[FileInfo] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def digest_ref(self) -> str:
+        return f"{self.name}@{self.digest}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (``created_at`` as ISO 8601, files as dicts)."""
+        d = {f: getattr(self, f) for f in _FIELDS}
+        d["created_at"] = self.created_at.isoformat()
+        d["files"] = [f.to_dict() for f in self.files]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterVersion:
+        d = {k: data[k] for k in _FIELDS if k in data}
+        created = d["created_at"]
+        if isinstance(created, str):
+            created = datetime.fromisoformat(created.replace("Z", "+00:00"))
+        if created.tzinfo is None:  # stored in UTC
+            created = created.replace(tzinfo=timezone.utc)
+        d["created_at"] = created
+        d["files"] = [f if isinstance(f, FileInfo) else FileInfo(**f) for f in d.get("files") or []]
+        return cls(**d)
+
+
+_FIELDS = tuple(f.name for f in fields(AdapterVersion))
+
+
+__all__ = [
+    "Adapter",
+    "AdapterBase",
+    "AdapterVersion",
+    "Alias",
+    "Blob",
+    "FileEntry",
+    "FileInfo",
+    "State",
+    "TABLES",
+    "Token",
+    "Version",
+    "VersionBase",
+]
