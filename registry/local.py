@@ -22,7 +22,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from .errors import (
 from .refs import Ref, check_name, parse_ref
 from .reports import GcReport, VerifyReport
 from .tables import (
+    _TAGS,
     Adapter,
     AdapterVersion,
     Alias,
@@ -126,6 +126,17 @@ def _public(name: str, v: Version) -> AdapterVersion:
     data = v.model_dump(exclude={"id", "adapter_id", "number", "files_json", "doc"})
     data["files"] = v.files_json
     return AdapterVersion.from_dict({**data, "name": name, "version": v.number})
+
+
+def _metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise InvalidAdapterError(f"metric {k!r} is {v!r}; metrics must be numbers")
+        out[str(k)] = float(v)
+    return out
 
 
 @contextmanager
@@ -234,7 +245,8 @@ class Registry:
         )
         row.routing_examples = list(row.routing_examples or [])
         row.tags = {str(k): str(v) for k, v in (row.tags or {}).items()}
-        row.metrics = {str(k): float(v) for k, v in (row.metrics or {}).items()}
+        row.metrics = _metrics(row.metrics or {})
+        row.training_config = json.loads(json.dumps(row.training_config or {}, default=str))
         for attempt in range(20):
             try:
                 return self._insert_version(name, row, files, version)
@@ -292,7 +304,7 @@ class Registry:
             row = Version.model_validate(proto.model_dump())
             row.adapter_id = adapter.id  # type: ignore[assignment]
             row.number = number if number is not None else (latest or 0) + 1
-            row.doc = json.dumps(_public(name, row).to_dict() | {"aliases": []})
+            row.doc = _public(name, row).to_doc()
             s.add(row)
             s.flush()
             have = set(
@@ -310,7 +322,7 @@ class Registry:
 
     # -- read ------------------------------------------------------------------------------
     def _to_public(self, name: str, v: Version, aliases: builtins.list[str]) -> AdapterVersion:
-        pub = AdapterVersion.from_dict(json.loads(v.doc)) if v.doc else _public(name, v)
+        pub = AdapterVersion.from_doc_values(_loads(v.doc)) if v.doc else _public(name, v)
         pub.aliases = sorted(aliases)
         return pub
 
@@ -373,10 +385,10 @@ class Registry:
             q = q.where(vt.c.domain == domain)
         if base is not None:
             q = q.where((vt.c.base_model_id == base) | (vt.c.base_fingerprint == base))
-        with Session(self._read) as s:
+        # 10,000 versions make ~100,000 objects: pausing the cyclic GC halves the time
+        with _gc_paused(), Session(self._read) as s:
             rows = s.connection().execute(q.order_by(col(Adapter.name), vt.c.number)).all()
             aliases = self._aliases_of(s)
-        with _gc_paused():  # building 10,000 objects triggers needless full collections
             return self._build_list(rows, aliases, tag)
 
     @staticmethod
@@ -386,16 +398,15 @@ class Registry:
         docs = _loads("[" + ",".join(doc for _, doc in rows) + "]")
         key, _, value = (tag or "").partition("=")
         out = []
-        fromiso = datetime.fromisoformat
+        from_values = AdapterVersion.from_doc_values
         for (vid, _), d in zip(rows, docs, strict=True):
-            tags = d.get("tags") or {}
-            if tag is not None and (key not in tags or ("=" in tag and tags[key] != value)):
-                continue
-            # trusted docs written by _insert_version: skip from_dict's normalisation
-            d["created_at"] = fromiso(d["created_at"])
-            d["files"] = [FileInfo(f["path"], f["digest"], f["size"]) for f in d["files"]]
-            d["aliases"] = sorted(aliases.get(vid, ()))
-            out.append(AdapterVersion(**d))
+            if tag is not None:
+                tags = d[_TAGS] or {}
+                if key not in tags or ("=" in tag and tags[key] != value):
+                    continue
+            v = from_values(d)
+            v.aliases = sorted(aliases.get(vid, ()))
+            out.append(v)
         return out
 
     def names(self) -> builtins.list[str]:
@@ -404,16 +415,12 @@ class Registry:
 
     def serving(self, alias: str = "prod") -> builtins.list[AdapterVersion]:
         """One version per adapter name: the ``alias`` target if set, else the latest."""
-        out = []
-        for n in self.names():
-            try:
-                out.append(self.resolve(f"{n}:{alias}"))
-            except AdapterNotFoundError:
-                try:
-                    out.append(self.resolve(n))
-                except AdapterNotFoundError:  # removed meanwhile
-                    continue
-        return out
+        chosen: dict[str, AdapterVersion] = {}
+        for v in self.list():  # one consistent snapshot, sorted by name then number
+            current = chosen.get(v.name)
+            if current is None or alias not in current.aliases:
+                chosen[v.name] = v
+        return list(chosen.values())
 
     def revision(self) -> str:
         """A token that changes whenever anything in the registry changes."""
@@ -464,11 +471,13 @@ class Registry:
             raise VersionConflictError(
                 "alias 'latest' is implicit (the newest version); pick another"
             )
-        ref = (
-            f"{name}@{version}"
-            if isinstance(version, int) or str(version).isdigit()
-            else str(version)
-        )
+        target = str(version)
+        if target.isdigit() or target.startswith("sha256:"):
+            ref = f"{name}@{target}"
+        elif "@" in target or ":" in target:
+            ref = target
+        else:  # another alias of the same adapter, e.g. promote staging to prod
+            ref = f"{name}:{target}"
         with Session(self._write) as s:
             bump_revision(s)
             adapter, v = self._find(s, ref)

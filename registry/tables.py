@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
@@ -181,6 +182,25 @@ class AdapterVersion:
         d["files"] = [f.to_dict() for f in self.files]
         return d
 
+    def to_doc(self) -> str:
+        """Compact JSON array in field order (aliases left empty), as stored for listing.
+
+        New fields must be appended at the end of the class, with defaults, so that stored
+        documents keep decoding positionally.
+        """
+        values = [getattr(self, f) for f in _FIELDS]
+        values[_CREATED] = self.created_at.isoformat()
+        values[_ALIASES] = []
+        values[_FILES] = [[f.path, f.digest, f.size] for f in self.files]
+        return json.dumps(values, separators=(",", ":"))
+
+    @classmethod
+    def from_doc_values(cls, values: list[Any]) -> AdapterVersion:
+        """Inverse of :meth:`to_doc` after JSON decoding (the hot path of listing)."""
+        values[_CREATED] = datetime.fromisoformat(values[_CREATED])
+        values[_FILES] = [FileInfo(*f) for f in values[_FILES]]
+        return cls(*values)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdapterVersion:
         d = {k: data[k] for k in _FIELDS if k in data}
@@ -195,6 +215,9 @@ class AdapterVersion:
 
 
 _FIELDS = tuple(f.name for f in fields(AdapterVersion))
+_CREATED, _ALIASES, _FILES, _TAGS = (
+    _FIELDS.index(k) for k in ("created_at", "aliases", "files", "tags")
+)
 
 
 __all__ = [

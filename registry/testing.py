@@ -45,9 +45,6 @@ def temporary_postgres(admin_url: str = DEFAULT_ADMIN_URL) -> Iterator[str]:
         conn.close()
 
 
-__all__ = ["DEFAULT_ADMIN_URL", "PostgresUnavailable", "temporary_postgres"]
-
-
 def make_variant(src: str | Path, dest: str | Path, tag: str) -> Path:
     """Copy an adapter folder, changing only its README, so its content digest differs."""
     import shutil
@@ -71,3 +68,12 @@ def push_variants(
         v = reg.push(folder, name, base_fingerprint="sha256:" + "0" * 64, base_model_id="tiny")
         numbers.append(v.version)
     return numbers
+
+
+__all__ = [
+    "DEFAULT_ADMIN_URL",
+    "PostgresUnavailable",
+    "make_variant",
+    "push_variants",
+    "temporary_postgres",
+]

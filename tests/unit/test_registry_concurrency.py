@@ -41,8 +41,15 @@ def test_parallel_pushes_give_consecutive_versions(store, tiny_adapter, tmp_path
         tags = [f"p{i}-{k}" for k in range(3)]
         jobs.append((url, blobs, str(tiny_adapter), "shared", tags, str(tmp_path / f"w{i}")))
         jobs.append((url, blobs, str(tiny_adapter), f"own{i}", tags, str(tmp_path / f"o{i}")))
+    reader = open_registry(url, blob_dir=blobs)
     with ctx.Pool(4) as pool:
-        results = pool.starmap(push_variants, jobs)
+        pending = pool.starmap_async(push_variants, jobs)
+        while not pending.ready():  # readers never see a half-written version
+            for v in reader.list():
+                assert v.files and all(reader.blobs.size(f.digest) == f.size for f in v.files)
+            pending.wait(0.05)
+        results = pending.get()
+    reader.close()
     shared = sorted(n for r in results[0::2] for n in r)
     assert shared == list(range(1, 13))
     for r in results[1::2]:

@@ -141,7 +141,8 @@ def test_aliases_list_serving(reg, tiny_adapter_factory):
     fp = reg.resolve("med").base_fingerprint
     assert len(reg.list(base=fp)) == 3
     assert [v.ref for v in reg.serving("prod")] == ["legal@1", "med@1"]
-    reg.alias_set("legal", "prod", 2)
+    reg.alias_set("legal", "staging", 2)
+    reg.alias_set("legal", "prod", "staging")  # promote: an alias may name another alias
     assert reg.resolve("legal:prod").version == 2
     reg.alias_remove("legal", "prod")
     with pytest.raises(AdapterNotFoundError):
