@@ -40,7 +40,9 @@ class RouteDecision:
     alternatives: list[tuple[str, float]] = field(default_factory=list)
     evidence: list[Evidence] = field(default_factory=list)
     truncated: bool = False
-    reason: str = ""  # "routed", "below_threshold", "no_routes", "empty_request", "kept_previous", ...
+    reason: str = (
+        ""  # "routed", "below_threshold", "no_routes", "empty_request", "kept_previous", ...
+    )
     best: str | None = None  # the best-scoring route even when abstaining
 
     @property

@@ -36,7 +36,7 @@ class LogisticHead:
         *,
         n_classes: int,
         l2: float = 1e-4,
-        max_iter: int = 200,
+        max_iter: int = 100,
         sample_weight: np.ndarray | None = None,
     ) -> LogisticHead:
         import torch
@@ -44,7 +44,9 @@ class LogisticHead:
         xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
         yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
         sw = torch.as_tensor(
-            np.ones(len(y), np.float32) if sample_weight is None else sample_weight.astype(np.float32)
+            np.ones(len(y), np.float32)
+            if sample_weight is None
+            else sample_weight.astype(np.float32)
         )
         w = torch.zeros(xt.shape[1], n_classes, requires_grad=True)
         b = torch.zeros(n_classes, requires_grad=True)
@@ -58,10 +60,19 @@ class LogisticHead:
             loss.backward()
             return loss
 
-        with torch.enable_grad():
-            opt.step(closure)
-        return cls(weight=(w.detach().numpy() * _SCALE).astype(np.float32),
-                   bias=b.detach().numpy().astype(np.float32))
+        # One thread: the problem is small, and on a busy machine OpenMP threads spinning
+        # against each other made training 8x slower than a single thread.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.enable_grad():
+                opt.step(closure)
+        finally:
+            torch.set_num_threads(threads)
+        return cls(
+            weight=(w.detach().numpy() * _SCALE).astype(np.float32),
+            bias=b.detach().numpy().astype(np.float32),
+        )
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return x @ self.weight + self.bias

@@ -9,7 +9,7 @@ the exact index is kept).
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class VectorIndex:
         self.kind = "flat"
         flat = faiss.IndexFlatIP(self.dim)
         flat.add(vectors)
-        self._index = flat
+        self._index: Any = flat
         if use_hnsw and self.size > 0:
             hnsw = faiss.IndexHNSWFlat(self.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
             hnsw.hnsw.efConstruction = 80
@@ -73,11 +73,20 @@ class VectorIndex:
             self.recall = recall
             if recall >= min_recall:
                 self._index, self.kind = hnsw, "hnsw"
-                logger.info("HNSW index over %d vectors: recall@%d %.3f (efSearch %d)",
-                            self.size, k, recall, ef)
+                logger.info(
+                    "HNSW index over %d vectors: recall@%d %.3f (efSearch %d)",
+                    self.size,
+                    k,
+                    recall,
+                    ef,
+                )
             else:
-                logger.warning("HNSW recall@%d only %.3f at efSearch %d; keeping the exact index",
-                               k, recall, ef)
+                logger.warning(
+                    "HNSW recall@%d only %.3f at efSearch %d; keeping the exact index",
+                    k,
+                    recall,
+                    ef,
+                )
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(similarities, ids)``, each ``(n, min(k, size))``, best first."""

@@ -11,8 +11,14 @@ from typing import Any
 
 from .errors import InvalidRequestError
 
-_LC_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool",
-             "function": "tool", "chat": "user"}
+_LC_ROLES = {
+    "human": "user",
+    "ai": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "tool",
+    "chat": "user",
+}
 _ROLES = {"user", "assistant", "system", "tool", "developer"}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 _MAX_SHARDS = 32
+#: Vectors of requests (not routing examples) are kept in a bounded LRU, so a long-running
+#: server does not grow without bound while conversation turns are still embedded once.
+REQUEST_CACHE_SIZE = 4096
 
 
 class EmbeddingCache:
@@ -24,6 +28,7 @@ class EmbeddingCache:
         self.folder = folder
         self.dim = dim
         self._mem: dict[bytes, np.ndarray] = {}
+        self._recent: OrderedDict[bytes, np.ndarray] = OrderedDict()
         if folder is not None and folder.is_dir():
             self._load()
 
@@ -31,12 +36,28 @@ class EmbeddingCache:
         return len(self._mem)
 
     def get(self, key: bytes) -> np.ndarray | None:
-        return self._mem.get(key)
+        vec = self._mem.get(key)
+        if vec is None:
+            vec = self._recent.get(key)
+            if vec is not None:
+                self._recent.move_to_end(key)
+        return vec
+
+    def clear(self) -> None:
+        """Forget every vector held in memory (the on-disk shards stay)."""
+        self._mem.clear()
+        self._recent.clear()
 
     def put(self, keys: list[bytes], vecs: np.ndarray, *, persist: bool = True) -> None:
+        if not persist:
+            for k, v in zip(keys, vecs, strict=True):
+                self._recent[k] = v
+            while len(self._recent) > REQUEST_CACHE_SIZE:
+                self._recent.popitem(last=False)
+            return
         for k, v in zip(keys, vecs, strict=True):
             self._mem[k] = v
-        if persist and self.folder is not None and keys:
+        if self.folder is not None and keys:
             self._write_shard(keys, vecs)
 
     def _shards(self) -> list[Path]:
@@ -57,14 +78,14 @@ class EmbeddingCache:
                 logger.warning("skipping embedding cache shard %s of shape %s", kpath, vecs.shape)
                 continue
             for k, v in zip(keys, vecs, strict=True):
-                self._mem[bytes(k)] = v
+                self._mem[_key_bytes(k)] = v
 
     def _write_shard(self, keys: list[bytes], vecs: np.ndarray) -> None:
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         stem = uuid.uuid4().hex
-        karr = np.frombuffer(b"".join(keys), dtype="S16")
+        karr = _key_array(keys)
         _atomic_save(self.folder / f"{stem}.vecs.npy", np.asarray(vecs, dtype=np.float32))
         _atomic_save(self.folder / f"{stem}.keys.npy", karr)  # keys last: marks the shard whole
         if len(self._shards()) > _MAX_SHARDS:
@@ -78,10 +99,21 @@ class EmbeddingCache:
         vecs = np.stack([self._mem[k] for k in keys]) if keys else np.zeros((0, self.dim))
         stem = uuid.uuid4().hex
         _atomic_save(self.folder / f"{stem}.vecs.npy", vecs.astype(np.float32))
-        _atomic_save(self.folder / f"{stem}.keys.npy", np.frombuffer(b"".join(keys), dtype="S16"))
+        _atomic_save(self.folder / f"{stem}.keys.npy", _key_array(keys))
         for kpath in old:
             kpath.unlink(missing_ok=True)
             kpath.with_name(kpath.name.replace(".keys.npy", ".vecs.npy")).unlink(missing_ok=True)
+
+
+def _key_array(keys: list[bytes]) -> np.ndarray:
+    # uint8 rows, not an "S16" array: numpy strips trailing NUL bytes from "S" items.
+    return np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 16)
+
+
+def _key_bytes(k: np.ndarray) -> bytes:
+    if k.dtype.kind == "S":  # shards written before keys were uint8 rows
+        return bytes(k).ljust(16, b"\0")
+    return k.tobytes()
 
 
 def _atomic_save(path: Path, arr: np.ndarray) -> None:

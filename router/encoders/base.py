@@ -68,7 +68,7 @@ class Encoder(ABC):
     def encode(self, texts: Sequence[str], *, persist: bool = True) -> np.ndarray:
         """Unit vectors for ``texts`` (already truncated), cache hits first, misses batched.
 
-        ``persist=False`` keeps new vectors in memory only (for one-off requests, so the
+        ``persist=False`` keeps new vectors in a bounded in-memory LRU only (for requests, so the
         on-disk cache holds routing examples, not traffic).
         """
         texts = list(texts)

@@ -36,9 +36,7 @@ class HashingEncoder(Encoder):
         super().__init__(**kwargs)
 
     def truncate(self, text: str) -> tuple[str, bool]:
-        count = 0
-        for match in _WORD.finditer(text):
-            count += 1
+        for count, match in enumerate(_WORD.finditer(text), 1):
             if count > self.max_tokens:
                 return text[: match.start()], True
         return text, False

@@ -1,0 +1,205 @@
+"""``adapters route``: route a text, fit thresholds, evaluate, list routes.
+
+``adapters route "text"`` and ``adapters route fit DATA`` coexist: the group treats a first
+argument that names no subcommand as the text to route. Heavy imports happen inside commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+_TEXT_CMD = "text"
+
+
+class _RouteGroup(click.Group):
+    """A group whose default command routes the given text."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = [_TEXT_CMD, *args]
+        return super().parse_args(ctx, args)
+
+
+def _common(f):
+    f = click.option(
+        "--registry",
+        "registry_url",
+        default=None,
+        help="Registry URL (default: settings / LORAROUTE_REGISTRY).",
+    )(f)
+    f = click.option(
+        "--alias",
+        default="prod",
+        show_default=True,
+        help="Registry alias whose adapters are the routes.",
+    )(f)
+    f = click.option(
+        "--state",
+        "state_dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Router state folder (default: <home>/router/<alias>).",
+    )(f)
+    f = click.option("--encoder", default=None, help="Encoder (default: settings.embedder).")(f)
+    return f
+
+
+def default_state_dir(alias: str = "prod", settings: Any = None) -> Path:
+    """Where ``fit`` saves and the other commands load: ``<home>/router/<alias>``."""
+    from loraroute.settings import get_settings
+
+    return (settings or get_settings()).home / "router" / alias
+
+
+def _router(registry_url, alias, state_dir, encoder, *, load_state: bool = True, **kwargs):
+    from loraroute.settings import get_settings
+
+    from .router import Router
+
+    settings = get_settings()
+    state = state_dir or default_state_dir(alias, settings)
+    enc = encoder or settings.embedder
+    if load_state and (state / "state.json").is_file():
+        return Router.load(state, registry_url, encoder=enc, settings=settings, alias=alias), state
+    return Router(registry_url, encoder=enc, settings=settings, alias=alias, **kwargs), state
+
+
+@click.group(cls=_RouteGroup, name="route", invoke_without_command=False)
+def route_group() -> None:
+    """Route a request to an adapter: adapters route "TEXT" [--json]; or fit / eval / list."""
+
+
+@route_group.command(_TEXT_CMD, hidden=True)
+@click.argument("text", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_common
+def route_text(text, as_json, registry_url, alias, state_dir, encoder) -> None:
+    """Route TEXT."""
+    router, _ = _router(registry_url, alias, state_dir, encoder)
+    d = router.route(" ".join(text))
+    if as_json:
+        click.echo(json.dumps(d.to_dict(), ensure_ascii=False, indent=2))
+        return
+    target = f"{d.adapter} ({d.ref})" if d.adapter else "base model (no adapter)"
+    click.echo(f"{target}  score {d.score:.3f}  confidence {d.confidence:.2f}  [{d.reason}]")
+    if d.truncated:
+        click.echo("note: the request was truncated to the encoder window")
+    for name, score in d.alternatives:
+        click.echo(f"  alternative {name}: {score:.3f}")
+    for e in d.evidence:
+        click.echo(f"  nearest [{e.route}] {e.similarity:.3f}: {e.text[:80]}")
+
+
+@route_group.command("fit")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--scoring",
+    type=click.Choice(["hybrid", "head", "centroid", "knn"]),
+    default="hybrid",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_common
+def route_fit(data, scoring, as_json, registry_url, alias, state_dir, encoder) -> None:
+    """Fit thresholds and head on DATA (JSONL: {"text", "label": adapter-or-null}) and save."""
+    from .data import read_labelled
+
+    texts, labels = read_labelled(data)
+    router, state = _router(
+        registry_url, alias, state_dir, encoder, load_state=False, scoring=scoring
+    )
+    report = router.fit(texts, labels)
+    router.save(state)
+    report["state"] = str(state)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(
+            f"fitted on {report.get('samples', 0)} texts ({report.get('out_of_scope', 0)} "
+            f"out of scope), {report['routes']} routes; saved to {state}"
+        )
+        if report.get("unknown_labels"):
+            click.echo(
+                f"labels naming no routable adapter (treated as out of scope): "
+                f"{', '.join(report['unknown_labels'])}"
+            )
+
+
+@route_group.command("eval")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write a PNG: confusion matrix + score histogram (in scope vs out).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_common
+def route_eval(data, plot, as_json, registry_url, alias, state_dir, encoder) -> None:
+    """Evaluate the router on DATA: accuracy, abstention precision/recall, per-route table."""
+    from .data import read_labelled
+    from .evaluate import evaluate
+
+    texts, labels = read_labelled(data)
+    router, _ = _router(registry_url, alias, state_dir, encoder)
+    report = evaluate(router, texts, labels, plot=plot)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    console = Console()
+    console.print(
+        f"n={report['n']}  accuracy {pct(report['accuracy'])}  in-scope accuracy "
+        f"{pct(report['in_scope_accuracy'])}  abstention precision "
+        f"{pct(report['abstention_precision'])} recall {pct(report['abstention_recall'])}"
+        + (f"  AUROC {report['auroc']:.3f}" if report["auroc"] is not None else "")
+    )
+    table = Table("route", "support", "accuracy", "precision", "abstained")
+    for name, row in report["per_route"].items():
+        table.add_row(
+            name,
+            str(row["support"]),
+            pct(row["accuracy"]),
+            pct(row["precision"]),
+            str(row["abstained"]),
+        )
+    console.print(table)
+    if plot:
+        console.print(f"plot written to {plot}")
+
+
+@route_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_common
+def route_list(as_json, registry_url, alias, state_dir, encoder) -> None:
+    """List routes: routable adapters and those without routing examples."""
+    router, _ = _router(registry_url, alias, state_dir, encoder)
+    rows = [
+        {
+            "name": r.name,
+            "ref": r.ref,
+            "domain": r.domain,
+            "examples": len(r.examples),
+            "routable": r.routable,
+        }
+        for r in router.routes + router.unroutable
+    ]
+    if as_json:
+        click.echo(json.dumps({"routes": rows, "fitted": router.fitted}, indent=2))
+        return
+    for row in rows:
+        note = "" if row["routable"] else "  (not routable: no routing examples)"
+        click.echo(f"{row['ref'] or row['name']}  {row['examples']} examples{note}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(route_group)

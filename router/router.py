@@ -1,0 +1,473 @@
+"""The embedding router: which adapter (if any) should the base model wear for a request."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..settings import Settings, get_settings
+from .calibration import Calibration, calibrate
+from .context import ContextConfig, TurnScores, route_conversation
+from .decision import Evidence, RouteDecision
+from .encoders import Encoder, load_encoder
+from .errors import InvalidRequestError, NotFittedError, RouterError
+from .head import LogisticHead
+from .index import VectorIndex
+from .messages import user_turns
+from .routes import Route, RouteSource, StaticRoutes, route_set_digest
+from .scoring import DEFAULT_THRESHOLDS, SCORINGS, centroids, route_scores
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Compiled:
+    """Everything derived from one revision of the routes."""
+
+    revision: str | None
+    routes: list[Route]  # routable, sorted by name
+    unroutable: list[Route]
+    ex_text: list[str]
+    ex_route: np.ndarray
+    ex_vec: np.ndarray
+    index: VectorIndex | None
+    cents: np.ndarray
+    head: LogisticHead | None
+    digest: str
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.routes]
+
+
+@dataclass
+class FitData:
+    texts: list[str]
+    labels: list[str | None]
+
+
+def _open_source(registry: Any, settings: Settings) -> RouteSource:
+    if registry is None or isinstance(registry, (str, Path)):
+        try:
+            from ..registry import open_registry
+        except ImportError as exc:
+            raise RouterError(
+                "no registry given and loraroute.registry cannot be imported; pass "
+                "registry=<RouteSource> or build with Router.from_examples(...)"
+            ) from exc
+        return open_registry(None if registry is None else str(registry), settings=settings)
+    if isinstance(registry, RouteSource):
+        return registry
+    raise RouterError(
+        f"registry must be a registry URL, a registry object or a RouteSource (with serving() "
+        f"and revision()), got {type(registry).__name__}"
+    )
+
+
+class Router:
+    """Routes requests to adapters, falling back to the base model (``adapter=None``).
+
+    Example::
+
+        >>> r = Router.from_examples(
+        ...     {"legal": ["is this contract clause enforceable?", "what does indemnify mean"],
+        ...      "math": ["solve 2x + 3 = 7", "what is the derivative of x squared"]},
+        ...     encoder="hashing")
+        >>> r.route("solve 3x + 1 = 10 for x").adapter
+        'math'
+    """
+
+    def __init__(
+        self,
+        registry: Any = None,
+        *,
+        encoder: str | Encoder | None = "all-minilm-l6-v2",
+        alias: str = "prod",
+        settings: Settings | None = None,
+        scoring: str = "hybrid",
+        threshold: float | None = None,
+        thresholds: Mapping[str, float] | None = None,
+        oos_weight: float = 0.25,
+        context: ContextConfig | None = None,
+        refresh_interval: float = 1.0,
+        index_kind: str = "auto",
+        n_evidence: int = 3,
+        n_alternatives: int = 3,
+    ) -> None:
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring {scoring!r} is not one of {', '.join(SCORINGS)}")
+        self.settings = settings or get_settings()
+        self.source = _open_source(registry, self.settings)
+        self.encoder = load_encoder(
+            encoder, settings=self.settings, cache_dir=self.settings.cache_dir / "embeddings"
+        )
+        self.alias = alias
+        self.scoring = scoring
+        self.oos_weight = oos_weight
+        self.context = context or ContextConfig()
+        self.refresh_interval = refresh_interval
+        self.index_kind = index_kind
+        self.n_evidence = n_evidence
+        self.n_alternatives = n_alternatives
+        default_t = DEFAULT_THRESHOLDS[scoring] if threshold is None else threshold
+        self.calibration = Calibration(default_t)
+        self.overrides: dict[str, float] = dict(thresholds or {})
+        self.fit_data: FitData | None = None
+        self._fit_digest: str | None = None
+        self._oof: tuple | None = None  # out-of-fold (pred, score, gold, names) of the last fit
+        self._lock = threading.RLock()
+        self._checked_at = 0.0
+        self._compiled: _Compiled | None = None
+        self.refresh(force=True)
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_examples(
+        cls,
+        examples: Mapping[str, Sequence[str]],
+        *,
+        encoder: str | Encoder | None = None,
+        **kwargs: Any,
+    ) -> Router:
+        """A router over plain data: ``{"legal": [...], "math": [...]}``."""
+        return cls(StaticRoutes(examples), encoder=encoder or "all-minilm-l6-v2", **kwargs)
+
+    @classmethod
+    def open(
+        cls,
+        registry: Any = None,
+        *,
+        alias: str = "prod",
+        settings: Settings | None = None,
+        **kwargs: Any,
+    ) -> Router:
+        """A router over ``registry`` with the state ``adapters route fit`` saved, if any.
+
+        The state lives under ``<settings.home>/router/<alias>``; without one the router is
+        unfitted (default thresholds).
+        """
+        settings = settings or get_settings()
+        state = settings.home / "router" / alias
+        if (state / "state.json").is_file():
+            return cls.load(state, registry, alias=alias, settings=settings, **kwargs)
+        return cls(registry, alias=alias, settings=settings, **kwargs)
+
+    # -- routes -------------------------------------------------------------------------
+    @property
+    def routes(self) -> list[Route]:
+        """Routable routes (adapters with routing examples)."""
+        return list(self._state().routes)
+
+    @property
+    def unroutable(self) -> list[Route]:
+        """Adapters served under the alias but without routing examples: never routed to."""
+        return list(self._state().unroutable)
+
+    @property
+    def route_digest(self) -> str:
+        return self._state().digest
+
+    @property
+    def fitted(self) -> bool:
+        return self.fit_data is not None
+
+    def _state(self) -> _Compiled:
+        self.refresh()
+        if self._compiled is None:  # pragma: no cover - refresh(force=True) ran in __init__
+            raise RouterError("router has no compiled routes")
+        return self._compiled
+
+    def refresh(self, force: bool = False) -> bool:
+        """Rebuild when the source's ``revision()`` changed; returns whether it rebuilt.
+
+        Checks at most every ``refresh_interval`` seconds (0: on every call), so routing
+        stays cheap; unchanged routing examples come from the embedding cache.
+        """
+        now = time.monotonic()
+        if not force and now - self._checked_at < self.refresh_interval:
+            return False
+        with self._lock:
+            self._checked_at = now
+            rev = self.source.revision()
+            if not force and self._compiled is not None and rev == self._compiled.revision:
+                return False
+            self._compiled = self._compile(rev)
+            if self.fit_data is not None and self._fit_digest != self._compiled.digest:
+                logger.info("routes changed since fit; re-fitting from the stored fit data")
+                self._fit(self.fit_data)
+            return True
+
+    def _compile(self, revision: str | None) -> _Compiled:
+        versions = self.source.serving(self.alias)
+        all_routes = sorted((Route.from_version(v) for v in versions), key=lambda r: r.name)
+        routes = [r for r in all_routes if r.routable]
+        unroutable = [r for r in all_routes if not r.routable]
+        for r in unroutable:
+            logger.warning(
+                "adapter %r has no routing examples; it is not routable", r.ref or r.name
+            )
+        texts = [t for r in routes for t in r.examples]
+        route_ids = np.array([i for i, r in enumerate(routes) for _ in r.examples], np.int64)
+        vecs = (
+            self.encoder.encode([self.encoder.truncate(t)[0] for t in texts])
+            if texts
+            else np.zeros((0, self.encoder.dim), np.float32)
+        )
+        index = VectorIndex(vecs, kind=self.index_kind) if len(texts) else None  # type: ignore[arg-type]
+        cents = centroids(vecs, route_ids, len(routes))
+        head = self._train_head(vecs, route_ids, len(routes)) if len(routes) > 1 else None
+        digest = route_set_digest(routes, self.encoder.name)
+        logger.info(
+            "compiled %d routes (%d examples, %s index), revision %s",
+            len(routes),
+            len(texts),
+            index.kind if index else "no",
+            revision,
+        )
+        return _Compiled(
+            revision, routes, unroutable, texts, route_ids, vecs, index, cents, head, digest
+        )
+
+    def _train_head(self, x, y, n_routes, extra_x=None, extra_y=None) -> LogisticHead | None:
+        if self.scoring not in ("hybrid", "head") or n_routes < 2:
+            return None
+        if extra_x is not None and len(extra_x):
+            x = np.concatenate([x, extra_x])
+            y = np.concatenate([y, extra_y])
+        n_classes = n_routes + (1 if (y == n_routes).any() else 0)
+        return LogisticHead.train(x, y, n_classes=n_classes)
+
+    # -- scoring ------------------------------------------------------------------------
+    def _scores(self, st: _Compiled, vecs: np.ndarray, head: LogisticHead | None = None):
+        return route_scores(
+            self.scoring,
+            vecs,
+            cents=st.cents,
+            head=head or st.head,
+            index=st.index,
+            route_ids=st.ex_route,
+            n_routes=len(st.routes),
+        )
+
+    def threshold_for(self, route: str) -> float:
+        if route in self.overrides:
+            return self.overrides[route]
+        return self.calibration.threshold_for(route)
+
+    def set_threshold(self, route: str | None, value: float) -> None:
+        """Set one route's threshold (``route=None``: the global one)."""
+        if route is None:
+            self.calibration.threshold = float(value)
+        else:
+            self.overrides[route] = float(value)
+
+    def _embed_requests(self, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
+        cut = [self.encoder.truncate(t) if t.strip() else (t, False) for t in texts]
+        vecs = self.encoder.encode([c[0] for c in cut], persist=False)
+        return vecs, [c[1] for c in cut]
+
+    # -- routing ------------------------------------------------------------------------
+    def route(self, request: str | Sequence[Any], *, previous: str | None = None) -> RouteDecision:
+        """Decide for one request: a string or a conversation (list of messages).
+
+        For a conversation, earlier user turns count with decaying weight and the previous
+        route is kept unless a new one clearly wins (see :class:`ContextConfig`).
+        """
+        return self.route_batch([request], previous=[previous])[0]
+
+    def route_batch(
+        self,
+        requests: Sequence[str | Sequence[Any]],
+        *,
+        previous: Sequence[str | None] | None = None,
+    ) -> list[RouteDecision]:
+        """Decide for many requests with one encoder call."""
+        if isinstance(requests, str):
+            raise InvalidRequestError("route_batch takes a list of requests, got one string")
+        st = self._state()
+        turns = [user_turns(r)[-self.context.max_turns :] for r in requests]
+        flat = [t for ts in turns for t in ts]
+        nonempty = [t for t in flat if t.strip()]
+        vec_map: dict[str, tuple[np.ndarray, bool]] = {}
+        if nonempty and st.routes:
+            uniq = list(dict.fromkeys(nonempty))
+            vecs, cut = self._embed_requests(uniq)
+            vec_map = {t: (v, c) for t, v, c in zip(uniq, vecs, cut, strict=True)}
+        out = []
+        prev_list = list(previous) if previous is not None else [None] * len(requests)
+        if len(prev_list) != len(requests):
+            raise InvalidRequestError(
+                f"previous has {len(prev_list)} entries for {len(requests)} requests"
+            )
+        for ts, prev in zip(turns, prev_list, strict=True):
+            out.append(self._decide(st, ts, vec_map, prev))
+        return out
+
+    def _decide(self, st, turns: list[str], vec_map, prev: str | None) -> RouteDecision:
+        if not st.routes:
+            return RouteDecision(None, None, None, 0.0, 1.0, reason="no_routes")
+        if not turns or not turns[-1].strip():
+            return RouteDecision(None, None, None, 0.0, 1.0, reason="empty_request")
+        rows = [i for i, t in enumerate(turns) if t.strip()]
+        vecs = np.stack([vec_map[turns[i]][0] for i in rows])
+        scores = self._scores(st, vecs)
+        names = st.names
+        thr = np.array([self.threshold_for(n) for n in names], np.float32)
+        ts = TurnScores(scores=scores, thresholds=thr, words=[len(turns[i].split()) for i in rows])
+        prev_idx = names.index(prev) if prev in names else None
+        choice, score, reason = route_conversation(ts, self.context, prev_idx)
+        last = scores[-1]
+        best = int(np.argmax(last))
+        order = [int(i) for i in np.argsort(-last)]
+        shown = choice if choice is not None else best
+        alternatives = [(names[i], float(last[i])) for i in order if i != shown][
+            : self.n_alternatives
+        ]
+        evidence: list[Evidence] = []
+        if st.index is not None and self.n_evidence:
+            sims, ids = st.index.search(vecs[-1:], self.n_evidence)
+            evidence = [
+                Evidence(names[st.ex_route[j]], st.ex_text[j], float(s))
+                for s, j in zip(sims[0], ids[0], strict=True)
+                if j >= 0
+            ]
+        truncated = bool(vec_map[turns[-1]][1])
+        if choice is None:
+            t = self.threshold_for(names[best])
+            conf = self.calibration.confidence(float(last[best]), t, routed=False)
+            return RouteDecision(
+                None,
+                None,
+                None,
+                float(last[best]),
+                conf,
+                alternatives,
+                evidence,
+                truncated,
+                reason,
+                best=names[best],
+            )
+        r = st.routes[choice]
+        conf = self.calibration.confidence(score, self.threshold_for(r.name), routed=True)
+        return RouteDecision(
+            r.name,
+            r.ref,
+            r.digest,
+            score,
+            conf,
+            alternatives,
+            evidence,
+            truncated,
+            reason,
+            best=names[best],
+        )
+
+    def score_texts(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """``(route names, (n, routes) score matrix)`` for single-turn texts (evaluation)."""
+        st = self._state()
+        if not st.routes:
+            return [], np.zeros((len(texts), 0), np.float32)
+        vecs, _ = self._embed_requests([t if t.strip() else " " for t in texts])
+        return st.names, self._scores(st, vecs)
+
+    # -- fitting ------------------------------------------------------------------------
+    def fit(self, texts: Sequence[str], labels: Sequence[str | None], *, folds: int = 5) -> dict:
+        """Calibrate thresholds (and the head) on labelled requests; ``None`` = out of scope.
+
+        Labels that name no routable adapter count as out of scope (and are reported). The
+        head is cross-fitted: thresholds are picked on scores of held-out folds, then the
+        head is trained on everything. Returns a small report.
+        """
+        if len(texts) != len(labels):
+            raise InvalidRequestError(f"fit got {len(texts)} texts but {len(labels)} labels")
+        if not texts:
+            raise InvalidRequestError("fit needs at least one labelled text")
+        with self._lock:
+            return self._fit(FitData(list(texts), list(labels)), folds=folds)
+
+    def _fit(self, data: FitData, folds: int = 5) -> dict:
+        st = self._compiled
+        if st is None or not st.routes:
+            self.fit_data, self._fit_digest = data, st.digest if st else None
+            return {"routes": 0}
+        names = st.names
+        pos = {n: i for i, n in enumerate(names)}
+        unknown = sorted({lab for lab in data.labels if lab is not None and lab not in pos})
+        if unknown:
+            logger.warning(
+                "fit labels name no routable adapter, treated as out of scope: %s",
+                ", ".join(unknown),
+            )
+        gold = np.array([pos.get(lab, -1) if lab is not None else -1 for lab in data.labels])
+        keep = [i for i, t in enumerate(data.texts) if t.strip()]
+        gold = gold[keep]
+        vecs = self.encoder.encode([self.encoder.truncate(data.texts[i])[0] for i in keep])
+        n_routes = len(names)
+        head_y = np.where(gold < 0, n_routes, gold)
+        uses_head = self.scoring in ("hybrid", "head") and n_routes > 1
+        if uses_head and len(keep) >= 2 * folds:
+            rng = np.random.default_rng(0)
+            fold = rng.permutation(len(keep)) % folds
+            scores = np.zeros((len(keep), n_routes), np.float32)
+            for f in range(folds):
+                tr = fold != f
+                head = self._train_head(st.ex_vec, st.ex_route, n_routes, vecs[tr], head_y[tr])
+                scores[~tr] = self._scores(st, vecs[~tr], head=head)
+        else:
+            scores = self._scores(st, vecs)
+        pred = scores.argmax(axis=1)
+        best = scores.max(axis=1)
+        self._oof = (pred, best, gold, names)
+        self.calibration = calibrate(pred, best, gold, names, oos_weight=self.oos_weight)
+        if uses_head:
+            st.head = self._train_head(st.ex_vec, st.ex_route, n_routes, vecs, head_y)
+        self.fit_data, self._fit_digest = data, st.digest
+        ins = gold >= 0
+        return {
+            "routes": n_routes,
+            "samples": int(len(keep)),
+            "out_of_scope": int((~ins).sum()),
+            "unknown_labels": unknown,
+            "threshold": self.calibration.threshold,
+            "route_thresholds": len(self.calibration.route_thresholds),
+        }
+
+    def recalibrate(self, oos_weight: float) -> Calibration:
+        """Pick thresholds again for another accuracy / abstention trade-off, without re-fitting.
+
+        ``oos_weight`` weighs out-of-scope recall against in-scope accuracy (default 0.25).
+        """
+        if self._oof is None:
+            raise NotFittedError("recalibrate needs fit() in this process first")
+        self.oos_weight = oos_weight
+        pred, best, gold, names = self._oof
+        self.calibration = calibrate(pred, best, gold, names, oos_weight=oos_weight)
+        return self.calibration
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted state (thresholds, head, fit data) to the folder ``path``."""
+        from .state import save_state
+
+        return save_state(self, Path(path))
+
+    @classmethod
+    def load(
+        cls, path: str | Path, registry: Any = None, *, on_stale: str = "refit", **kwargs: Any
+    ) -> Router:
+        """A router over ``registry`` with the state saved at ``path``.
+
+        ``on_stale`` says what to do when the routes changed since the state was saved:
+        ``"refit"`` (re-fit from the stored fit data), ``"error"`` (raise
+        :class:`RouterStateError`) or ``"ignore"`` (keep thresholds, drop the fitted head).
+        """
+        from .state import load_state
+
+        return load_state(cls, Path(path), registry, on_stale=on_stale, **kwargs)
