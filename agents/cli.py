@@ -7,7 +7,13 @@ import importlib
 import click
 
 # One module per concept; each exposes ``register(group)``. Imports stay light.
-_MODULES = ("loraroute.agents.cli_train", "loraroute.agents.cli_chat", "loraroute.agents.cli_demo")
+_MODULES = (
+    "loraroute.agents.cli_train",
+    "loraroute.agents.cli_eval",
+    "loraroute.agents.cli_chat",
+    "loraroute.agents.cli_serve",
+    "loraroute.agents.cli_demo",
+)
 
 
 def register(group: click.Group) -> None:
