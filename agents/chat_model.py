@@ -162,7 +162,7 @@ class ChatLoraRoute(BaseChatModel):
             except ImportError as exc:
                 self._router_failed = f"the router package is not available ({exc})"
             else:
-                self._router_obj = Router(self._engine().registry)
+                self._router_obj = Router.open(self._engine().registry)
         return self._router_obj
 
     def _route(self, messages: list[BaseMessage], requested: str) -> _Route:
