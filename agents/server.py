@@ -568,7 +568,12 @@ def create_app(
     )
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
         t0 = time.perf_counter()
-        st.admission.admit()
+        try:
+            st.admission.admit()
+        except APIError as err:
+            st.metrics.requests.labels("-", "rejected").inc()
+            st.metrics.errors.labels("-", err.code or "429").inc()
+            raise
         running: Running | None = None
         try:
             body = await request.json()
@@ -578,8 +583,7 @@ def create_app(
         except BaseException as exc:
             st.admission.release(None)
             err = map_exception(exc) if isinstance(exc, Exception) else None
-            status = "rejected" if err is not None and err.status == 429 else "error"
-            st.metrics.requests.labels("-", status).inc()
+            st.metrics.requests.labels("-", "error" if err is not None else "cancelled").inc()
             if err is not None:
                 st.metrics.errors.labels("-", err.code or str(err.status)).inc()
                 raise err from exc
