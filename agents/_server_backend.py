@@ -285,12 +285,18 @@ class LocalBackend:
                         param="lora_name",
                         code="adapter_exists",
                     )
+            old = self._loaded.get(name)
             entry = self.engine.load_adapter_folder(folder, name=name)
+            if old is not None and old != entry.digest and self._resident(old):
+                try:  # replaced in place: the old weights leave the pool unless still in use
+                    self.engine.evict(old)
+                except PoolFullError:
+                    logger.info("adapter %s replaced; old weights stay until requests end", name)
         except APIError:
             raise
         except PoolFullError:
             raise
-        except (AgentError, OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        except (AgentError, OSError, ValueError, KeyError) as exc:
             raise APIError(
                 400, f"cannot load adapter {name!r} from {path!r}: {exc}", param="lora_path"
             ) from exc

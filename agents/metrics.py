@@ -101,11 +101,6 @@ class ServerMetrics:
             buckets=CONFIDENCE_BUCKETS,
             registry=r,
         )
-        self.proxy_pushes = Counter(
-            "loraroute_engine_adapter_pushes",
-            "Adapters pushed to the external engine through its load endpoint (proxy backend)",
-            registry=r,
-        )
         Gauge("loraroute_up", "1 while the server runs", registry=r).set(1)
         r.register(_RuntimeCollector(stats))  # type: ignore[arg-type]
 
