@@ -19,13 +19,19 @@ def demo(
     run only loads the models and chats.
     """
     import json
+    import os
     import time
+    import warnings
 
     from rich.console import Console
     from rich.panel import Panel
 
     from .demo import DemoConfig, run_demo
 
+    # The demo prints its own stage and step lines; the libraries' per-load bars and
+    # deprecation notices only bury them.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     console = Console()
     started = time.perf_counter()
 
@@ -43,7 +49,7 @@ def demo(
             )
         )
 
-    config = DemoConfig()
+    config = DemoConfig(quiet_loads=True)
     if base_model:
         config.base_model = base_model
     if max_steps:

@@ -4,7 +4,7 @@
 model that binds tools can orchestrate them (a hosted model, or ours on the bare base model,
 as here); the experts run on the shared base model with their adapters.
 
-Run after ``make demo`` (it uses the demo's registry):
+Run after ``make demo`` (it uses the adapters the demo pushed):
 ``python examples/adapters_as_tools.py "How do I stop my tomato leaves turning yellow?"``
 """
 
@@ -19,16 +19,18 @@ from loraroute.agents.tools import adapter_tools, tool_first_middleware
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from loraroute.agents.demo import demo_router
+    from loraroute.registry import open_registry
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="?", default="How do I keep pasta from sticking?")
-    parser.add_argument("--registry", default=None, help="registry URL (default: the demo's)")
+    parser.add_argument(
+        "--registry", default=None, help="registry URL (default: settings, where the demo pushed)"
+    )
     parser.add_argument("--base-model", default=None)
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args(argv)
 
-    registry, _ = demo_router(args.registry)
+    registry = open_registry(args.registry)
     experts = ChatLoraRoute(registry=registry, base_model=args.base_model)
     tools = adapter_tools(registry=registry, chat=experts, max_tokens=args.max_tokens)
     # The orchestrator writes tool calls (a question for an expert): give it room for one.

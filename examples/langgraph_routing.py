@@ -6,7 +6,7 @@
 The routing node writes its decision (adapter reference, confidence) into the graph state,
 so later nodes, logs and checkpoints see why an answer came from where it did.
 
-Run after ``make demo`` (it uses the demo's registry and adapters):
+Run after ``make demo`` (it uses the adapters and router the demo left):
 ``python examples/langgraph_routing.py "How do I keep pasta from sticking?"``
 """
 
@@ -54,7 +54,7 @@ def build_graph(chat: ChatLoraRoute, router: Router) -> Any:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from loraroute.agents.demo import demo_router
+    from loraroute.registry import open_registry
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -65,11 +65,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "Who painted the Mona Lisa?",
         ],
     )
-    parser.add_argument("--registry", default=None, help="registry URL (default: the demo's)")
+    parser.add_argument(
+        "--registry", default=None, help="registry URL (default: settings, where the demo pushed)"
+    )
     parser.add_argument("--base-model", default=None)
     parser.add_argument("--max-tokens", type=int, default=48)
     args = parser.parse_args(argv)
-    registry, router = demo_router(args.registry)
+    registry = open_registry(args.registry)
+    router = Router.open(registry)
     chat = ChatLoraRoute(registry=registry, base_model=args.base_model, max_tokens=args.max_tokens)
     app = build_graph(chat, router)
     results = []
