@@ -114,10 +114,10 @@ def convert_gguf(
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         # The weights are now plain float tensors; drop the GGUF quantizer so transformers
         # lets us save them as ordinary safetensors.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.is_quantized = False
+        model.is_quantized = False  # type: ignore[assignment]
         say(f"writing safetensors to {dest}")
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -118,7 +118,7 @@ def make_tiny_adapter(
         for name, param in peft_model.named_parameters():
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * scale)
-    peft_model.save_pretrained(folder)
+    peft_model.save_pretrained(str(folder))
     # record the base path so the adapter folder is self-describing, as PEFT does for hub ids
     cfg_path = folder / "adapter_config.json"
     data = json.loads(cfg_path.read_text())
