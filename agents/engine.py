@@ -20,7 +20,7 @@ from loraroute.settings import Settings, get_settings
 
 from ._messages import render_prompt, to_chat_dicts
 from .errors import AgentError, UnknownAdapterError
-from .lora import AdapterWeights, SlotLayers, check_compatible, read_adapter
+from .lora import AdapterWeights, PackedAdapter, SlotLayers, check_compatible, read_adapter
 from .pool import AdapterPool, ResidentAdapter
 from .requests import Generation, RequestHandle, SamplingParams
 from .scheduler import BatchScheduler
@@ -52,29 +52,124 @@ class Engine:
         max_bytes: int | None = None,
         max_batch_size: int = 8,
         r_max: int = 16,
+        max_cpu_adapters: int | None = None,
+        max_cpu_bytes: int | None = None,
+        lora_backend: str = "auto",
     ):
+        """``max_resident`` adapters sit in device slots; ``max_cpu_adapters`` more (default:
+        four times as many on CUDA, none on CPU) wait in the CPU tier as pinned host copies.
+        ``lora_backend`` picks the mixed-adapter LoRA path: ``"triton"``, ``"torch"`` or
+        ``"auto"`` (Triton on CUDA when installed)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from loraroute.models import fingerprint, resolve_base_model
 
-        self.settings = settings or get_settings()
-        resolved = resolve_base_model(base_model, settings=self.settings)
-        self.base_model_id = resolved.name
-        self.base_path = resolved.path
-        self.device = torch.device(device or self.settings.torch_device())
+        settings = settings or get_settings()
+        resolved = resolve_base_model(base_model, settings=settings)
+        torch_device = torch.device(device or settings.torch_device())
         if dtype is None:
-            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.dtype = dtype
-        self.base_fingerprint: str = fingerprint(self.base_path, settings=self.settings)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.base_path))
-        self.model = AutoModelForCausalLM.from_pretrained(str(self.base_path), dtype=dtype)
-        self.model.to(self.device)  # type: ignore[arg-type]
+            dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
+        tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
+        model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=dtype)
+        model.to(torch_device)  # type: ignore[arg-type]
+        self._setup(
+            model,
+            tokenizer,
+            settings=settings,
+            base_model_id=resolved.name,
+            base_path=resolved.path,
+            base_fingerprint=fingerprint(resolved.path, settings=settings),
+            registry=registry,
+            max_resident=max_resident,
+            max_bytes=max_bytes,
+            max_batch_size=max_batch_size,
+            r_max=r_max,
+            max_cpu_adapters=max_cpu_adapters,
+            max_cpu_bytes=max_cpu_bytes,
+            lora_backend=lora_backend,
+        )
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str = "in-memory",
+        base_fingerprint: str | None = None,
+        registry: Any = None,
+        settings: Settings | None = None,
+        max_resident: int = 16,
+        max_bytes: int | None = None,
+        max_batch_size: int = 8,
+        r_max: int = 16,
+        max_cpu_adapters: int | None = None,
+        max_cpu_bytes: int | None = None,
+        lora_backend: str = "auto",
+    ) -> Engine:
+        """An engine around a model already in memory (on its device and dtype), e.g. one
+        built from a config for a benchmark. Without ``base_fingerprint``, one is derived from
+        the config and a sample of every weight (adapters that record another base are
+        refused as usual)."""
+        engine = cls.__new__(cls)
+        engine._setup(
+            model,
+            tokenizer,
+            settings=settings or get_settings(),
+            base_model_id=name,
+            base_path=None,
+            base_fingerprint=base_fingerprint or _memory_fingerprint(model),
+            registry=registry,
+            max_resident=max_resident,
+            max_bytes=max_bytes,
+            max_batch_size=max_batch_size,
+            r_max=r_max,
+            max_cpu_adapters=max_cpu_adapters,
+            max_cpu_bytes=max_cpu_bytes,
+            lora_backend=lora_backend,
+        )
+        return engine
+
+    def _setup(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        settings: Settings,
+        base_model_id: str,
+        base_path: Path | None,
+        base_fingerprint: str,
+        registry: Any,
+        max_resident: int,
+        max_bytes: int | None,
+        max_batch_size: int,
+        r_max: int,
+        max_cpu_adapters: int | None,
+        max_cpu_bytes: int | None,
+        lora_backend: str,
+    ) -> None:
+        self.settings = settings
+        self.base_model_id = base_model_id
+        self.base_path = base_path
+        self.base_fingerprint = base_fingerprint
+        self.tokenizer = tokenizer
+        self.model = model
+        param = next(model.parameters())
+        self.device = param.device
+        self.dtype = param.dtype
         self.model.eval()
         self.model.requires_grad_(False)
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        self.pool = AdapterPool(max_resident=max_resident, max_bytes=max_bytes)
-        self.slots = SlotLayers(self.model, self.pool.num_slots, r_max=r_max)
+        if max_cpu_adapters is None:
+            max_cpu_adapters = 4 * max_resident if self.device.type == "cuda" else 0
+        self.pool = AdapterPool(
+            max_resident=max_resident,
+            max_bytes=max_bytes,
+            max_host=max_cpu_adapters,
+            max_host_bytes=max_cpu_bytes,
+        )
+        self.slots = SlotLayers(self.model, self.pool.num_slots, r_max=r_max, backend=lora_backend)
         self._registry = registry
         self._names: dict[str, str] = {}  # folder-loaded name -> digest
         self._lock = threading.RLock()  # pool bookkeeping and adapter loads
@@ -92,11 +187,12 @@ class Engine:
             on_release=self._on_release,
         )
         logger.info(
-            "engine ready: base %s (%s) on %s/%s",
+            "engine ready: base %s (%s) on %s/%s, LoRA backend %s",
             self.base_model_id,
             self.base_fingerprint,
             self.device,
-            dtype,
+            self.dtype,
+            self.slots.backend,
         )
 
     def _eos_ids(self) -> set[int]:
@@ -143,6 +239,8 @@ class Engine:
         weights = read_adapter(path)
         recorded = base_fingerprint or self._recorded_fingerprint(weights)
         entry = self._install(weights, ref=name, recorded_fingerprint=recorded)
+        if entry is None:  # pragma: no cover - _install loads unless told not to
+            raise AgentError(f"adapter {name!r} did not reach a device slot")
         with self._lock:
             self._names[name] = weights.digest
             if pin:
@@ -158,43 +256,136 @@ class Engine:
         folder = Path(base).expanduser()
         if not folder.is_dir() or not (folder / "config.json").is_file():
             return None
-        if folder.resolve() == Path(self.base_path).resolve():
+        if self.base_path is not None and folder.resolve() == Path(self.base_path).resolve():
             return self.base_fingerprint
         if not any(folder.glob("*.safetensors")):
             return None
         return fingerprint(folder, settings=self.settings)
 
+    def add_adapter(
+        self,
+        weights: AdapterWeights,
+        *,
+        name: str,
+        pin: bool = False,
+        load: bool = True,
+        packed: PackedAdapter | None = None,
+        base_fingerprint: str | None = None,
+    ) -> ResidentAdapter | None:
+        """Register adapter weights already in memory (e.g. from :func:`read_adapter` or a
+        training run) under ``name``.
+
+        With ``load=False`` the adapter only enters the CPU tier and moves to a device slot on
+        its first request. ``packed`` may be a host buffer already packed for this engine
+        (``engine.slots.pack(weights)``); it is used as is, without a copy.
+        """
+        entry = self._install(
+            weights,
+            ref=name,
+            recorded_fingerprint=base_fingerprint,
+            packed=packed,
+            load=load,
+        )
+        with self._lock:
+            self._names[name] = weights.digest
+            if pin and entry is not None:
+                self.pool.pin(weights.digest)
+        return entry
+
     def _install(
-        self, weights: AdapterWeights, *, ref: str, recorded_fingerprint: str | None
-    ) -> ResidentAdapter:
+        self,
+        weights: AdapterWeights,
+        *,
+        ref: str,
+        recorded_fingerprint: str | None,
+        packed: PackedAdapter | None = None,
+        load: bool = True,
+    ) -> ResidentAdapter | None:
         with self._lock:
             entry = self.pool.get(weights.digest)
             if entry is not None:
                 return entry
-            check_compatible(
-                weights,
-                self.model,
-                label=ref,
-                base_fingerprint=self.base_fingerprint,
-                recorded_fingerprint=recorded_fingerprint,
-            )
-            slot, evicted = self.pool.reserve(
+            host = self.pool.host_get(weights.digest)
+            if host is None:
+                check_compatible(
+                    weights,
+                    self.model,
+                    label=ref,
+                    base_fingerprint=self.base_fingerprint,
+                    recorded_fingerprint=recorded_fingerprint,
+                )
+                with self._model_lock:
+                    self.slots.ensure(weights)
+                if packed is None or packed.layout is not self.slots.layout:
+                    packed = self.slots.pack(weights)
+                for old in self.pool.host_put(
+                    weights.digest,
+                    ref,
+                    packed,
+                    nbytes=packed.nbytes,
+                    rank=weights.rank,
+                    target_modules=weights.target_modules,
+                ):
+                    logger.info("dropped adapter %s from the CPU tier to keep %s", old.ref, ref)
+            else:
+                packed = host.payload
+            if not load or packed is None:
+                return None
+            return self._to_device(
                 weights.digest,
                 ref,
+                packed,
                 nbytes=weights.nbytes,
                 rank=weights.rank,
                 target_modules=weights.target_modules,
             )
-            try:
+
+    def _to_device(
+        self,
+        digest: str,
+        ref: str,
+        packed: PackedAdapter,
+        *,
+        nbytes: int,
+        rank: int,
+        target_modules: list[str],
+    ) -> ResidentAdapter:
+        """Give ``digest`` a device slot and copy ``packed`` into it. Caller holds ``_lock``."""
+        slot, evicted = self.pool.reserve(
+            digest, ref, nbytes=nbytes, rank=rank, target_modules=target_modules
+        )
+        try:
+            if self.device.type == "cuda":
+                # the slot is free and the copy is queued on a side stream: no need to stop
+                # the running decode steps
+                loaded = self.slots.load(slot, packed)
+            else:
                 with self._model_lock:
-                    self.slots.write(slot, weights)
-            except BaseException:
-                self.pool.evict(weights.digest)
-                raise
-            for old in evicted:
-                logger.info("evicted adapter %s to load %s", old.ref, ref)
-            logger.info("loaded adapter %s (%s) into slot %d", ref, weights.digest, slot)
-            return self.pool.get(weights.digest)  # type: ignore[return-value]
+                    loaded = self.slots.load(slot, packed)
+        except BaseException:
+            self.pool.evict(digest)
+            raise
+        if loaded is not packed:
+            self.pool.host_update(digest, loaded)
+        for old in evicted:
+            where = "to the CPU tier" if self.pool.host_get(old.digest, touch=False) else "out"
+            logger.info("evicted adapter %s %s to load %s", old.ref, where, ref)
+        logger.info("loaded adapter %s (%s) into slot %d", ref, digest, slot)
+        return self.pool.get(digest)  # type: ignore[return-value]
+
+    def _from_host(self, digest: str) -> ResidentAdapter | None:
+        """Bring ``digest`` from the CPU tier to a device slot; ``None`` if it is not there."""
+        host = self.pool.host_get(digest)
+        if host is None:
+            return None
+        return self._to_device(
+            digest,
+            host.ref,
+            host.payload,
+            nbytes=host.nbytes,
+            rank=host.rank,
+            target_modules=host.target_modules,
+        )
 
     def load_adapter(self, ref: str, *, pin: bool = False) -> ResidentAdapter | None:
         """Make ``ref`` resident (loading it from the registry if needed); ``None`` for base."""
@@ -218,6 +409,7 @@ class Engine:
                 self.pool.pin(entry.digest, False)
 
     def evict(self, ref: str) -> None:
+        """Free ``ref``'s device slot; its CPU-tier copy (if any) stays for a fast reload."""
         entry = self._resolve(ref, load=False)
         if entry is not None:
             with self._lock:
@@ -226,25 +418,41 @@ class Engine:
                     self.slots.clear(entry.slot)
 
     def resident(self) -> list[dict]:
-        """Resident adapters, least recently used first."""
+        """Adapters in device slots, least recently used first."""
         with self._lock:
             return [e.to_dict() for e in self.pool.entries()]
+
+    def tiers(self) -> dict[str, list[dict]]:
+        """Both tiers: ``{"device": [...], "cpu": [...]}``, least recently used first."""
+        with self._lock:
+            return {
+                "device": [e.to_dict() for e in self.pool.entries()],
+                "cpu": [e.to_dict() for e in self.pool.host_entries()],
+            }
 
     def _resolve(self, ref: str | None, *, load: bool = True) -> ResidentAdapter | None:
         if ref is None or ref.lower() in BASE_REFS:
             return None
         with self._lock:
             digest = self._names.get(ref)
-            if digest is None and ref.startswith("sha256:") and ref in self.pool:
+            if (
+                digest is None
+                and ref.startswith("sha256:")
+                and (ref in self.pool or self.pool.host_get(ref, touch=False))
+            ):
                 digest = ref
             if digest is not None:
                 entry = self.pool.get(digest)
+                if entry is not None or not load:
+                    return entry
+                entry = self._from_host(digest)
                 if entry is not None:
                     return entry
                 if ref in self._names:
                     raise UnknownAdapterError(
-                        f"adapter {ref!r} was evicted from the pool and came from a folder; load "
-                        f"it again with load_adapter_folder, or raise max_resident"
+                        f"adapter {ref!r} was evicted from the pool and the CPU tier and came "
+                        f"from a folder or from memory; load it again (load_adapter_folder / "
+                        f"add_adapter), or raise max_resident / max_cpu_adapters"
                     )
         registry = self.registry
         if registry is None:
@@ -257,8 +465,11 @@ class Engine:
         version = registry.resolve(ref)
         with self._lock:
             entry = self.pool.get(version.digest)
-        if entry is not None or not load:
-            return entry
+            if entry is not None or not load:
+                return entry
+            entry = self._from_host(version.digest)
+            if entry is not None:
+                return entry
         folder = Path(registry.local_path(version.ref))
         weights = read_adapter(folder, digest=version.digest)
         return self._install(
@@ -300,6 +511,20 @@ class Engine:
         ids, dropped = render_prompt(self.tokenizer, chat, max_prompt_tokens=budget)
         if dropped:
             logger.info("dropped %d oldest turn(s) to fit the context window", dropped)
+        return self._submit_ids(
+            ids, adapter, params, truncated_turns=dropped, constraint=constraint
+        )
+
+    def _submit_ids(
+        self,
+        ids: list[int],
+        adapter: str | None,
+        params: SamplingParams,
+        *,
+        truncated_turns: int = 0,
+        constraint: dict | None = None,
+    ) -> RequestHandle:
+        """Queue already tokenized prompt ids (the rest of :meth:`submit`; benchmarks use it)."""
         with self._lock:
             entry = self._resolve(adapter)
             if entry is not None:
@@ -311,7 +536,7 @@ class Engine:
             adapter_ref=entry.ref if entry else None,
             adapter_digest=entry.digest if entry else None,
             params=params,
-            truncated_turns=dropped,
+            truncated_turns=truncated_turns,
         )
         try:
             if constraint is not None:
@@ -390,14 +615,27 @@ class Engine:
         """One forward with an adapter per row (``None`` = base); returns logits. For tests/benchmarks."""
         import torch
 
-        slots = []
-        for ref in adapters:
-            entry = self._resolve(ref)
-            slots.append(entry.slot if entry else 0)
-        with torch.inference_mode(), self._model_lock, self.slots.context.use(slots, self.device):
-            return self.model(
-                input_ids=input_ids.to(self.device), attention_mask=attention_mask
-            ).logits
+        slots, held = [], []
+        try:
+            with self._lock:  # held entries cannot be evicted by a later row's load
+                for ref in adapters:
+                    entry = self._resolve(ref)
+                    if entry is not None:
+                        self.pool.acquire(entry.digest)
+                        held.append(entry.digest)
+                    slots.append(entry.slot if entry else 0)
+            with (
+                torch.inference_mode(),
+                self._model_lock,
+                self.slots.context.use(slots, self.device),
+            ):
+                return self.model(
+                    input_ids=input_ids.to(self.device), attention_mask=attention_mask
+                ).logits
+        finally:
+            with self._lock:
+                for digest in held:
+                    self.pool.release(digest)
 
     def count_tokens(self, messages: Sequence[Any] | str) -> int:
         ids, _ = render_prompt(self.tokenizer, to_chat_dicts(messages), max_prompt_tokens=10**9)
@@ -418,6 +656,20 @@ class Engine:
             f"Engine(base={self.base_model_id!r}, fingerprint={self.base_fingerprint[:19]}..., "
             f"device={self.device}, resident={len(self.pool)}/{self.pool.max_resident})"
         )
+
+
+def _memory_fingerprint(model: Any) -> str:
+    """``memory:sha256:...`` over a model's config and a sample of every parameter."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256(b"loraroute-memory-model-v1\0")
+    h.update(model.config.to_json_string(use_diff=False).encode())
+    for name, param in model.named_parameters():
+        sample = param.detach().reshape(-1)[:64].to("cpu", torch.float32)
+        h.update(name.encode() + str(tuple(param.shape)).encode() + sample.numpy().tobytes())
+    return "memory:sha256:" + h.hexdigest()
 
 
 __all__ = ["Engine", "Generation", "RequestHandle", "SamplingParams", "AgentError"]

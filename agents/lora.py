@@ -1,32 +1,48 @@
 """Our LoRA layer: stacked adapter slots per targeted ``nn.Linear``, chosen per batch row.
 
-Every targeted linear layer is wrapped once by :class:`SlotLoraLinear`, which holds the A and B
-matrices of all resident adapters stacked along a slot axis (``A: [slots, r_max, in]``,
-``B: [slots, out, r_max]``, zero-padded to the largest rank) and one scaling per slot. Slot 0 is
-all zeros and means "no adapter". Which slot each batch row uses is read from a shared
-:class:`AdapterContext`, so switching adapters is setting one small tensor, not walking the
-model's modules as PEFT's ``set_adapter`` does.
+All resident adapters live in one preallocated slot stack on the model's device,
+``[num_slots, numel]``, laid out by :class:`~loraroute.agents._lora_layout.SlotLayout`: each
+slot holds every wrapped module's A (``[r, in]``) and pre-scaled B (``[out, r]``), zero-padded
+to the layout rank, so adapters of different ranks mix freely. Slot 0 is all zeros and means
+"no adapter". Moving an adapter into a slot is one contiguous copy of its packed host buffer
+(pinned and asynchronous on CUDA, see :meth:`SlotLayers.load`).
 
-:func:`read_adapter` parses a PEFT LoRA folder (``adapter_config.json`` +
-``adapter_model.safetensors``) into per-module tensors, and :func:`check_compatible` refuses an
-adapter whose base fingerprint, target modules or shapes do not match the loaded base.
+Every targeted linear layer is wrapped once by :class:`SlotLoraLinear`. Which slot each batch
+row uses is read from a shared :class:`AdapterContext`, so switching adapters is setting one
+small list, not walking the model's modules as PEFT's ``set_adapter`` does. Modules that read
+the same input (``q``/``k``/``v``, ``gate``/``up``) form a group whose LoRA deltas are computed
+together, once per forward:
+
+- ``"triton"`` (CUDA): tokens are grouped by adapter into tiles and one fused kernel per group
+  does shrink and expand (:mod:`loraroute.agents._lora_triton`);
+- ``"torch"`` (any device): a batch with one adapter does two small matmuls; a mixed batch
+  gathers each row's matrices and uses batched matmuls (gather + bmm).
+
+Each module then adds its base product onto its delta in place (``addmm_``), so the LoRA costs
+no separate add. :func:`read_adapter` parses a PEFT LoRA folder (``adapter_config.json`` +
+``adapter_model.safetensors``) and :func:`check_compatible` refuses an adapter whose base
+fingerprint, target modules or shapes do not match the loaded base.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from . import _lora_triton
+from ._lora_layout import SlotLayout
 from .errors import IncompatibleAdapterError
 
 logger = logging.getLogger(__name__)
@@ -36,25 +52,117 @@ ADAPTER_CONFIG = "adapter_config.json"
 _PEFT_PREFIX = "base_model.model."
 _KEY_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 
+Backend = Literal["auto", "triton", "torch"]
+TILE_M = 16  # tokens per Triton tile (the smallest tl.dot size)
+TRITON_MAX_UNIFORM_TOKENS = 64  # above this, a one-adapter batch uses two plain matmuls
+_USED = object()  # a group delta already handed to its module
+
+
+def _to_device(values: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        # pinned + non_blocking: no stream synchronisation in the middle of a forward
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+class _Plan:
+    """The adapter choice of one forward: slots per row, plus device-side index tensors."""
+
+    __slots__ = ("version", "slots", "uniform", "device", "_idx", "_tiles")
+
+    def __init__(self, version: int, slots: list[int], uniform: int | None, device: torch.device):
+        self.version = version
+        self.slots = slots
+        self.uniform = uniform
+        self.device = device
+        self._idx: torch.Tensor | None = None
+        self._tiles: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def rows(self) -> int:
+        return len(self.slots)
+
+    def idx(self) -> torch.Tensor:
+        """``[rows]`` slot numbers (long) on the device, for gathers."""
+        if self._idx is None:
+            self._idx = _to_device(self.slots, torch.long, self.device)
+        return self._idx
+
+    def tiles(self, per_row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens grouped by slot into tiles of :data:`TILE_M`: ``(tok, tile_slot)``.
+
+        ``tok`` is ``[tiles * TILE_M]`` token indices (``-1`` pads a tile), ``tile_slot`` is
+        ``[tiles]``; token ``i * per_row + j`` is position ``j`` of row ``i``.
+        """
+        cached = self._tiles.get(per_row)
+        if cached is not None:
+            return cached
+        by_slot: dict[int, list[int]] = {}
+        for row, slot in enumerate(self.slots):
+            by_slot.setdefault(slot, []).extend(range(row * per_row, (row + 1) * per_row))
+        tile_slots: list[int] = []
+        toks: list[int] = []
+        for slot, tokens in by_slot.items():
+            for start in range(0, len(tokens), TILE_M):
+                part = tokens[start : start + TILE_M]
+                tile_slots.append(slot)
+                toks.extend(part + [-1] * (TILE_M - len(part)))
+        n = len(tile_slots)
+        pad = -n % 16  # keep ``tok`` 64-byte aligned inside the shared buffer
+        buf = _to_device(tile_slots + [0] * pad + toks, torch.int32, self.device)
+        out = (buf[n + pad :], buf[:n])
+        self._tiles[per_row] = out
+        return out
+
 
 class AdapterContext:
     """The adapter choice of the current forward pass, shared by all slot layers of a model.
 
-    ``indices`` is a ``[batch]`` long tensor of slot numbers (0 = no adapter); ``uniform`` is
-    the single slot when every row uses the same one (a faster path), else ``None``.
+    ``set(slots)`` takes one slot number per batch row (0 = no adapter). ``uniform`` is the
+    single slot when every row uses the same one, else ``None``; ``indices`` is the per-row
+    slot tensor of a mixed batch. ``set`` also makes the compute stream wait for adapter
+    copies still in flight (see :meth:`SlotLayers.load`).
     """
 
     def __init__(self) -> None:
-        self.indices: torch.Tensor | None = None
         self.uniform: int | None = 0
+        self.plan: _Plan | None = None
+        self._versions = itertools.count(1)
+        self._pending: list[Any] = []  # CUDA events of slot copies not yet waited on
+        self._pending_lock = threading.Lock()
+
+    @property
+    def indices(self) -> torch.Tensor | None:
+        plan = self.plan
+        return None if plan is None or plan.uniform is not None else plan.idx()
+
+    def add_pending(self, event: Any) -> None:
+        with self._pending_lock:
+            self._pending.append(event)
+
+    def wait_copies(self) -> None:
+        """Order the current stream after every adapter copy issued so far."""
+        if not self._pending:
+            return
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        stream = torch.cuda.current_stream()
+        for event in pending:
+            stream.wait_event(event)
 
     def set(self, slots: list[int], device: torch.device | str = "cpu") -> None:
+        self.wait_copies()
         first = slots[0] if slots else 0
-        if all(s == first for s in slots):
-            self.uniform, self.indices = first, None
+        uniform = first if all(s == first for s in slots) else None
+        self.uniform = uniform
+        if uniform == 0:
+            self.plan = None
         else:
-            self.uniform = None
-            self.indices = torch.tensor(slots, dtype=torch.long, device=device)
+            self.plan = _Plan(next(self._versions), list(slots), uniform, torch.device(device))
+
+    def clear(self) -> None:
+        self.uniform, self.plan = 0, None
 
     @contextmanager
     def use(self, slots: list[int], device: torch.device | str = "cpu"):
@@ -63,94 +171,160 @@ class AdapterContext:
         try:
             yield self
         finally:
-            self.uniform, self.indices = 0, None
+            self.clear()
 
 
 class SlotLoraLinear(nn.Module):
-    """An ``nn.Linear`` plus stacked LoRA slots; the slot per row comes from the context."""
+    """An ``nn.Linear`` plus its view of the slot stack; the slot per row comes from the context."""
 
-    lora_A: torch.Tensor
-    lora_B: torch.Tensor
-    scaling: torch.Tensor
+    _layers: SlotLayers
+    group: _Group
 
-    def __init__(self, base: nn.Linear, context: AdapterContext, num_slots: int, r_max: int):
+    def __init__(self, base: nn.Linear, layers: SlotLayers, name: str):
         super().__init__()
         self.base = base
-        self.context = context
+        self.name = name
+        self.context = layers.context
         self.in_features = base.in_features
         self.out_features = base.out_features
-        w = base.weight
-        self.register_buffer(
-            "lora_A",
-            torch.zeros(num_slots, r_max, self.in_features, dtype=w.dtype, device=w.device),
-            persistent=False,
-        )
-        self.register_buffer(
-            "lora_B",
-            torch.zeros(num_slots, self.out_features, r_max, dtype=w.dtype, device=w.device),
-            persistent=False,
-        )
-        self.register_buffer(
-            "scaling", torch.zeros(num_slots, dtype=w.dtype, device=w.device), persistent=False
-        )
-        # Python-side rank per slot: 0 means this module has nothing in that slot (skip it).
-        self.ranks: list[int] = [0] * num_slots
+        self.member = 0
+        object.__setattr__(self, "_layers", layers)  # a back reference, not a submodule
+        object.__setattr__(self, "group", None)
 
     @property
     def weight(self) -> torch.Tensor:  # some model code reads .weight of projections
         return self.base.weight
 
     @property
-    def r_max(self) -> int:
-        return self.lora_A.shape[1]
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
 
-    def grow(self, r_max: int) -> None:
-        """Zero-pad every slot to rank ``r_max`` (a rare reallocation, when a bigger rank comes)."""
-        if r_max <= self.r_max:
-            return
-        pad = r_max - self.r_max
-        self.lora_A = F.pad(self.lora_A, (0, 0, 0, pad))
-        self.lora_B = F.pad(self.lora_B, (0, pad))
+    @property
+    def lora_A(self) -> torch.Tensor:
+        """``[slots, r, in]`` view of the A matrices of every slot."""
+        layers = self._layers
+        if layers.layout is None or layers.stack is None:
+            raise RuntimeError("no adapter was loaded yet")
+        return layers.layout.a_view(layers.stack, self.name)
 
-    def write_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
-        r = a.shape[0]
-        self.grow(r)
-        self.lora_A[slot].zero_()
-        self.lora_B[slot].zero_()
-        self.lora_A[slot, :r].copy_(a)
-        self.lora_B[slot, :, :r].copy_(b)
-        self.scaling[slot] = scaling
-        self.ranks[slot] = r
+    @property
+    def lora_B(self) -> torch.Tensor:
+        """``[slots, out, r]`` view of the (pre-scaled) B matrices of every slot."""
+        layers = self._layers
+        if layers.layout is None or layers.stack is None:
+            raise RuntimeError("no adapter was loaded yet")
+        return layers.layout.b_view(layers.stack, self.name)
 
-    def clear_slot(self, slot: int) -> None:
-        self.lora_A[slot].zero_()
-        self.lora_B[slot].zero_()
-        self.scaling[slot] = 0.0
-        self.ranks[slot] = 0
+    @property
+    def ranks(self) -> list[int]:
+        return [r.get(self.name, 0) for r in self._layers.slot_ranks]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
-        ctx = self.context
-        if ctx.uniform is not None:
-            slot = ctx.uniform
-            r = self.ranks[slot]
-            if r == 0:
-                return out
-            a = self.lora_A[slot, :r]
-            b = self.lora_B[slot, :, :r]
-            return out + F.linear(F.linear(x, a), b) * self.scaling[slot]
-        idx = ctx.indices
-        if idx is None:
-            return out
-        # Mixed batch: gather each row's (zero-padded) matrices and use batched matmuls.
-        a = self.lora_A.index_select(0, idx)  # [b, r, in]
-        b = self.lora_B.index_select(0, idx)  # [b, out, r]
-        scale = self.scaling.index_select(0, idx).view(-1, *([1] * (x.dim() - 1)))
-        x3 = x if x.dim() == 3 else x.unsqueeze(1)
-        delta = torch.bmm(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2))
-        if x.dim() != 3:
-            delta = delta.squeeze(1)
-        return out + delta * scale
+        plan = self.context.plan
+        if plan is None:
+            return self.base(x)
+        return self.group.apply(self, x, plan)
+
+
+class _Group:
+    """Modules that read the same input: their deltas are computed together, once per input."""
+
+    def __init__(self, layers: SlotLayers, index: int, members: list[SlotLoraLinear]):
+        self.layers = layers
+        self.index = index
+        self.members = members
+        layout, stack = layers.layout, layers.stack
+        if layout is None or stack is None:
+            raise RuntimeError("a LoRA group needs the slot layout and stack first")
+        self.r = layout.r
+        self.in_features = members[0].in_features
+        self.a = layout.group_a_view(stack, index)  # [slots, M * r, in]
+        self.b = [layout.b_view(stack, m.name) for m in members]  # [slots, out, r] each
+        self.outs = [m.out_features for m in members]
+        self.total_out = sum(self.outs)
+        self._spots = [
+            (layout.spots[m.name].a_off, layout.spots[m.name].b_off, m.out_features)
+            for m in members
+        ]
+        self._chunks: dict[int, torch.Tensor] = {}
+        for i, m in enumerate(members):
+            m.member = i
+            object.__setattr__(m, "group", self)
+        self.x: torch.Tensor | None = None
+        self.version = -1
+        self.deltas: list[Any] = []
+
+    def apply(self, layer: SlotLoraLinear, x: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        m = layer.member
+        if self.x is x and self.version == plan.version and self.deltas[m] is not _USED:
+            d = self.deltas[m]
+        else:
+            self.deltas = self.compute(x, plan)
+            self.x, self.version = x, plan.version
+            d = self.deltas[m]
+        self.deltas[m] = _USED
+        base = layer.base
+        if d is None:
+            return base(x)
+        d.addmm_(x.reshape(-1, x.shape[-1]), base.weight.t())
+        if base.bias is not None:
+            d.add_(base.bias)
+        return d.view(*x.shape[:-1], d.shape[-1])
+
+    def compute(self, x: torch.Tensor, plan: _Plan) -> list[torch.Tensor | None]:
+        """The LoRA delta of every member for input ``x`` (``None`` where it is zero)."""
+        layers = self.layers
+        x2 = x.reshape(-1, x.shape[-1])
+        n = x2.shape[0]
+        rows = plan.rows
+        if n % rows:
+            raise RuntimeError(
+                f"a LoRA layer got {n} tokens for a batch of {rows} rows; the adapter context "
+                f"must name one slot per batch row"
+            )
+        slot = plan.uniform
+        if slot is not None and self.index not in layers.active[slot]:
+            return [None] * len(self.members)
+        backend = layers.backend
+        if backend == "triton" and (slot is None or n <= TRITON_MAX_UNIFORM_TOKENS):
+            return self._triton(x2, plan, n // rows)
+        r = self.r
+        if slot is not None:
+            t = x2 @ self.a[slot].t()  # [n, M * r]
+            return [t[:, i * r : (i + 1) * r] @ b[slot].t() for i, b in enumerate(self.b)]
+        # mixed batch, gather + bmm: each row's own (zero-padded) matrices
+        idx = plan.idx()
+        x3 = x2.view(rows, n // rows, x2.shape[-1])
+        t = torch.bmm(x3, self.a.index_select(0, idx).transpose(1, 2))  # [rows, L, M * r]
+        out: list[torch.Tensor | None] = []
+        for i, b in enumerate(self.b):
+            bi = b.index_select(0, idx).transpose(1, 2)  # [rows, r, out]
+            out.append(torch.bmm(t[..., i * r : (i + 1) * r], bi).view(n, -1))
+        return out
+
+    def _triton(self, x2: torch.Tensor, plan: _Plan, per_row: int) -> list[torch.Tensor | None]:
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        tok, tile_slot = plan.tiles(per_row)
+        chunk = _lora_triton.chunk_width(self.total_out, self.in_features)
+        table = self._chunks.get(chunk)
+        if table is None:
+            table = _lora_triton.chunk_table(self._spots, chunk, x2.device)
+            self._chunks[chunk] = table
+        delta = torch.empty(x2.shape[0], self.total_out, dtype=x2.dtype, device=x2.device)
+        launcher, stack = self.layers.launcher, self.layers.stack
+        if launcher is None or stack is None:
+            raise RuntimeError("the Triton LoRA backend needs triton and a slot stack")
+        launcher(
+            x2, stack, delta, tok, tile_slot, table,
+            r=self.r, block_m=TILE_M, chunk=chunk,
+        )  # fmt: skip
+        out: list[torch.Tensor | None] = []
+        col = 0
+        for width in self.outs:
+            out.append(delta[:, col : col + width])
+            col += width
+        return out
 
 
 @dataclass
@@ -306,15 +480,122 @@ def check_compatible(
             )
 
 
-class SlotLayers:
-    """All :class:`SlotLoraLinear` wrappers of one model, created on first use per module."""
+@dataclass
+class PackedAdapter:
+    """One adapter packed into a slot layout: the unit the CPU tier keeps and copies to a slot.
 
-    def __init__(self, model: nn.Module, num_slots: int, r_max: int = 16):
+    ``flat`` is a ``[layout.numel]`` host tensor (pinned when the engine runs on CUDA);
+    ``ranks`` is the LoRA rank per module (modules the adapter does not target are absent).
+    """
+
+    flat: torch.Tensor = field(repr=False)
+    layout: SlotLayout = field(repr=False)
+    ranks: dict[str, int]
+
+    @property
+    def nbytes(self) -> int:
+        return self.flat.numel() * self.flat.element_size()
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``auto`` -> ``triton`` on CUDA when Triton is installed, else ``torch``."""
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"lora_backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    reason = _lora_triton.unavailable_reason(device)
+    if backend == "triton" and reason is not None:
+        raise ValueError(f"lora_backend='triton' is not available: {reason}; use 'torch'")
+    if backend == "auto":
+        return "triton" if reason is None and device.type == "cuda" else "torch"
+    return backend
+
+
+class SlotLayers:
+    """The slot stack of one model and the :class:`SlotLoraLinear` wrappers that read it.
+
+    Modules are wrapped when the first adapter that targets them arrives; the stack is
+    re-laid out (a rare reallocation that keeps every loaded adapter) when an adapter brings a
+    new module or a larger rank than the layout has.
+    """
+
+    def __init__(self, model: nn.Module, num_slots: int, r_max: int = 16, *, backend: str = "auto"):
         self.model = model
         self.context = AdapterContext()
         self.num_slots = num_slots
         self.r_max = r_max
+        param = next(model.parameters())
+        self.device = param.device
+        self.dtype = param.dtype
+        self._backend = resolve_backend(backend, self.device)
         self.layers: dict[str, SlotLoraLinear] = {}
+        self.layout: SlotLayout | None = None
+        self.stack: torch.Tensor | None = None  # [num_slots, layout.numel]
+        self.groups: list[_Group] = []
+        self.slot_ranks: list[dict[str, int]] = [{} for _ in range(num_slots)]
+        self.active: list[set[int]] = [set() for _ in range(num_slots)]  # groups with a rank
+        self.launcher = _lora_triton.GroupLauncher() if _lora_triton.triton is not None else None
+        self._copy_stream: Any = None
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = resolve_backend(value, self.device)
+        if self.layout is not None and self._backend == "triton":
+            self._relayout(set(self.layout.spots), self.layout.r)
+
+    def _rank_for(self, r: int) -> int:
+        r = max(r, self.r_max, 1)
+        if self._backend == "triton":  # tl.dot and tl.arange want a power of two >= 16
+            r = max(16, 1 << (r - 1).bit_length())
+        return r
+
+    # -- layout ----------------------------------------------------------------------------
+    def ensure(self, weights: AdapterWeights) -> None:
+        """Make the layout cover ``weights`` (wrapping modules / growing the rank as needed).
+
+        Callers hold the engine's model lock: a re-layout swaps the stack under the model.
+        """
+        layout = self.layout
+        r = self._rank_for(weights.rank)
+        if layout is not None and layout.r >= r and all(n in layout for n in weights.modules):
+            return
+        names = set(weights.modules) | (set(layout.spots) if layout else set())
+        self._relayout(names, max(r, layout.r if layout else 0))
+
+    def _relayout(self, names: set[str], r: int) -> None:
+        r = self._rank_for(r)
+        old_layout, old_stack = self.layout, self.stack
+        if old_layout is not None and old_layout.r == r and set(old_layout.spots) == names:
+            return
+        named = dict(self.model.named_modules())
+        ordered = [n for n in named if n in names or n in self.layers]
+        modules = []
+        for name in ordered:
+            base = self.layers[name].base if name in self.layers else named[name]
+            modules.append((name, base.in_features, base.out_features))
+        layout = SlotLayout(modules, r)
+        self._sync_copies()
+        stack = torch.zeros(self.num_slots, layout.numel, dtype=self.dtype, device=self.device)
+        if old_layout is not None and old_stack is not None:
+            layout.copy_from(old_layout, old_stack, stack)
+        for name, _, _ in modules:
+            self._wrap(name)
+        self.layout, self.stack = layout, stack
+        self.groups = [
+            _Group(self, g, [self.layers[n] for n in members])
+            for g, members in enumerate(layout.groups)
+        ]
+        self._refresh_active()
+        logger.info(
+            "LoRA slot layout: %d modules in %d groups, rank %d, %d slots, %.1f MiB",
+            len(modules),
+            len(self.groups),
+            r,
+            self.num_slots,
+            self.slot_bytes() / 2**20,
+        )
 
     def _wrap(self, name: str) -> SlotLoraLinear:
         layer = self.layers.get(name)
@@ -323,39 +604,100 @@ class SlotLayers:
         parent_name, _, child = name.rpartition(".")
         parent = self.model.get_submodule(parent_name) if parent_name else self.model
         base = getattr(parent, child)
-        layer = SlotLoraLinear(base, self.context, self.num_slots, self.r_max)
+        layer = SlotLoraLinear(base, self, name)
         setattr(parent, child, layer)
         self.layers[name] = layer
         return layer
 
+    def _refresh_active(self) -> None:
+        layout = self.layout
+        for slot, ranks in enumerate(self.slot_ranks):
+            self.active[slot] = (
+                {layout.spots[n].group for n, r in ranks.items() if r and n in layout.spots}
+                if layout is not None
+                else set()
+            )
+
+    # -- adapters in and out of slots ------------------------------------------------------
+    def pack(self, weights: AdapterWeights, *, pin: bool | None = None) -> PackedAdapter:
+        """Pack ``weights`` into a host buffer in the current layout (call :meth:`ensure` first)."""
+        layout = self.layout
+        if layout is None or not layout.covers(weights):
+            raise RuntimeError(
+                "SlotLayers.pack needs a layout that covers the adapter; call ensure"
+            )
+        if pin is None:
+            pin = self.device.type == "cuda"
+        flat = torch.empty(layout.numel, dtype=self.dtype, pin_memory=pin)
+        ranks = layout.pack(weights, flat)
+        return PackedAdapter(flat=flat, layout=layout, ranks=ranks)
+
+    def repack(self, packed: PackedAdapter) -> PackedAdapter:
+        """``packed`` in the current layout (itself when it already is)."""
+        layout = self.layout
+        if packed.layout is layout or layout is None:
+            return packed
+        flat = torch.empty(layout.numel, dtype=self.dtype, pin_memory=packed.flat.is_pinned())
+        layout.copy_from(packed.layout, packed.flat, flat)
+        return PackedAdapter(flat=flat, layout=layout, ranks=dict(packed.ranks))
+
+    def load(self, slot: int, packed: PackedAdapter) -> PackedAdapter:
+        """Copy ``packed`` into ``slot``; returns it in the current layout.
+
+        On CUDA the copy is one asynchronous host-to-device transfer from pinned memory on a
+        side stream, so it overlaps running decode steps; the next forward waits for it
+        (:meth:`AdapterContext.set`). The slot must not be used by running rows.
+        """
+        packed = self.repack(packed)
+        if self.stack is None:
+            raise RuntimeError("no slot layout yet; call ensure() with the adapter first")
+        dst = self.stack[slot]
+        if self.device.type == "cuda":
+            if self._copy_stream is None:
+                self._copy_stream = torch.cuda.Stream(device=self.device)
+            stream = self._copy_stream
+            # after whatever the compute stream queued on this memory (e.g. a fresh stack's fill)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                dst.copy_(packed.flat, non_blocking=packed.flat.is_pinned())
+                event = torch.cuda.Event()
+                event.record(stream)
+            self.context.add_pending(event)
+        else:
+            dst.copy_(packed.flat)
+        self.slot_ranks[slot] = dict(packed.ranks)
+        self._refresh_slot(slot)
+        return packed
+
+    def _refresh_slot(self, slot: int) -> None:
+        layout = self.layout
+        ranks = self.slot_ranks[slot]
+        self.active[slot] = {
+            layout.spots[n].group for n, r in ranks.items() if r and layout and n in layout.spots
+        }
+
+    def _sync_copies(self) -> None:
+        if self._copy_stream is not None:
+            self._copy_stream.synchronize()
+
     def write(self, slot: int, weights: AdapterWeights) -> None:
-        """Copy ``weights`` into ``slot`` of every module (clearing modules it does not target)."""
-        if weights.rank > self.r_max:
-            self.r_max = weights.rank
-            for layer in self.layers.values():
-                layer.grow(self.r_max)
-        for name in weights.modules:
-            self._wrap(name)
-        with torch.no_grad():
-            for name, layer in self.layers.items():
-                entry = weights.modules.get(name)
-                if entry is None:
-                    layer.clear_slot(slot)
-                else:
-                    a, b, scaling = entry
-                    layer.write_slot(
-                        slot, a.to(layer.lora_A.dtype), b.to(layer.lora_B.dtype), scaling
-                    )
+        """Copy ``weights`` into ``slot`` (wrapping modules / re-laying out as needed)."""
+        self.ensure(weights)
+        self.load(slot, self.pack(weights, pin=False))
 
     def clear(self, slot: int) -> None:
-        with torch.no_grad():
-            for layer in self.layers.values():
-                layer.clear_slot(slot)
+        if self.stack is not None:
+            self._sync_copies()
+            self.stack[slot].zero_()
+        self.slot_ranks[slot] = {}
+        self.active[slot] = set()
 
     def slot_bytes(self) -> int:
-        """Memory held by all slot buffers (preallocated, independent of how many are used)."""
-        return sum(
-            layer.lora_A.numel() * layer.lora_A.element_size()
-            + layer.lora_B.numel() * layer.lora_B.element_size()
-            for layer in self.layers.values()
-        )
+        """Memory held by the slot stack (preallocated, independent of how many are used)."""
+        return 0 if self.stack is None else self.stack.numel() * self.stack.element_size()
+
+    def adapter_bytes(self) -> int:
+        """Bytes of one packed adapter (one slot) in the current layout."""
+        if self.layout is None or self.stack is None:
+            return 0
+        return self.layout.numel * self.stack.element_size()

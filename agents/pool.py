@@ -1,9 +1,15 @@
-"""The resident adapter pool: which adapter lives in which slot, and what to evict.
+"""The adapter pool: which adapter lives in which device slot, which in the CPU tier behind.
 
-Entries are keyed by the adapter's immutable version digest, so re-pointing an alias (say
-``legal:prod`` from ``legal@3`` to ``legal@4``) resolves to another digest and never serves the
-old weights. Eviction is least-recently-used, bounded by count and by bytes; pinned adapters
-and adapters used by running requests are never evicted.
+Two tiers, both least-recently-used and keyed by the adapter's immutable version digest (so
+re-pointing an alias, say ``legal:prod`` from ``legal@3`` to ``legal@4``, resolves to another
+digest and never serves the old weights):
+
+- the device tier: ``max_resident`` slots (bounded by count and bytes); pinned adapters and
+  adapters used by running requests are never evicted from it;
+- the CPU tier: up to ``max_host`` packed host copies (``max_host_bytes``), from which an
+  evicted adapter comes back with one host-to-device copy instead of a disk read. It keeps a
+  copy of every device-resident adapter too, and drops only adapters that are not resident.
+  ``max_host=0`` turns it off (evicted adapters are read again from their source).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import AgentError, PoolFullError
 
@@ -45,8 +52,25 @@ class ResidentAdapter:
         }
 
 
+@dataclass
+class HostAdapter:
+    """One adapter in the CPU tier: its packed host copy (``payload``) and what it is."""
+
+    digest: str
+    ref: str
+    nbytes: int
+    rank: int
+    payload: Any = field(repr=False)
+    target_modules: list[str] = field(default_factory=list)
+    last_used: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict:
+        return {"ref": self.ref, "digest": self.digest, "bytes": self.nbytes, "rank": self.rank}
+
+
 class AdapterPool:
-    """Slot bookkeeping for ``max_resident`` adapters (slots 1..max_resident; 0 = no adapter).
+    """Slot bookkeeping for ``max_resident`` adapters (slots 1..max_resident; 0 = no adapter)
+    and the CPU tier behind them.
 
     Not thread-safe by itself: the engine calls it under its lock.
 
@@ -58,16 +82,31 @@ class AdapterPool:
         (1, [])
     """
 
-    def __init__(self, max_resident: int = 16, max_bytes: int | None = None):
+    def __init__(
+        self,
+        max_resident: int = 16,
+        max_bytes: int | None = None,
+        *,
+        max_host: int = 0,
+        max_host_bytes: int | None = None,
+    ):
         if max_resident < 1:
             raise ValueError(f"max_resident must be at least 1, got {max_resident}")
         if max_bytes is not None and max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive or None, got {max_bytes}")
+        if max_host < 0:
+            raise ValueError(f"max_host must be 0 (no CPU tier) or more, got {max_host}")
+        if max_host_bytes is not None and max_host_bytes <= 0:
+            raise ValueError(f"max_host_bytes must be positive or None, got {max_host_bytes}")
         self.max_resident = max_resident
         self.max_bytes = max_bytes
+        self.max_host = max_host
+        self.max_host_bytes = max_host_bytes
         self._entries: OrderedDict[str, ResidentAdapter] = OrderedDict()  # LRU first
         self._free = list(range(max_resident, 0, -1))  # pop() hands out 1, 2, ...
+        self._host: OrderedDict[str, HostAdapter] = OrderedDict()  # LRU first
         self.evictions = 0
+        self.host_drops = 0
 
     @property
     def num_slots(self) -> int:
@@ -175,3 +214,78 @@ class AdapterPool:
         entry = self._entries.get(digest)
         if entry is not None and entry.in_use > 0:
             entry.in_use -= 1
+
+    # -- CPU tier --------------------------------------------------------------------------
+    @property
+    def host_bytes(self) -> int:
+        return sum(e.nbytes for e in self._host.values())
+
+    def host_entries(self) -> list[HostAdapter]:
+        """Adapters in the CPU tier, least recently used first."""
+        return list(self._host.values())
+
+    def host_get(self, digest: str, *, touch: bool = True) -> HostAdapter | None:
+        entry = self._host.get(digest)
+        if entry is not None and touch:
+            entry.last_used = time.time()
+            self._host.move_to_end(digest)
+        return entry
+
+    def host_put(
+        self,
+        digest: str,
+        ref: str,
+        payload: Any,
+        *,
+        nbytes: int,
+        rank: int,
+        target_modules: list[str] | None = None,
+    ) -> list[HostAdapter]:
+        """Keep ``payload`` in the CPU tier; returns the entries dropped to make room.
+
+        Only adapters that are not device-resident are dropped; when every other entry is
+        resident the tier grows past its bound until some are evicted from the device.
+        """
+        if self.max_host == 0:
+            return []
+        old = self._host.pop(digest, None)
+        self._host[digest] = HostAdapter(
+            digest=digest,
+            ref=ref,
+            nbytes=nbytes,
+            rank=rank,
+            payload=payload,
+            target_modules=list(target_modules or (old.target_modules if old else [])),
+        )
+        dropped: list[HostAdapter] = []
+
+        def over() -> bool:
+            if len(self._host) > self.max_host:
+                return True
+            return self.max_host_bytes is not None and self.host_bytes > self.max_host_bytes
+
+        while over():
+            victim = next(
+                (
+                    e
+                    for e in self._host.values()
+                    if e.digest not in self._entries and e.digest != digest
+                ),
+                None,
+            )
+            if victim is None:
+                break
+            del self._host[victim.digest]
+            self.host_drops += 1
+            dropped.append(victim)
+            logger.debug("dropped adapter %s (%s) from the CPU tier", victim.ref, victim.digest)
+        return dropped
+
+    def host_update(self, digest: str, payload: Any) -> None:
+        """Replace the payload of a CPU-tier entry (after a re-layout repacked it)."""
+        entry = self._host.get(digest)
+        if entry is not None:
+            entry.payload = payload
+
+    def host_drop(self, digest: str) -> HostAdapter | None:
+        return self._host.pop(digest, None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,6 +90,8 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (for tests and stats)
         self.max_rows_seen = 0
+        self.decode_tokens = 0  # tokens produced by decode steps (not by prefills)
+        self.decode_seconds = 0.0  # wall time of decode steps, sampling included
 
     # -- public ----------------------------------------------------------------------------
     def submit(self, handle: RequestHandle) -> RequestHandle:
@@ -156,6 +159,7 @@ class BatchScheduler:
         self._drop_finished()
         if not self._rows:
             return
+        started = time.perf_counter()
         ids = torch.tensor([[row.tokens[-1]] for row in self._rows], device=self.device)
         pos = torch.tensor([[row.position] for row in self._rows], device=self.device)
         self._mask = torch.cat(
@@ -173,11 +177,26 @@ class BatchScheduler:
                 use_cache=True,
                 **{self._cache_kw: self._cache},
             )
-        self.steps += 1
-        logits = out.logits[:, -1, :].float()
+        logits = out.logits[:, -1, :]
+        # greedy rows without a grammar: one argmax and one device-to-host copy for all of them
+        plain = [
+            i
+            for i, row in enumerate(self._rows)
+            if row.handle.params.temperature == 0 and row.handle.constraint is None
+        ]
+        greedy: dict[int, int] = {}
+        if plain:
+            picked = (
+                logits.argmax(-1) if len(plain) == len(self._rows) else logits[plain].argmax(-1)
+            )
+            greedy = dict(zip(plain, picked.tolist(), strict=True))
         for i, row in enumerate(self._rows):
             row.position += 1
-            self._accept(row, self._sample(row, logits[i]))
+            token = greedy.get(i)
+            self._accept(row, token if token is not None else self._sample(row, logits[i].float()))
+        self.steps += 1
+        self.decode_tokens += len(self._rows)
+        self.decode_seconds += time.perf_counter() - started
         self._drop_finished()
 
     def _finish_unstarted(self, handle: RequestHandle) -> None:
