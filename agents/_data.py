@@ -74,7 +74,9 @@ def _check_record(obj: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]
     return out, problems
 
 
-def _error_message(source: str, issues: list[tuple[int, str, str]], total: int) -> str:
+def _error_message(
+    source: str, issues: list[tuple[int, str, str]], total: int, what: str = "training data"
+) -> str:
     by_kind: dict[str, list[tuple[int, str]]] = {}
     for line, kind, detail in issues:
         by_kind.setdefault(kind, []).append((line, detail))
@@ -85,11 +87,48 @@ def _error_message(source: str, issues: list[tuple[int, str, str]], total: int) 
         parts.append(f"{kind}: {len(items)} ({shown}{more})")
     bad = len({line for line, _, _ in issues})
     return (
-        f"training data {source} has {bad} invalid record(s) out of {total}: "
+        f"{what} {source} has {bad} invalid record(s) out of {total}: "
         + " | ".join(parts)
         + ". Fix or remove these lines; each line must be "
         '{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}'
     )
+
+
+def read_records(
+    data: Path | str | Iterable[dict[str, Any]], *, what: str = "training data"
+) -> tuple[str, list[tuple[int, Any]], list[tuple[int, str, str]]]:
+    """``(source, [(line, object)], issues)`` for a JSONL file or a list of records.
+
+    Lines end at ``"\n"`` only; blank lines are skipped; a line that is not JSON becomes an
+    issue ``(line, "malformed JSON", detail)``. A missing or non-UTF-8 file raises at once.
+    """
+    issues: list[tuple[int, str, str]] = []
+    if not isinstance(data, (str, Path)):
+        return "(list of records)", list(enumerate(data, start=1)), issues
+    path = Path(data)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise DataValidationError(f"{what} file {str(path)!r} does not exist") from exc
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(
+            f"{what} file {str(path)!r} is not UTF-8 text ({exc}); save it as UTF-8 JSONL"
+        ) from exc
+    records: list[tuple[int, Any]] = []
+    # JSONL lines end at "\n" only: str.splitlines() would also split at U+2028/U+2029,
+    # which JSON strings may hold unescaped (PubMedQA does).
+    for n, raw in enumerate(text.split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            records.append((n, json.loads(raw)))
+        except json.JSONDecodeError as exc:
+            issues.append((n, "malformed JSON", exc.msg + f" at column {exc.colno}"))
+            records.append((n, _MALFORMED))
+    return repr(str(path)), records, issues
+
+
+_MALFORMED = object()  # placeholder for a line that is not JSON (already an issue)
 
 
 def load_examples(data: Path | str | Iterable[dict[str, Any]]) -> list[ChatExample]:
@@ -104,34 +143,11 @@ def load_examples(data: Path | str | Iterable[dict[str, Any]]) -> list[ChatExamp
         ...                              {"role": "assistant", "content": "hello"}]}])[0].line
         1
     """
-    issues: list[tuple[int, str, str]] = []
+    source, records, issues = read_records(data)
     examples: list[ChatExample] = []
-    total = 0
-    if isinstance(data, (str, Path)):
-        path = Path(data)
-        source = repr(str(path))
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError as exc:
-            raise DataValidationError(f"training data file {str(path)!r} does not exist") from exc
-        except UnicodeDecodeError as exc:
-            raise DataValidationError(
-                f"training data file {str(path)!r} is not UTF-8 text ({exc}); save it as UTF-8 JSONL"
-            ) from exc
-        records: list[tuple[int, Any]] = []
-        for n, raw in enumerate(text.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            total += 1
-            try:
-                records.append((n, json.loads(raw)))
-            except json.JSONDecodeError as exc:
-                issues.append((n, "malformed JSON", exc.msg + f" at column {exc.colno}"))
-    else:
-        source = "(list of records)"
-        records = list(enumerate(data, start=1))
-        total = len(records)
     for line, obj in records:
+        if obj is _MALFORMED:
+            continue
         msgs, problems = _check_record(obj)
         if problems:
             issues.extend((line, kind, detail) for kind, detail in problems)
@@ -139,7 +155,7 @@ def load_examples(data: Path | str | Iterable[dict[str, Any]]) -> list[ChatExamp
             examples.append(ChatExample(tuple(msgs), line))
     if issues:
         issues.sort()
-        raise DataValidationError(_error_message(source, issues, total), issues)
+        raise DataValidationError(_error_message(source, issues, len(records)), issues)
     if not examples:
         raise DataValidationError(
             f"training data {source} holds no records; add at least one conversation"

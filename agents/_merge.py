@@ -82,9 +82,8 @@ def merge_from_registry(
     Lineage: ``parent`` is the first adapter's ref, tag ``merged_from`` holds ``"a@1,b@2"`` and
     ``training_config["merge"]`` the refs, weights and combination type.
     """
-    from loraroute.registry import open_registry
-
     from loraroute.models import resolve_base_model
+    from loraroute.registry import open_registry
     from loraroute.settings import get_settings
 
     settings = settings or get_settings()

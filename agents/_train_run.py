@@ -34,6 +34,8 @@ def _progress_callback(progress: ProgressFn) -> Any:
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
             self.logs.update({k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))})
+            if "eval_loss" in (logs or {}):
+                self.logs["eval_perplexity"] = math.exp(min(float(self.logs["eval_loss"]), 50.0))
             progress(state.global_step, state.max_steps, dict(self.logs))
 
         def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
@@ -60,6 +62,23 @@ def _load_tokenizer(base_path: Path) -> Any:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _load_init_adapter(model: Any, folder: Path, base_path: Path) -> Any:
+    """The base model wearing the trainable LoRA of ``folder`` (training continues from it)."""
+    from peft import PeftModel
+
+    if not (folder / "adapter_config.json").is_file():
+        raise TrainingError(
+            f"adapter {str(folder)!r} to start from has no adapter_config.json; pass a PEFT "
+            f"LoRA folder"
+        )
+    try:
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise TrainingError(
+            f"adapter {str(folder)!r} does not fit base model {str(base_path)!r}: {exc}"
+        ) from exc
 
 
 def run_training(
@@ -103,9 +122,9 @@ def run_training(
     dev_enc = None
     dev_report = None
     if dev_examples:
-        dev_enc, rep = encode_all(
-            tok, dev_examples, max_length=config.max_length, overlong="truncate"
-        )
+        # dev examples are never dropped: every one counts in the loss, cut like training ones
+        dev_cut = "truncate" if config.overlong == "truncate" else "middle"
+        dev_enc, rep = encode_all(tok, dev_examples, max_length=config.max_length, overlong=dev_cut)
         dev_report = rep.as_dict()
         dev_enc = dev_enc or None
 
@@ -115,22 +134,25 @@ def run_training(
     if config.last_layers is not None:
         n_layers = int(model.config.num_hidden_layers)
         layers = list(range(max(0, n_layers - config.last_layers), n_layers))
-    lora = LoraConfig(
-        r=config.rank,
-        lora_alpha=int(config.alpha or 2 * config.rank),
-        lora_dropout=config.dropout,
-        target_modules=config.target_modules,
-        task_type="CAUSAL_LM",
-        bias="none",
-        layers_to_transform=layers,
-    )
-    try:
-        peft_model = get_peft_model(model, lora)
-    except ValueError as exc:  # peft names the modules it could not find
-        raise TrainingError(
-            f"LoRA target modules {config.target_modules!r} do not fit base model "
-            f"{str(base_path)!r}: {exc}"
-        ) from exc
+    if config.init_adapter is not None:
+        peft_model = _load_init_adapter(model, Path(config.init_adapter), base_path)
+    else:
+        lora = LoraConfig(
+            r=config.rank,
+            lora_alpha=int(config.alpha or 2 * config.rank),
+            lora_dropout=config.dropout,
+            target_modules=config.target_modules,
+            task_type="CAUSAL_LM",
+            bias="none",
+            layers_to_transform=layers,
+        )
+        try:
+            peft_model = get_peft_model(model, lora)
+        except ValueError as exc:  # peft names the modules it could not find
+            raise TrainingError(
+                f"LoRA target modules {config.target_modules!r} do not fit base model "
+                f"{str(base_path)!r}: {exc}"
+            ) from exc
 
     effective = config.batch_size * config.grad_accum
     steps_per_epoch = max(1, math.ceil(len(train_enc) / effective))
@@ -180,9 +202,11 @@ def run_training(
     metrics: dict[str, float] = {}
     if dev_enc is not None and resume_from is None:
         # LoRA's B starts at zero, so this is the base model's loss on the dev set.
-        base = trainer.evaluate(metric_key_prefix="base_eval")
-        metrics["base_eval_loss"] = float(base["base_eval_loss"])
-        metrics["base_eval_perplexity"] = perplexity(metrics["base_eval_loss"])
+        # With init_adapter it is the starting adapter's loss, recorded as such.
+        key = "base_eval" if config.init_adapter is None else "init_eval"
+        start = trainer.evaluate(metric_key_prefix=key)
+        metrics[f"{key}_loss"] = float(start[f"{key}_loss"])
+        metrics[f"{key}_perplexity"] = perplexity(metrics[f"{key}_loss"])
     if use_best and config.early_stopping_patience is not None:
         trainer.add_callback(
             EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)
@@ -191,6 +215,17 @@ def run_training(
         trainer.add_callback(_progress_callback(progress))
 
     out = trainer.train(resume_from_checkpoint=resume_from)
+    # one entry per dev evaluation during training (once an epoch by default)
+    history = [
+        {
+            "step": h.get("step"),
+            "epoch": h.get("epoch"),
+            "eval_loss": h["eval_loss"],
+            "eval_perplexity": perplexity(float(h["eval_loss"])),
+        }
+        for h in trainer.state.log_history
+        if "eval_loss" in h
+    ]
     metrics["train_loss"] = float(out.training_loss)
     metrics["train_steps"] = float(trainer.state.global_step)
     metrics["epochs"] = float(trainer.state.epoch or 0.0)
@@ -205,6 +240,7 @@ def run_training(
         metrics["eval_perplexity"] = perplexity(metrics["eval_loss"])
     peft_model.save_pretrained(str(output_dir))
     report = {
+        "eval_history": history,
         "train": train_report.as_dict(),
         "dev": dev_report,
         "packed_sequences": len(train_enc) if config.packing else None,

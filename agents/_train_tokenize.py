@@ -99,12 +99,38 @@ def encode_example(tokenizer: Any, example: ChatExample) -> Encoded:
     return Encoded(ids, labels)
 
 
+Overlong = Literal["middle", "truncate", "drop"]
+
+
+def shorten(enc: Encoded, max_length: int, overlong: Overlong) -> Encoded:
+    """Cut ``enc`` to ``max_length`` tokens (``overlong`` is ``"middle"`` or ``"truncate"``).
+
+    ``"truncate"`` keeps the first ``max_length`` tokens. ``"middle"`` keeps the answer: it
+    removes tokens from the middle of the prompt (everything before the first assistant token),
+    keeping the prompt's start (system, instructions) and its end (the last words of the
+    request and the assistant header); only when the answer alone needs more than half of
+    ``max_length`` is the prompt cut to that half and the answer's end truncated.
+    """
+    ids, labels = enc.input_ids, enc.labels
+    if len(ids) <= max_length:
+        return enc
+    if overlong == "middle":
+        first = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(ids))
+        budget = max(first - (len(ids) - max_length), min(first, max_length // 2))
+        if budget < first:
+            head = budget // 2
+            tail = budget - head
+            ids = ids[:head] + ids[first - tail :]
+            labels = labels[:head] + labels[first - tail :]
+    return Encoded(ids[:max_length], labels[:max_length])
+
+
 def encode_all(
     tokenizer: Any,
     examples: list[ChatExample],
     *,
     max_length: int,
-    overlong: Literal["truncate", "drop"] = "truncate",
+    overlong: Overlong = "middle",
 ) -> tuple[list[Encoded], EncodeReport]:
     """Encode every example, applying the over-long policy; the report counts what happened."""
     report = EncodeReport()
@@ -116,7 +142,7 @@ def encode_all(
                 report.dropped += 1
                 report.dropped_lines.append(ex.line)
                 continue
-            enc = Encoded(enc.input_ids[:max_length], enc.labels[:max_length])
+            enc = shorten(enc, max_length, overlong)
             if all(label == IGNORE_INDEX for label in enc.labels):
                 report.dropped += 1  # the assistant turn starts past max_length
                 report.dropped_lines.append(ex.line)

@@ -48,6 +48,13 @@ def _floats(value: str) -> list[float]:
     default=None,
     help="Target modules, comma-separated, or 'all-linear' [default: q,k,v,o_proj].",
 )
+@click.option(
+    "--last-layers",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Adapt only the top N decoder layers (faster: backward stops there) [default: all].",
+)
 @click.option("--batch-size", type=int, default=None, help="Batch size [default: 8].")
 @click.option(
     "--grad-accum", type=int, default=None, help="Gradient accumulation steps [default: 1]."
@@ -55,11 +62,32 @@ def _floats(value: str) -> list[float]:
 @click.option("--max-length", type=int, default=None, help="Max tokens per example [default: 512].")
 @click.option(
     "--overlong",
-    type=click.Choice(["truncate", "drop"]),
+    type=click.Choice(["middle", "truncate", "drop"]),
     default=None,
-    help="What to do with longer examples [default: truncate].",
+    help="Longer examples: cut the prompt's middle and keep the answer, keep the first "
+    "max-length tokens, or leave them out [default: middle].",
 )
 @click.option("--packing/--no-packing", default=None, help="Pack short examples together.")
+@click.option(
+    "--lr-scheduler",
+    type=click.Choice(["cosine", "linear", "constant"]),
+    default=None,
+    help="Learning-rate schedule after warmup [default: cosine].",
+)
+@click.option(
+    "--warmup",
+    type=float,
+    default=None,
+    help="Warmup: a fraction of the steps if < 1, else a step count [default: 0.05].",
+)
+@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay [default: 0].")
+@click.option(
+    "--save-every",
+    type=int,
+    default=None,
+    metavar="STEPS",
+    help="Checkpoint every STEPS steps, for --resume [default: once an epoch, >= 50 steps].",
+)
 @click.option(
     "--early-stopping",
     type=int,
@@ -73,6 +101,28 @@ def _floats(value: str) -> list[float]:
 )
 @click.option("--keep-checkpoints", is_flag=True, help="Keep OUTPUT/checkpoints after training.")
 @click.option("--push", is_flag=True, help="Push the adapter to the registry after training.")
+@click.option(
+    "--parent",
+    default=None,
+    metavar="REF",
+    help="Start from this registry adapter (continued training); recorded as the parent.",
+)
+@click.option(
+    "--routing-examples",
+    "routing_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Routing examples to record with --push: a text file (one a line) or JSONL "
+    "(text or first user turn) [default: a sample of DATA's user turns].",
+)
+@click.option(
+    "--routing-sample",
+    "routing_sample",
+    type=int,
+    default=None,
+    metavar="N",
+    help="How many distinct user turns of DATA to record as routing examples [default: 64].",
+)
 @click.option("--registry", "registry_url", default=None, help="Registry URL [default: settings].")
 @click.option("--domain", default=None, help="Domain recorded in the registry (with --push).")
 @click.option("--description", default=None, help="Description recorded in the registry.")
@@ -90,9 +140,17 @@ def train_cmd(
     description: str | None,
     resume: bool,
     keep_checkpoints: bool,
+    parent: str | None,
+    routing_file: Path | None,
+    routing_sample: int | None,
     **options: Any,
 ) -> None:
-    """Train a LoRA adapter on chat JSONL DATA ({"messages": [...]} per line)."""
+    """Train a LoRA adapter on chat JSONL DATA ({"messages": [...]} per line).
+
+    With --push the registry records the data digest, training config, base fingerprint,
+    parent (--parent), dev metrics and routing examples (a de-duplicated sample of DATA's user
+    turns unless --routing-examples gives others).
+    """
     from .training import TrainConfig, train_adapter
 
     names = {
@@ -102,12 +160,26 @@ def train_cmd(
     }
     values = {names.get(k, k): v for k, v in options.items() if v is not None}
     values["keep_checkpoints"] = keep_checkpoints
+    if routing_sample is not None:
+        values["routing_examples"] = routing_sample
+    given_examples = _read_routing_examples(routing_file) if routing_file else None
+    parent_ref = None
+    if parent is not None:
+        if not push:
+            raise click.UsageError("--parent records lineage in the registry; add --push")
+        parent_ref, values["init_adapter"] = _parent_folder(parent, registry_url, base_model)
     config = TrainConfig(**values)
     output = output or Path("adapters") / name
 
-    if as_json:
+    if as_json:  # stdout is the JSON result; progress lines go to stderr
         result = train_adapter(
-            data, output, base_model=base_model, config=config, dev=dev, resume=resume
+            data,
+            output,
+            base_model=base_model,
+            config=config,
+            dev=dev,
+            resume=resume,
+            progress=_StderrProgress(),
         )
     else:
         result = _train_with_progress(data, output, base_model, config, dev, resume)
@@ -120,8 +192,9 @@ def train_cmd(
             name,
             domain=domain,
             description=description,
-            routing_examples=result.routing_examples,
+            routing_examples=given_examples or result.routing_examples,
             metrics=result.metrics,
+            parent=parent_ref,
             data_digest=result.data_digest,
             training_config=result.training_config,
             base_model_id=result.base_model_id,
@@ -149,6 +222,87 @@ def train_cmd(
         )
     if pushed:
         click.echo(f"pushed {pushed['ref']} ({pushed['digest']})")
+
+
+class _StderrProgress:
+    """One line to stderr every ~5% of the steps (and at the end): step, loss, ETA."""
+
+    def __init__(self) -> None:
+        self.last = -1
+
+    def __call__(self, step: int, total: int, logs: dict[str, Any]) -> None:
+        if "eta_seconds" not in logs:  # the per-step call, not a log or eval event
+            return
+        every = max(1, total // 20)
+        if step == self.last or (step % every and step != total):
+            return
+        self.last = step
+        parts = [f"step {step}/{total}"]
+        parts += [f"{k} {logs[k]:.4f}" for k in ("loss", "eval_loss") if k in logs]
+        parts.append(f"elapsed {logs.get('elapsed_seconds', 0):.0f}s")
+        parts.append(f"eta {logs['eta_seconds']:.0f}s")
+        click.echo(" ".join(parts), err=True)
+
+
+def _read_routing_examples(path: Path) -> list[str]:
+    """One example a line; JSONL lines may be strings, {"text": ...} or chat records."""
+    from ._data import load_examples
+
+    text = path.read_text(encoding="utf-8")
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    if lines and all(ln.lstrip().startswith(("{", '"')) for ln in lines):
+        out: list[str] = []
+        chats: list[dict[str, Any]] = []
+        for n, ln in enumerate(lines, start=1):
+            try:
+                obj = json.loads(ln)
+            except json.JSONDecodeError as exc:
+                raise click.BadParameter(
+                    f"{path}: line {n} is not valid JSON ({exc.msg})",
+                    param_hint="--routing-examples",
+                ) from exc
+            if isinstance(obj, str):
+                out.append(obj)
+            elif isinstance(obj, dict) and isinstance(obj.get("text"), str):
+                out.append(obj["text"])
+            elif isinstance(obj, dict) and "messages" in obj:
+                chats.append(obj)
+            else:
+                raise click.BadParameter(
+                    f'{path}: line {n} is neither a string, {{"text": ...}} nor a chat record',
+                    param_hint="--routing-examples",
+                )
+        if chats:
+            out += [t for ex in load_examples(chats) if (t := ex.first_user_turn())]
+    else:
+        out = [ln.strip() for ln in lines]
+    examples = list(dict.fromkeys(t.strip() for t in out if t.strip()))
+    if not examples:
+        raise click.BadParameter(f"{path} holds no examples", param_hint="--routing-examples")
+    return examples
+
+
+def _parent_folder(
+    parent: str, registry_url: str | None, base_model: str | None
+) -> tuple[str, str]:
+    """Resolve ``--parent`` to its ref and local folder; refuse a parent of another base."""
+    from loraroute.models import fingerprint, resolve_base_model
+    from loraroute.registry import open_registry
+    from loraroute.settings import get_settings
+
+    from .errors import IncompatibleAdapterError
+
+    settings = get_settings()
+    reg = open_registry(registry_url, settings=settings)
+    version = reg.resolve(parent)
+    base = resolve_base_model(base_model or settings.base_model, settings=settings)
+    have = fingerprint(base.path, settings=settings)
+    if version.base_fingerprint and version.base_fingerprint != have:
+        raise IncompatibleAdapterError(
+            f"parent {version.ref} was trained on base {version.base_fingerprint}, not on "
+            f"{base.name} ({have}); pass --base-model {version.base_model_id}"
+        )
+    return version.ref, str(reg.local_path(version.ref))
 
 
 def _train_with_progress(

@@ -44,7 +44,10 @@ class TrainConfig:
 
     ``target_modules`` is a list of module names or ``"all-linear"``. ``max_steps`` (when set)
     overrides ``epochs``. ``overlong`` says what to do with conversations longer than
-    ``max_length`` tokens: cut them (``"truncate"``) or leave them out (``"drop"``).
+    ``max_length`` tokens: cut the middle of the prompt so the answer stays (``"middle"``), keep
+    the first ``max_length`` tokens (``"truncate"``) or leave them out (``"drop"``).
+    ``init_adapter`` continues training an existing LoRA folder (its rank, alpha, targets and
+    layers replace this config's).
 
     Example::
 
@@ -63,7 +66,7 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     max_length: int = 512
-    overlong: Literal["truncate", "drop"] = "truncate"
+    overlong: Literal["middle", "truncate", "drop"] = "middle"
     packing: bool = False
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup: float = 0.05  # a fraction of the steps if < 1, else a step count
@@ -73,6 +76,7 @@ class TrainConfig:
     save_every: int | None = None  # steps between checkpoints; None -> once an epoch
     keep_checkpoints: bool = False
     routing_examples: int = 64
+    init_adapter: str | None = None  # a LoRA folder to start from (its rank and targets win)
 
     def __post_init__(self) -> None:
         if self.alpha is None:
@@ -81,6 +85,8 @@ class TrainConfig:
             self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
         elif not isinstance(self.target_modules, str):
             self.target_modules = list(self.target_modules)
+        if self.init_adapter is not None:
+            self.init_adapter = str(self.init_adapter)
         checks = [
             (self.rank >= 1, "rank", self.rank, "an integer >= 1"),
             (self.alpha >= 1, "alpha", self.alpha, "an integer >= 1"),
@@ -92,10 +98,10 @@ class TrainConfig:
             (self.grad_accum >= 1, "grad_accum", self.grad_accum, ">= 1"),
             (self.max_length >= 8, "max_length", self.max_length, ">= 8 tokens"),
             (
-                self.overlong in ("truncate", "drop"),
+                self.overlong in ("middle", "truncate", "drop"),
                 "overlong",
                 self.overlong,
-                "'truncate' or 'drop'",
+                "'middle', 'truncate' or 'drop'",
             ),
             (
                 self.lr_scheduler in ("cosine", "linear", "constant"),

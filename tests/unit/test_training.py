@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from loraroute.agents.errors import TrainingError
 from loraroute.agents.training import TRAINING_FILE, TrainConfig, train_adapter
 
@@ -181,9 +182,9 @@ def test_cli_train_and_bad_data(tiny_base, tmp_path, lr_home):
 
 def test_cli_train_push_and_merge(tiny_base, tmp_path, lr_home):
     from click.testing import CliRunner
-    from loraroute.registry import open_registry
 
     from loraroute.cli import main
+    from loraroute.registry import open_registry
 
     url = f"sqlite:///{tmp_path / 'reg.db'}"
     runner = CliRunner()
@@ -259,3 +260,54 @@ def test_early_stopping_with_dev_keeps_the_best_adapter(tiny_base, tmp_path, lr_
     assert 1 <= result.metrics["train_steps"] <= 8
     assert result.metrics["eval_loss"] <= result.metrics["base_eval_loss"] + 1.0
     assert (tmp_path / "es" / "adapter_model.safetensors").is_file()
+
+
+def test_cli_push_records_parent_history_and_given_routing_examples(tiny_base, tmp_path, lr_home):
+    from click.testing import CliRunner
+
+    from loraroute.cli import main
+    from loraroute.registry import open_registry
+
+    url = f"sqlite:///{tmp_path / 'reg.db'}"
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n")
+    common = ["--base-model", str(tiny_base), "--max-steps", "2", "--batch-size", "4"]
+    common += ["--push", "--registry", url, "--json"]
+    runner = CliRunner()
+    first = [
+        *("train", str(data), "--name", "words", "--output", str(tmp_path / "w1")),
+        *("--dev", str(data), "--rank", "2", "--last-layers", "1", "--lr-scheduler", "constant"),
+        *("--warmup", "0", "--routing-sample", "2"),
+    ]
+    res = runner.invoke(main, first + common)
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    history = payload["data_report"]["eval_history"]
+    assert [h["step"] for h in history] == [1, 2]  # evaluated once an epoch (1 step here)
+    assert all(h["eval_perplexity"] > 1 for h in history)
+    assert "step 2/2" in res.stderr  # progress goes to stderr in --json mode
+    reg = open_registry(url, settings=lr_home)
+    v1 = reg.resolve("words@1")
+    assert len(v1.routing_examples) == 2 and set(v1.routing_examples) < {
+        r["messages"][0]["content"] for r in RECORDS
+    }
+    assert {"base_eval_loss", "eval_loss", "eval_perplexity"} <= set(v1.metrics)
+    assert v1.training_config["last_layers"] == 1 and v1.parent is None
+
+    routes = tmp_path / "routes.jsonl"
+    routes.write_text('"say a word"\n{"text": "name a thing"}\n"say a word"\n')
+    second = ["train", str(data), "--name", "words", "--output", str(tmp_path / "w2")]
+    second += ["--parent", "words@1", "--routing-examples", str(routes)]
+    res = runner.invoke(main, second + common)
+    assert res.exit_code == 0, res.output
+    v2 = reg.resolve(json.loads(res.stdout)["pushed"]["ref"])
+    assert v2.ref == "words@2" and v2.parent == "words@1"
+    assert v2.routing_examples == ["say a word", "name a thing"]
+    assert v2.training_config["init_adapter"]
+    cfg = json.loads((tmp_path / "w2" / "adapter_config.json").read_text())
+    assert cfg["r"] == 2 and cfg["layers_to_transform"] == [1]  # continued from the parent
+
+    res = runner.invoke(main, [*second[:6], "--parent", "words@1", "--base-model", str(tiny_base)])
+    assert res.exit_code == 2 and "add --push" in res.output
+    res = runner.invoke(main, [*second[:6], "--parent", "nope@1", *common])
+    assert res.exit_code == 1 and "nope" in res.output

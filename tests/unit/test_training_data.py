@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from loraroute.agents._data import data_digest, load_examples, routing_examples
-from loraroute.agents._train_tokenize import IGNORE_INDEX, encode_all, encode_example, pack
+from loraroute.agents._train_tokenize import IGNORE_INDEX, encode_all, encode_example, pack, shorten
 from loraroute.agents.errors import AgentError, DataValidationError
 
 
@@ -139,3 +140,33 @@ def test_packing_keeps_whole_examples_and_masks(tok):
     assert sum(lab != IGNORE_INDEX for p in packed for lab in p.labels) == sum(
         lab != IGNORE_INDEX for e in enc for lab in e.labels
     )
+
+
+def test_jsonl_lines_end_at_newline_only(tmp_path):
+    # U+2028/U+2029 may stand unescaped inside JSON strings (PubMedQA has them)
+    path = tmp_path / "d.jsonl"
+    rec = _rec("para\u2029graph", "line\u2028break")
+    path.write_text(
+        json.dumps(rec, ensure_ascii=False) + "\r\n" + json.dumps(_rec("a", "b")) + "\n"
+    )
+    examples = load_examples(path)
+    assert [e.line for e in examples] == [1, 2]
+    assert examples[0].messages[0][1] == "para\u2029graph"
+
+
+def test_middle_truncation_keeps_the_answer(tok):
+    ex = load_examples([_rec("start " + "filler " * 100 + "end of question", "the answer")])[0]
+    full = encode_example(tok, ex)
+    n_answer = sum(lab != IGNORE_INDEX for lab in full.labels)
+    cut = shorten(full, 48, "middle")
+    assert len(cut.input_ids) == 48
+    assert sum(lab != IGNORE_INDEX for lab in cut.labels) == n_answer  # whole answer kept
+    assert cut.input_ids[:6] == full.input_ids[:6]  # the prompt's start (system, instruction)
+    assert cut.input_ids[-(n_answer + 6) :] == full.input_ids[-(n_answer + 6) :]  # and its end
+    enc, rep = encode_all(tok, [ex], max_length=48)  # "middle" is the default
+    assert (rep.truncated, rep.dropped) == (1, 0) and enc[0].labels == cut.labels
+    # an answer longer than half the budget: the prompt keeps half, the answer's end is cut
+    long_ex = load_examples([_rec("q " * 60, "word " * 80)])[0]
+    cut = shorten(encode_example(tok, long_ex), 64, "middle")
+    first = next(i for i, lab in enumerate(cut.labels) if lab != IGNORE_INDEX)
+    assert len(cut.input_ids) == 64 and first == 32
