@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._data import ChatExample
-from ._train_tokenize import EncodedDataset, PadCollator, encode_all, pack
+from ._train_tokenize import EncodedDataset, Overlong, PadCollator, encode_all, pack
 from .errors import TrainingError
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def run_training(
     dev_report = None
     if dev_examples:
         # dev examples are never dropped: every one counts in the loss, cut like training ones
-        dev_cut = "truncate" if config.overlong == "truncate" else "middle"
+        dev_cut: Overlong = "truncate" if config.overlong == "truncate" else "middle"
         dev_enc, rep = encode_all(tok, dev_examples, max_length=config.max_length, overlong=dev_cut)
         dev_report = rep.as_dict()
         dev_enc = dev_enc or None
