@@ -79,6 +79,7 @@ class Backend(Protocol):
     kind: str
     base_fingerprint: str | None
     concurrency: int
+    max_context: int | None
 
     @property
     def base_model(self) -> str: ...
@@ -194,6 +195,7 @@ class LocalBackend:
         self.base_model: str = engine.base_model_id
         self.base_fingerprint: str | None = engine.base_fingerprint
         self.concurrency: int = engine.scheduler.max_batch_size
+        self.max_context: int | None = engine.max_context
         self._loaded: dict[str, str] = {}  # names given to /v1/load_lora_adapter -> digest
 
     @property
@@ -262,8 +264,12 @@ class LocalBackend:
             raise APIError(
                 400, f"lora_name {name!r} is reserved; choose another name", param="lora_name"
             )
-        folder = Path(path).expanduser()
-        if not folder.is_dir():
+        try:
+            folder = Path(path).expanduser()
+            is_dir = folder.is_dir()
+        except (RuntimeError, OSError, ValueError):  # "~nobody", NUL bytes, too long
+            is_dir = False
+        if not is_dir:
             raise APIError(
                 400,
                 f"lora_path {path!r} is not a folder on this server; give the path of a PEFT "

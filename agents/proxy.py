@@ -162,6 +162,7 @@ class ProxyBackend:
         self.url = url
         self._registry = registry
         self.concurrency = concurrency
+        self.max_context: int | None = None  # the engine enforces its own limit
         self._base_model = base_model
         self.base_fingerprint: str | None = None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

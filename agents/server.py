@@ -100,6 +100,9 @@ class ServerConfig(BaseModel):
     request_timeout: float = Field(default=300.0, gt=0)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     default_max_tokens: int = Field(default=512, ge=1)
+    max_tokens_limit: int | None = Field(
+        default=None, ge=1, description="Largest max_tokens accepted (default: the context size)"
+    )
     allow_adapter_loading: bool = True
 
     @model_validator(mode="after")
@@ -214,7 +217,20 @@ def _route_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _prepare(req: ChatCompletionRequest, body: dict[str, Any], cfg: ServerConfig) -> Prepared:
+# Below this, sampling is greedy for all practical purposes, and logits / temperature would
+# overflow to inf (NaN probabilities) for temperatures like 1e-80.
+MIN_TEMPERATURE = 1e-3
+
+
+def _temperature(value: float | None) -> float:
+    if value is None:
+        return 1.0
+    return 0.0 if value < MIN_TEMPERATURE else value
+
+
+def _prepare(
+    req: ChatCompletionRequest, body: dict[str, Any], cfg: ServerConfig, max_context: int | None
+) -> Prepared:
     if req.logprobs:
         raise APIError(400, "logprobs are not supported by this server", param="logprobs")
     for name in ("presence_penalty", "frequency_penalty"):
@@ -222,6 +238,16 @@ def _prepare(req: ChatCompletionRequest, body: dict[str, Any], cfg: ServerConfig
             raise APIError(
                 400, f"{name} is not supported by this server; leave it 0 or unset", param=name
             )
+    limit = cfg.max_tokens_limit or max_context
+    default = min(cfg.default_max_tokens, limit or cfg.default_max_tokens)
+    max_tokens = req.max_completion_tokens or req.max_tokens or default
+    if limit is not None and max_tokens > limit:
+        raise APIError(
+            400,
+            f"max_tokens is too large: {max_tokens}; this server allows at most {limit}",
+            param="max_tokens",
+            code="max_tokens_too_large",
+        )
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > 16:
         raise APIError(400, f"stop has {len(stop)} sequences; send at most 16", param="stop")
@@ -240,8 +266,8 @@ def _prepare(req: ChatCompletionRequest, body: dict[str, Any], cfg: ServerConfig
                     ) from exc
     return Prepared(
         messages=messages,
-        max_tokens=req.max_completion_tokens or req.max_tokens or cfg.default_max_tokens,
-        temperature=1.0 if req.temperature is None else req.temperature,
+        max_tokens=max_tokens,
+        temperature=_temperature(req.temperature),
         top_p=1.0 if req.top_p is None else req.top_p,
         stop=stop,
         seed=None if req.seed is None else req.seed % (2**63),
@@ -577,7 +603,7 @@ def create_app(
         running: Running | None = None
         try:
             body = await request.json()
-            prepared = _prepare(req, body, config)
+            prepared = _prepare(req, body, config, backend.max_context)
             target = await st.target(req.model, _route_messages(prepared.messages))
             running = await backend.start(target, prepared)
         except BaseException as exc:

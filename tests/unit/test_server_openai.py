@@ -100,6 +100,13 @@ def test_streaming_matches_the_whole_answer(client):
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == whole.usage.total_tokens
 
 
+def test_tiny_temperature_is_greedy(client):
+    kwargs = dict(model="math", messages=_ask(MATH_Q), max_tokens=6)
+    greedy = client.chat.completions.create(temperature=0, **kwargs)
+    tiny = client.chat.completions.create(temperature=1e-80, **kwargs)  # found by schemathesis
+    assert tiny.choices[0].message.content == greedy.choices[0].message.content
+
+
 def test_async_client_concurrent_requests_match_one_by_one(stack, client):
     prompts = [(m, q) for m in ("legal@1", "math", "cooking", "base") for q in (MATH_Q, LEGAL_Q)]
     alone = [
