@@ -70,9 +70,10 @@ def test_no_server_errors(served, mode):
         )
         def check(case):
             response = case.call(base_url=served.url, timeout=30)
-            seen.append((op.label, response.status_code))
+            label = case.operation.label
+            seen.append((label, response.status_code))
             assert response.status_code < 500, (
-                f"{op.label} answered {response.status_code}: {response.text[:500]}\n"
+                f"{label} answered {response.status_code}: {response.text[:500]}\n"
                 f"request: {case.as_curl_command()}"
             )
 
