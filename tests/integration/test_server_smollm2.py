@@ -1,0 +1,131 @@
+"""The chat server on SmolLM2 with the MiniLM router: routed answers over the openai client."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+openai = pytest.importorskip("openai")
+router_mod = pytest.importorskip("loraroute.router")
+registry_mod = pytest.importorskip("loraroute.registry")
+
+
+def _default_home_settings():
+    # The default home holds the converted SmolLM2 and its fingerprint; only the registry lives
+    # in the test's own LORAROUTE_HOME.
+    from loraroute.settings import Settings, default_home
+
+    return Settings(home=default_home())
+
+
+def _random_qv_adapter(base, folder, *, seed: int, r: int = 8):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = json.loads((base / "config.json").read_text())
+    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads", heads) * (cfg.get("head_dim") or hidden // heads)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(cfg["num_hidden_layers"]):
+        for name, out in (("q_proj", hidden), ("v_proj", kv)):
+            key = f"base_model.model.model.layers.{layer}.self_attn.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(r, hidden, generator=gen) * 0.02
+            tensors[f"{key}.lora_B.weight"] = torch.randn(out, r, generator=gen) * 0.01
+    folder.mkdir(parents=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "r": r,
+        "lora_alpha": 2 * r,
+        "bias": "none",
+        "target_modules": ["q_proj", "v_proj"],
+        "task_type": "CAUSAL_LM",
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture
+def served(lr_home, tmp_path):
+    from loraroute.agents.engine import Engine
+    from loraroute.agents.server import BackgroundServer, LocalBackend, create_app
+
+    reg = registry_mod.open_registry(settings=lr_home)
+    engine = Engine(None, registry=reg, settings=_default_home_settings(), device="cpu")
+    base = engine.base_path
+    versions = {}
+    for seed, (name, examples) in enumerate(
+        {
+            "legal": [
+                "Is this NDA clause enforceable?",
+                "Draft a contract clause",
+                "What does the liability clause in my lease mean?",
+            ],
+            "math": [
+                "Solve for x: 2x + 3 = 7",
+                "What is the derivative of x^2?",
+                "Compute 17 * 23",
+            ],
+        }.items(),
+        start=1,
+    ):
+        folder = _random_qv_adapter(base, tmp_path / name, seed=seed)
+        versions[name] = reg.push(
+            folder,
+            name,
+            domain=name,
+            base_fingerprint=engine.base_fingerprint,
+            routing_examples=examples,
+        )
+    app = create_app(LocalBackend(engine), router=router_mod.Router(reg))
+    with BackgroundServer(app) as srv:
+        yield srv.url, versions
+    engine.close()
+
+
+def test_openai_client_gets_routed_answers_on_smollm2(served):
+    url, versions = served
+    client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=[
+            {"role": "user", "content": "Is the non-compete clause in my contract enforceable?"}
+        ],
+        max_tokens=12,
+        temperature=0,
+    )
+    assert raw.headers["x-loraroute-adapter"] == versions["legal"].ref
+    out = raw.parse()
+    assert out.choices[0].message.content.strip()  # SmolLM2 says something
+    assert out.model_extra["loraroute"]["adapter_digest"] == versions["legal"].digest
+
+    async def both() -> list:
+        aclient = openai.AsyncOpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
+        qs = ["Solve for y: 3y - 4 = 11", "What does indemnify mean in my lease?"]
+        outs = await asyncio.gather(
+            *[
+                aclient.chat.completions.create(
+                    model="auto", messages=[{"role": "user", "content": q}], max_tokens=8
+                )
+                for q in qs
+            ]
+        )
+        await aclient.close()
+        return [o.model for o in outs]
+
+    assert asyncio.run(both()) == [versions["math"].ref, versions["legal"].ref]
+    chunks = list(
+        client.chat.completions.create(
+            model="math",
+            messages=[{"role": "user", "content": "Compute 12 * 12"}],
+            max_tokens=8,
+            stream=True,
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
