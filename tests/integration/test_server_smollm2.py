@@ -129,3 +129,43 @@ def test_openai_client_gets_routed_answers_on_smollm2(served):
         )
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_tool_calls_through_openai_and_langchain(served):
+    import json
+
+    url, _ = served
+    client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0)
+    kwargs = dict(
+        model="base",
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        max_tokens=48,
+        temperature=0,
+        tools=[WEATHER],
+        tool_choice="required",
+    )
+    out = client.chat.completions.create(**kwargs)
+    call = out.choices[0].message.tool_calls[0]
+    assert out.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert json.loads(calls[0].function.arguments) == json.loads(call.function.arguments)
+    lc = pytest.importorskip("langchain_openai")
+    llm = lc.ChatOpenAI(base_url=url + "/v1", api_key="-", model="legal", max_tokens=48)
+    msg = llm.bind_tools([WEATHER], tool_choice="get_weather").invoke("Weather in Rome?")
+    assert msg.tool_calls[0]["name"] == "get_weather" and "city" in msg.tool_calls[0]["args"]

@@ -188,3 +188,23 @@ def test_health_ready_and_metrics(stack, client):
     for name in ("resident_adapters", "adapter_loads_total", "adapter_evictions_total"):
         assert f"loraroute_{name} " in text
     assert "loraroute_queue_depth 0.0" in text
+
+
+def test_json_output_and_tool_choice_errors(client):
+    import json
+
+    kwargs = dict(model="legal", messages=_ask("a number?"), max_tokens=30, temperature=0)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}
+    data = client.chat.completions.create(response_format=fmt, **kwargs)
+    if data.choices[0].finish_reason == "stop":  # else cut by max_tokens mid-object
+        assert isinstance(json.loads(data.choices[0].message.content)["n"], int)
+    else:
+        assert data.choices[0].message.content.lstrip().startswith("{")
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    with pytest.raises(openai.BadRequestError, match="nope"):
+        client.chat.completions.create(
+            tools=[tool], tool_choice={"type": "function", "function": {"name": "nope"}}, **kwargs
+        )
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        client.chat.completions.create(response_format={"type": "yaml"}, **kwargs)
