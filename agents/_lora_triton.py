@@ -159,6 +159,7 @@ class GroupLauncher:
 
     def __init__(self) -> None:
         self._compiled: dict[tuple, Any] = {}
+        self._runners: dict[tuple, Any] = {}
 
     def __call__(
         self,
@@ -172,6 +173,7 @@ class GroupLauncher:
         r: int,
         block_m: int,
         chunk: int,
+        stream: int | None = None,
     ) -> None:
         tiles, n_chunks = tile_slot.shape[0], chunks.shape[0]
         K = x.shape[1]
@@ -208,8 +210,15 @@ class GroupLauncher:
             )
             compiled = self._compiled.get(key)
             if compiled is not None:
-                compiled[grid](*args)
-                return
+                try:
+                    runner = self._runners.get((key, grid))
+                    if runner is None:
+                        runner = self._runners[(key, grid)] = compiled[grid]
+                    runner(*args, stream=stream)
+                    return
+                except (TypeError, AttributeError, IndexError) as exc:  # another Triton API
+                    logger.warning("fast Triton launch unavailable (%s); using kernel[grid]", exc)
+                    GroupLauncher.fast = False
         compiled = _lora_group_kernel[grid](
             x,
             x.stride(0),

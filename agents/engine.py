@@ -23,7 +23,7 @@ from .errors import AgentError, UnknownAdapterError
 from .lora import AdapterWeights, PackedAdapter, SlotLayers, check_compatible, read_adapter
 from .pool import AdapterPool, ResidentAdapter
 from .requests import Generation, RequestHandle, SamplingParams
-from .scheduler import BatchScheduler
+from .scheduler import BatchScheduler, attention_backends
 
 logger = logging.getLogger(__name__)
 
@@ -627,6 +627,7 @@ class Engine:
             with (
                 torch.inference_mode(),
                 self._model_lock,
+                attention_backends(self.device),
                 self.slots.context.use(slots, self.device),
             ):
                 return self.model(

@@ -69,7 +69,7 @@ def _to_device(values: list[int], dtype: torch.dtype, device: torch.device) -> t
 class _Plan:
     """The adapter choice of one forward: slots per row, plus device-side index tensors."""
 
-    __slots__ = ("version", "slots", "uniform", "device", "_idx", "_tiles")
+    __slots__ = ("version", "slots", "uniform", "device", "_idx", "_tiles", "_stream")
 
     def __init__(self, version: int, slots: list[int], uniform: int | None, device: torch.device):
         self.version = version
@@ -78,10 +78,17 @@ class _Plan:
         self.device = device
         self._idx: torch.Tensor | None = None
         self._tiles: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._stream: int | None = None
 
     @property
     def rows(self) -> int:
         return len(self.slots)
+
+    def stream(self) -> int | None:
+        """The raw CUDA stream of this forward (looked up once, for kernel launches)."""
+        if self._stream is None and self.device.type == "cuda":
+            self._stream = torch.cuda.current_stream(self.device).cuda_stream
+        return self._stream
 
     def idx(self) -> torch.Tensor:
         """``[rows]`` slot numbers (long) on the device, for gathers."""
@@ -179,6 +186,8 @@ class SlotLoraLinear(nn.Module):
 
     _layers: SlotLayers
     group: _Group
+    _w: torch.Tensor | None
+    _wt: torch.Tensor
 
     def __init__(self, base: nn.Linear, layers: SlotLayers, name: str):
         super().__init__()
@@ -190,6 +199,8 @@ class SlotLoraLinear(nn.Module):
         self.member = 0
         object.__setattr__(self, "_layers", layers)  # a back reference, not a submodule
         object.__setattr__(self, "group", None)
+        object.__setattr__(self, "_w", None)  # base.weight when _wt was made
+        object.__setattr__(self, "_wt", None)  # base.weight.t(), cached
 
     @property
     def weight(self) -> torch.Tensor:  # some model code reads .weight of projections
@@ -246,11 +257,16 @@ class _Group:
             (layout.spots[m.name].a_off, layout.spots[m.name].b_off, m.out_features)
             for m in members
         ]
-        self._chunks: dict[int, torch.Tensor] = {}
+        self._chunk = _lora_triton.chunk_width(self.total_out, self.in_features)
+        self._table: torch.Tensor | None = None  # Triton chunk table, built on first use
         for i, m in enumerate(members):
             m.member = i
             object.__setattr__(m, "group", self)
         self.x: torch.Tensor | None = None
+        self.x2: torch.Tensor | None = None
+        self._full: torch.Tensor | None = None  # the whole [tokens, total_out] delta buffer
+        self.w_cat_t: torch.Tensor | None = None  # [in, total_out] when weights are fused
+        self.based = False  # the deltas already hold the base product
         self.version = -1
         self.deltas: list[Any] = []
 
@@ -259,22 +275,34 @@ class _Group:
         if self.x is x and self.version == plan.version and self.deltas[m] is not _USED:
             d = self.deltas[m]
         else:
-            self.deltas = self.compute(x, plan)
+            self.x2 = x.reshape(-1, x.shape[-1])
+            self._full = None
+            self.deltas = self.compute(self.x2, plan)
             self.x, self.version = x, plan.version
+            # one GEMM for the whole group onto the group's delta buffer when the members'
+            # weights are one concatenated tensor (see SlotLayers._fuse_weights)
+            self.based = self._full is not None and self.w_cat_t is not None
+            if self.based:
+                self._full.addmm_(self.x2, self.w_cat_t)
             d = self.deltas[m]
         self.deltas[m] = _USED
         base = layer.base
         if d is None:
             return base(x)
-        d.addmm_(x.reshape(-1, x.shape[-1]), base.weight.t())
+        if not self.based:
+            weight = base.weight
+            if layer._w is not weight:  # the transposed view, made once per weight tensor
+                object.__setattr__(layer, "_w", weight)  # not registered as a parameter
+                object.__setattr__(layer, "_wt", weight.t())
+            d.addmm_(self.x2, layer._wt)
         if base.bias is not None:
             d.add_(base.bias)
         return d.view(*x.shape[:-1], d.shape[-1])
 
-    def compute(self, x: torch.Tensor, plan: _Plan) -> list[torch.Tensor | None]:
-        """The LoRA delta of every member for input ``x`` (``None`` where it is zero)."""
+    def compute(self, x2: torch.Tensor, plan: _Plan) -> list[torch.Tensor | None]:
+        """The LoRA delta of every member for the ``[tokens, in]`` input ``x2`` (``None`` where
+        it is zero)."""
         layers = self.layers
-        x2 = x.reshape(-1, x.shape[-1])
         n = x2.shape[0]
         rows = plan.rows
         if n % rows:
@@ -306,19 +334,21 @@ class _Group:
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         tok, tile_slot = plan.tiles(per_row)
-        chunk = _lora_triton.chunk_width(self.total_out, self.in_features)
-        table = self._chunks.get(chunk)
+        chunk = self._chunk
+        table = self._table
         if table is None:
-            table = _lora_triton.chunk_table(self._spots, chunk, x2.device)
-            self._chunks[chunk] = table
+            table = self._table = _lora_triton.chunk_table(self._spots, chunk, x2.device)
         delta = torch.empty(x2.shape[0], self.total_out, dtype=x2.dtype, device=x2.device)
         launcher, stack = self.layers.launcher, self.layers.stack
         if launcher is None or stack is None:
             raise RuntimeError("the Triton LoRA backend needs triton and a slot stack")
         launcher(
             x2, stack, delta, tok, tile_slot, table,
-            r=self.r, block_m=TILE_M, chunk=chunk,
+            r=self.r, block_m=TILE_M, chunk=chunk, stream=plan.stream(),
         )  # fmt: skip
+        self._full = delta
+        if len(self.outs) == 1:
+            return [delta]
         out: list[torch.Tensor | None] = []
         col = 0
         for width in self.outs:
@@ -534,6 +564,7 @@ class SlotLayers:
         self.active: list[set[int]] = [set() for _ in range(num_slots)]  # groups with a rank
         self.launcher = _lora_triton.GroupLauncher() if _lora_triton.triton is not None else None
         self._copy_stream: Any = None
+        self._fused: dict[tuple[str, ...], torch.Tensor] = {}  # group names -> concat weight
 
     @property
     def backend(self) -> str:
@@ -587,6 +618,8 @@ class SlotLayers:
             _Group(self, g, [self.layers[n] for n in members])
             for g, members in enumerate(layout.groups)
         ]
+        for group in self.groups:
+            group.w_cat_t = self._fuse_weights(group)
         self._refresh_active()
         logger.info(
             "LoRA slot layout: %d modules in %d groups, rank %d, %d slots, %.1f MiB",
@@ -596,6 +629,40 @@ class SlotLayers:
             self.num_slots,
             self.slot_bytes() / 2**20,
         )
+
+    def _fuse_weights(self, group: _Group) -> torch.Tensor | None:
+        """Make the group's base weights rows of one tensor; returns its transpose.
+
+        ``q``/``k``/``v`` (or ``gate``/``up``) then cost one GEMM instead of three (two) when
+        the Triton path computes the group together. Each module keeps a weight that is a
+        view into the concatenated tensor, so nothing is stored twice and ``state_dict`` is
+        unchanged. Single modules, and models served by the torch path, are left alone.
+        """
+        if len(group.members) < 2 or self._backend != "triton":
+            return None
+        bases = [m.base for m in group.members]
+        weights = [b.weight for b in bases]
+        if any(w.dtype != weights[0].dtype or w.device != weights[0].device for w in weights):
+            return None
+        cat = self._fused.get(tuple(m.name for m in group.members))
+        offset = 0
+        if cat is not None:  # fused before a re-layout: still the same tensors?
+            for w in weights:
+                expected = cat.data_ptr() + offset * cat.stride(0) * cat.element_size()
+                if w.data_ptr() != expected:
+                    cat = None
+                    break
+                offset += w.shape[0]
+        if cat is None:
+            with torch.no_grad():
+                cat = torch.cat([w.detach() for w in weights], 0)
+            offset = 0
+            for b, w in zip(bases, weights, strict=True):
+                rows = w.shape[0]
+                b.weight = nn.Parameter(cat[offset : offset + rows], requires_grad=False)
+                offset += rows
+            self._fused[tuple(m.name for m in group.members)] = cat
+        return cat.t()
 
     def _wrap(self, name: str) -> SlotLoraLinear:
         layer = self.layers.get(name)

@@ -239,6 +239,10 @@ _INTERPRETED = textwrap.dedent(
         ]
         for slot, w in enumerate(ws, start=1):
             layers.write(slot, w)
+        if backend == "triton":  # q, k, v weights became rows of one tensor (one GEMM)
+            qkv = layers.groups[0]
+            assert qkv.w_cat_t is not None and qkv.w_cat_t.shape == (32, 64)
+            assert block.self_attn.k_proj.base.weight.data_ptr() == qkv.w_cat_t.data_ptr() + 32 * 32 * 4
         x = torch.randn(6, 2, 32, generator=torch.Generator().manual_seed(9))
         outs = []
         with torch.no_grad():
