@@ -154,7 +154,8 @@ class TrainResult:
 
 
 def _set_threads(device: str) -> None:
-    if device != "cpu":
+    """Use every core we may run on, unless OMP_NUM_THREADS says otherwise (a shared box)."""
+    if device != "cpu" or os.environ.get("OMP_NUM_THREADS"):
         return
     import torch
 

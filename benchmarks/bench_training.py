@@ -28,8 +28,9 @@ BATCH, MAX_LEN, RANK, WARM = 8, 128, 8, 1
 
 
 def _records(domain: str, n: int) -> list[dict]:
-    lines = (DATA / f"{domain}.train.jsonl").read_text().splitlines()[:n]
-    return [json.loads(x) for x in lines]
+    # "\n" only: PubMedQA strings hold U+2029, which splitlines() would split at
+    lines = [x for x in (DATA / f"{domain}.train.jsonl").read_text().split("\n") if x.strip()]
+    return [json.loads(x) for x in lines[:n]]
 
 
 def _random_like(shape_dir: Path) -> Path:
@@ -93,11 +94,11 @@ def bench_trainer(
 
 def bench_plain_loop(records: list[dict], targets: str, steps: int) -> dict:
     import torch
-    from loraroute.agents._data import load_examples
-    from loraroute.agents._train_tokenize import EncodedDataset, PadCollator, encode_all
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from loraroute.agents._data import load_examples
+    from loraroute.agents._train_tokenize import EncodedDataset, PadCollator, encode_all
     from loraroute.models import resolve_base_model
 
     path = Path(BASE) if BASE else resolve_base_model("smollm2-135m-instruct").path

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from loraroute.agents.training import TrainConfig, train_adapter
+
+pytestmark = pytest.mark.slow
 
 RECORDS = [
     {
