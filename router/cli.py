@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from .errors import InvalidRequestError
+
 _TEXT_CMD = "text"
 
 
@@ -102,17 +104,49 @@ def route_text(text, as_json, registry_url, alias, state_dir, encoder) -> None:
     default="hybrid",
     show_default=True,
 )
+@click.option(
+    "--min-oos-recall",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Maximise in-scope accuracy subject to out-of-scope recall >= this on DATA "
+    "(e.g. 0.6). DATA needs out-of-scope (null-label) lines.",
+)
+@click.option(
+    "--oos-weight",
+    type=click.FloatRange(0.0, None),
+    default=None,
+    help="Maximise in-scope accuracy + this x out-of-scope recall (the default objective, "
+    "weight 0.25).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_common
-def route_fit(data, scoring, as_json, registry_url, alias, state_dir, encoder) -> None:
+def route_fit(
+    data,
+    scoring,
+    min_oos_recall,
+    oos_weight,
+    as_json,
+    registry_url,
+    alias,
+    state_dir,
+    encoder,
+) -> None:
     """Fit thresholds and head on DATA (JSONL: {"text", "label": adapter-or-null}) and save."""
     from .data import read_labelled
 
+    if min_oos_recall is not None and oos_weight is not None:
+        raise click.UsageError(
+            "give either --min-oos-recall (accuracy subject to a recall floor) or --oos-weight "
+            "(weighted objective), not both"
+        )
     texts, labels = read_labelled(data)
     router, state = _router(
         registry_url, alias, state_dir, encoder, load_state=False, scoring=scoring
     )
-    report = router.fit(texts, labels)
+    try:
+        report = router.fit(texts, labels, oos_weight=oos_weight, min_oos_recall=min_oos_recall)
+    except InvalidRequestError as exc:
+        raise click.BadParameter(str(exc), param_hint="DATA") from exc
     router.save(state)
     report["state"] = str(state)
     if as_json:
@@ -122,6 +156,18 @@ def route_fit(data, scoring, as_json, registry_url, alias, state_dir, encoder) -
             f"fitted on {report.get('samples', 0)} texts ({report.get('out_of_scope', 0)} "
             f"out of scope), {report['routes']} routes; saved to {state}"
         )
+        if report.get("fit_in_scope_accuracy") is not None:
+            obj = report["objective"]
+            how = (
+                f"accuracy subject to out-of-scope recall >= {obj['min_oos_recall']:g}"
+                if "min_oos_recall" in obj
+                else f"accuracy + {obj['oos_weight']:g} x out-of-scope recall"
+            )
+            click.echo(
+                f"thresholds maximise {how}; on DATA: in-scope accuracy "
+                f"{100 * report['fit_in_scope_accuracy']:.1f}%, out-of-scope recall "
+                f"{100 * report['fit_oos_recall']:.1f}%"
+            )
         if report.get("unknown_labels"):
             click.echo(
                 f"labels naming no routable adapter (treated as out of scope): "

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..settings import Settings, get_settings
-from .calibration import Calibration, calibrate
+from .calibration import DEFAULT_OOS_WEIGHT, Calibration, calibrate, check_objective
 from .context import ContextConfig, TurnScores, route_conversation
 from .decision import Evidence, RouteDecision
 from .encoders import Encoder, load_encoder
@@ -94,7 +94,8 @@ class Router:
         scoring: str = "hybrid",
         threshold: float | None = None,
         thresholds: Mapping[str, float] | None = None,
-        oos_weight: float = 0.25,
+        oos_weight: float = DEFAULT_OOS_WEIGHT,
+        min_oos_recall: float | None = None,
         context: ContextConfig | None = None,
         refresh_interval: float = 1.0,
         index_kind: str = "auto",
@@ -110,7 +111,12 @@ class Router:
         )
         self.alias = alias
         self.scoring = scoring
-        self.oos_weight = oos_weight
+        check_objective(oos_weight, min_oos_recall)
+        #: Calibration objective used by :meth:`fit`: with ``min_oos_recall`` set, maximise
+        #: in-scope accuracy subject to out-of-scope recall >= it on the fit data; otherwise
+        #: maximise ``in-scope accuracy + oos_weight * out-of-scope recall``.
+        self.oos_weight = float(oos_weight)
+        self.min_oos_recall = None if min_oos_recall is None else float(min_oos_recall)
         self.context = context or ContextConfig()
         self.refresh_interval = refresh_interval
         self.index_kind = index_kind
@@ -378,19 +384,71 @@ class Router:
         return st.names, self._scores(st, vecs)
 
     # -- fitting ------------------------------------------------------------------------
-    def fit(self, texts: Sequence[str], labels: Sequence[str | None], *, folds: int = 5) -> dict:
+    def fit(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[str | None],
+        *,
+        folds: int = 5,
+        oos_weight: float | None = None,
+        min_oos_recall: float | None = None,
+    ) -> dict:
         """Calibrate thresholds (and the head) on labelled requests; ``None`` = out of scope.
 
         Labels that name no routable adapter count as out of scope (and are reported). The
         head is cross-fitted: thresholds are picked on scores of held-out folds, then the
-        head is trained on everything. Returns a small report.
+        head is trained on everything. ``min_oos_recall=R`` picks thresholds with the best
+        in-scope accuracy whose out-of-scope recall on this data is at least ``R``;
+        ``oos_weight=w`` the weighted objective (see :mod:`loraroute.router.calibration`).
+        Either one replaces the router's objective; neither keeps it. Returns a small report
+        with the figures on the fit data.
+
+        Example::
+
+            >>> r = Router.from_examples(
+            ...     {"legal": ["is this contract clause enforceable"],
+            ...      "math": ["solve 2x + 3 = 7"]}, encoder="hashing")
+            >>> rep = r.fit(["is the lease clause enforceable", "solve x + 1 = 2",
+            ...              "book a flight", "what time is it"],
+            ...             ["legal", "math", None, None], min_oos_recall=0.5)
+            >>> rep["fit_oos_recall"] >= 0.5
+            True
         """
         if len(texts) != len(labels):
             raise InvalidRequestError(f"fit got {len(texts)} texts but {len(labels)} labels")
         if not texts:
             raise InvalidRequestError("fit needs at least one labelled text")
+        weight, floor = self._objective(oos_weight, min_oos_recall)
+        if floor is not None and not self._has_oos(texts, labels):
+            raise InvalidRequestError(
+                f"min_oos_recall={floor} needs out-of-scope examples in the fit data (label "
+                f"null/None, or a label naming no routable adapter), and there are none; add "
+                f"some, or calibrate with oos_weight instead"
+            )
         with self._lock:
+            self.oos_weight, self.min_oos_recall = weight, floor
             return self._fit(FitData(list(texts), list(labels)), folds=folds)
+
+    def _objective(
+        self, oos_weight: float | None, min_oos_recall: float | None
+    ) -> tuple[float, float | None]:
+        """The ``(oos_weight, min_oos_recall)`` pair a fit or recalibration should use."""
+        if oos_weight is not None and min_oos_recall is not None:
+            raise InvalidRequestError(
+                "give either oos_weight (weighted objective) or min_oos_recall (accuracy subject "
+                "to a recall floor), not both"
+            )
+        if oos_weight is not None:
+            check_objective(oos_weight, None)
+            return float(oos_weight), None
+        if min_oos_recall is not None:
+            check_objective(self.oos_weight, min_oos_recall)
+            return self.oos_weight, float(min_oos_recall)
+        return self.oos_weight, self.min_oos_recall
+
+    def _has_oos(self, texts: Sequence[str], labels: Sequence[str | None]) -> bool:
+        names = set(self._state().names)
+        return any(t.strip() and lab not in names for t, lab in zip(texts, labels, strict=True))
 
     def _fit(self, data: FitData, folds: int = 5) -> dict:
         st = self._compiled
@@ -425,7 +483,18 @@ class Router:
         pred = scores.argmax(axis=1)
         best = scores.max(axis=1)
         self._oof = (pred, best, gold, names)
-        self.calibration = calibrate(pred, best, gold, names, oos_weight=self.oos_weight)
+        floor = self.min_oos_recall
+        if floor is not None and not (gold < 0).any():  # routes changed under a stored fit
+            logger.warning(
+                "min_oos_recall=%s but the fit data has no out-of-scope samples for the current "
+                "routes; using the weighted objective (oos_weight=%s)",
+                floor,
+                self.oos_weight,
+            )
+            floor = None
+        self.calibration = calibrate(
+            pred, best, gold, names, oos_weight=self.oos_weight, min_oos_recall=floor
+        )
         if uses_head:
             st.head = self._train_head(st.ex_vec, st.ex_route, n_routes, vecs, head_y)
         self.fit_data, self._fit_digest = data, st.digest
@@ -437,18 +506,35 @@ class Router:
             "unknown_labels": unknown,
             "threshold": self.calibration.threshold,
             "route_thresholds": len(self.calibration.route_thresholds),
+            "objective": self.calibration.objective,
+            "fit_in_scope_accuracy": self.calibration.fit_in_scope_accuracy,
+            "fit_oos_recall": self.calibration.fit_oos_recall,
         }
 
-    def recalibrate(self, oos_weight: float) -> Calibration:
+    def recalibrate(
+        self, oos_weight: float | None = None, *, min_oos_recall: float | None = None
+    ) -> Calibration:
         """Pick thresholds again for another accuracy / abstention trade-off, without re-fitting.
 
-        ``oos_weight`` weighs out-of-scope recall against in-scope accuracy (default 0.25).
+        ``min_oos_recall=R``: the best in-scope accuracy with out-of-scope recall >= ``R`` on
+        the fit data. ``oos_weight=w``: maximise ``accuracy + w * recall`` (default 0.25).
+        The choice becomes the router's objective (saved with it). Uses the out-of-fold scores
+        of the last :meth:`fit` in this process, so it takes milliseconds.
         """
         if self._oof is None:
             raise NotFittedError("recalibrate needs fit() in this process first")
-        self.oos_weight = oos_weight
+        weight, floor = self._objective(oos_weight, min_oos_recall)
         pred, best, gold, names = self._oof
-        self.calibration = calibrate(pred, best, gold, names, oos_weight=oos_weight)
+        if floor is not None and not (gold < 0).any():
+            raise InvalidRequestError(
+                f"min_oos_recall={floor} needs out-of-scope examples in the fit data, and the "
+                f"last fit had none; fit with some (label None) or use oos_weight"
+            )
+        with self._lock:
+            self.calibration = calibrate(
+                pred, best, gold, names, oos_weight=weight, min_oos_recall=floor
+            )
+            self.oos_weight, self.min_oos_recall = weight, floor
         return self.calibration
 
     # -- persistence --------------------------------------------------------------------

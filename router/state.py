@@ -42,6 +42,7 @@ def save_state(router: Router, folder: Path) -> Path:
         "calibration": router.calibration.to_dict(),
         "overrides": router.overrides,
         "oos_weight": router.oos_weight,
+        "min_oos_recall": router.min_oos_recall,
         "context": vars(router.context),
         "fit": {"texts": fit.texts, "labels": fit.labels} if fit else None,
     }
@@ -88,6 +89,7 @@ def load_state(
     kwargs.setdefault("scoring", doc["scoring"])
     kwargs.setdefault("alias", doc.get("alias", "prod"))
     kwargs.setdefault("oos_weight", doc.get("oos_weight", 0.25))
+    kwargs.setdefault("min_oos_recall", doc.get("min_oos_recall"))
     kwargs.setdefault("context", ContextConfig(**doc["context"]))
     router = cls(registry, **kwargs)
     if router.encoder.name != doc["encoder"]:
