@@ -77,7 +77,7 @@ class _Plan:
         self.uniform = uniform
         self.device = device
         self._idx: torch.Tensor | None = None
-        self._tiles: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tiles: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._stream: int | None = None
 
     @property
@@ -96,8 +96,8 @@ class _Plan:
             self._idx = _to_device(self.slots, torch.long, self.device)
         return self._idx
 
-    def tiles(self, per_row: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens grouped by slot into tiles of :data:`TILE_M`: ``(tok, tile_slot)``.
+    def tiles(self, per_row: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Tokens grouped by slot into tiles of :data:`TILE_M`: ``(tok, tile_slot, tiles)``.
 
         ``tok`` is ``[tiles * TILE_M]`` token indices (``-1`` pads a tile), ``tile_slot`` is
         ``[tiles]``; token ``i * per_row + j`` is position ``j`` of row ``i``.
@@ -118,7 +118,7 @@ class _Plan:
         n = len(tile_slots)
         pad = -n % 16  # keep ``tok`` 64-byte aligned inside the shared buffer
         buf = _to_device(tile_slots + [0] * pad + toks, torch.int32, self.device)
-        out = (buf[n + pad :], buf[:n])
+        out = (buf[n + pad :], buf[:n], n)
         self._tiles[per_row] = out
         return out
 
@@ -258,7 +258,7 @@ class _Group:
             for m in members
         ]
         self._chunk = _lora_triton.chunk_width(self.total_out, self.in_features)
-        self._table: torch.Tensor | None = None  # Triton chunk table, built on first use
+        self._launcher: _lora_triton.GroupLauncher | None = None  # built on first use
         for i, m in enumerate(members):
             m.member = i
             object.__setattr__(m, "group", self)
@@ -331,21 +331,20 @@ class _Group:
         return out
 
     def _triton(self, x2: torch.Tensor, plan: _Plan, per_row: int) -> list[torch.Tensor | None]:
-        if x2.stride(-1) != 1:
+        if not x2.is_contiguous():
             x2 = x2.contiguous()
-        tok, tile_slot = plan.tiles(per_row)
-        chunk = self._chunk
-        table = self._table
-        if table is None:
-            table = self._table = _lora_triton.chunk_table(self._spots, chunk, x2.device)
+        tok, tile_slot, tiles = plan.tiles(per_row)
+        launcher = self._launcher
+        if launcher is None:
+            stack = self.layers.stack
+            if stack is None or _lora_triton.triton is None:
+                raise RuntimeError("the Triton LoRA backend needs triton and a slot stack")
+            table = _lora_triton.chunk_table(self._spots, self._chunk, x2.device)
+            launcher = self._launcher = _lora_triton.GroupLauncher(
+                stack, table, r=self.r, chunk=self._chunk, block_m=TILE_M
+            )
         delta = torch.empty(x2.shape[0], self.total_out, dtype=x2.dtype, device=x2.device)
-        launcher, stack = self.layers.launcher, self.layers.stack
-        if launcher is None or stack is None:
-            raise RuntimeError("the Triton LoRA backend needs triton and a slot stack")
-        launcher(
-            x2, stack, delta, tok, tile_slot, table,
-            r=self.r, block_m=TILE_M, chunk=chunk, stream=plan.stream(),
-        )  # fmt: skip
+        launcher(x2, delta, tok, tile_slot, tiles, self.total_out, plan.stream())
         self._full = delta
         if len(self.outs) == 1:
             return [delta]
@@ -562,7 +561,6 @@ class SlotLayers:
         self.groups: list[_Group] = []
         self.slot_ranks: list[dict[str, int]] = [{} for _ in range(num_slots)]
         self.active: list[set[int]] = [set() for _ in range(num_slots)]  # groups with a rank
-        self.launcher = _lora_triton.GroupLauncher() if _lora_triton.triton is not None else None
         self._copy_stream: Any = None
         self._fused: dict[tuple[str, ...], torch.Tensor] = {}  # group names -> concat weight
 

@@ -207,11 +207,12 @@ _INTERPRETED = textwrap.dedent(
         stack[0] = 0
         slots = [1, 3, 1, 0, 4] + [2] * 20
         x = torch.randn(len(slots), 48).to(dtype)
-        tok, tile_slot = _Plan(1, slots, None, torch.device("cpu")).tiles(1)
+        tok, tile_slot, tiles = _Plan(1, slots, None, torch.device("cpu")).tiles(1)
         spots = [(layout.spots[n].a_off, layout.spots[n].b_off, o) for n, _, o in mods]
         delta = torch.full((len(slots), 136), float("nan"), dtype=dtype)
         table = lt.chunk_table(spots, 32, torch.device("cpu"))
-        lt.GroupLauncher()(x, stack, delta, tok, tile_slot, table, r=16, block_m=16, chunk=32)
+        launch = lt.GroupLauncher(stack, table, r=16, chunk=32, block_m=16)
+        launch(x, delta, tok, tile_slot, tiles, 136, None)
         ref = []
         for i, s in enumerate(slots):
             parts = []
