@@ -1,15 +1,34 @@
 """Router benchmark on CLINC150: loraroute's router and semantic-router 1.1.1, one run.
 
-Protocol (issue "Router: accurate domain routing..."): each of the 150 intents is a route with
-K routing examples taken from ``train`` (the first K of each intent, K=10 and K=50);
-thresholds (and the head) are fitted on ``val`` + ``oos_val``; everything is measured on
-``test`` + ``oos_test`` (4,500 in scope, 1,000 out of scope). In-scope accuracy counts an
-abstention on an in-scope request as wrong. Both routers use the packaged all-MiniLM-L6-v2 on
-CPU and the same examples; the peer is ``IndexedRouter(top_k=5, aggregation="mean")`` with its
-threshold picked on val by the same objective as ours (accuracy + 0.25 * OOS recall).
+Two protocols, both calibrated on ``val`` + ``oos_val`` and measured on ``test`` + ``oos_test``
+(4,500 in scope, 1,000 out of scope); an abstention on an in-scope request counts as wrong:
 
-    .venv/bin/python benchmarks/bench_router.py            # writes benchmarks/results/router.*
+- ``domains`` (the issue's protocol): each of the 10 domains of ``domains.json`` is one adapter;
+  K routing examples per domain drawn from ``train`` with one ``random.Random(0)``, ``.sample``
+  per domain, domains in sorted order; K = 10 and 50.
+- ``intents`` (harder; the first protocol we ran): each of the 150 intents is a route with the
+  first K ``train`` texts of that intent as examples.
+
+Both routers use the packaged all-MiniLM-L6-v2 on CPU and the same examples; the peer is
+``IndexedRouter(top_k=5, aggregation="mean")``. Operating points, all picked on val:
+
+- default: thresholds maximise in-scope accuracy + 0.25 x OOS recall (the peer's one threshold
+  by the same objective);
+- ``min_oos_recall=0.6``: the best in-scope accuracy with OOS recall >= 0.6 on val (the peer's
+  one threshold by the same rule). 0.6 was fixed from the issue's goals before this run: the
+  strictest goal floor is 55% OOS recall; the val estimate rests on 100 OOS requests (standard
+  error ~5 points), so the floor asked for on val is one standard error above it.
+
+Single-request latency of ours and the peer's is measured interleaved (request by request,
+alternating which goes first), so both see the same load on a shared machine.
+
+semantic-router 1.1.1 pins versions (openai) that conflict with the dev environment; install
+it (the ``bench`` extra) apart and put it on PYTHONPATH, e.g.::
+
+    .venv/bin/pip install --target /tmp/sr-deps --no-deps semantic-router==1.1.1 ...
+    PYTHONPATH=/tmp/sr-deps nice .venv/bin/python benchmarks/bench_router.py
     .venv/bin/python benchmarks/bench_router.py --quick    # K=10 only, fewer timings
+    .venv/bin/python benchmarks/bench_router.py --render   # re-write router.md from .json
 """
 
 from __future__ import annotations
@@ -18,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -29,18 +49,36 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "clinc150" / "data_full.json"
+DOMAINS = ROOT.parent / "shared" / "data" / "clinc150" / "domains.json"
 RESULTS = ROOT / "benchmarks" / "results"
 OOS_WEIGHT = 0.25
+#: Fixed from the issue's goals before the run (see the module docstring).
+MIN_OOS_RECALL = 0.6
+W_GRID = (0.1, 0.25, 0.5, 1.0)
+R_GRID = (0.4, 0.5, 0.55, 0.6, 0.7, 0.8)
+PEER = "semantic-router 1.1.1"
+GOALS = {10: (0.80, 0.40), 50: (0.93, 0.55)}
 
 
-def load(k: int):
+def load(k: int, protocol: str):
     d = json.loads(DATA.read_text())
-    routes: dict[str, list[str]] = {}
-    for text, intent in d["train"]:
-        if len(routes.setdefault(intent, [])) < k:
-            routes[intent].append(text)
-    val = [(t, i) for t, i in d["val"]] + [(t, None) for t, _ in d["oos_val"]]
-    test = [(t, i) for t, i in d["test"]] + [(t, None) for t, _ in d["oos_test"]]
+    if protocol == "intents":
+        label = {i: i for _, i in d["train"]}
+        routes: dict[str, list[str]] = {}
+        for text, intent in d["train"]:
+            if len(routes.setdefault(intent, [])) < k:
+                routes[intent].append(text)
+    else:
+        label = {
+            i: dom for dom, intents in json.loads(DOMAINS.read_text()).items() for i in intents
+        }
+        pool: dict[str, list[str]] = {}
+        for text, intent in d["train"]:
+            pool.setdefault(label[intent], []).append(text)
+        rng = random.Random(0)
+        routes = {dom: rng.sample(pool[dom], k) for dom in sorted(pool)}
+    val = [(t, label[i]) for t, i in d["val"]] + [(t, None) for t, _ in d["oos_val"]]
+    test = [(t, label[i]) for t, i in d["test"]] + [(t, None) for t, _ in d["oos_test"]]
     return routes, val, test
 
 
@@ -63,70 +101,91 @@ def metrics(pred: list[str | None], score: np.ndarray, gold: list[str | None]) -
     }
 
 
-def pick_threshold(pred, score, gold) -> float:
-    from loraroute.router.calibration import best_threshold
+def pick_threshold(pred, score, gold, min_oos_recall: float | None = None) -> float:
+    """The peer's one global threshold, picked on val with our objective (no route thresholds)."""
+    from loraroute.router.calibration import calibrate
 
     names = sorted({x for x in gold if x is not None} | {x for x in pred if x is not None})
     pos = {n: i for i, n in enumerate(names)}
-    return best_threshold(
-        np.array([pos.get(x, -2) for x in pred]),
-        np.asarray(score),
+    return calibrate(
+        np.array([pos.get(x, -2) if x is not None else -2 for x in pred]),
+        np.asarray(score, np.float64),
         np.array([pos[x] if x is not None else -1 for x in gold]),
-        OOS_WEIGHT,
-    )
+        [],  # no route names: one global threshold
+        oos_weight=OOS_WEIGHT,
+        min_oos_recall=min_oos_recall,
+    ).threshold
 
 
-def timings(route_one, route_many, texts: list[str], n_single: int, n_batch: int) -> dict:
-    lat = []
-    for t in texts[:n_single]:
-        t0 = time.perf_counter()
-        route_one(t)
-        lat.append((time.perf_counter() - t0) * 1000)
-    batch = texts[n_single : n_single + n_batch]
-    t0 = time.perf_counter()
-    route_many(batch)
-    dt = time.perf_counter() - t0
-    lat.sort()
-    return {
-        "p50_ms": statistics.median(lat),
-        "p99_ms": lat[int(0.99 * (len(lat) - 1))],
-        "batch_requests_per_s": len(batch) / dt,
-        "batch_size": len(batch),
-    }
+def decide(router, names: list[str], scores: np.ndarray) -> list[str | None]:
+    """Single-turn decisions from a score matrix (what route_batch does for one-turn requests)."""
+    best = scores.argmax(axis=1)
+    thr = np.array([router.threshold_for(n) for n in names])[best]
+    top = scores.max(axis=1)
+    return [names[b] if s >= t else None for b, s, t in zip(best, top, thr, strict=True)]
 
 
-def bench_ours(k, routes, val, test, scoring, timed, n_single, n_batch):
+def bench_ours(routes, val, test, scoring, full):
+    """``(default-objective result, min_oos_recall result or None, router)``."""
     from loraroute.router import Router
 
     router = Router.from_examples(routes, scoring=scoring, oos_weight=OOS_WEIGHT)
+    texts, gold = [t for t, _ in test], [i for _, i in test]
     t0 = time.perf_counter()
     router.fit([t for t, _ in val], [i for _, i in val])
     fit_s = time.perf_counter() - t0
-    decisions = router.route_batch([t for t, _ in test])
-    res = metrics(
-        [d.adapter for d in decisions], np.array([d.score for d in decisions]), [i for _, i in test]
-    )
-    res.update(
-        fit_seconds=fit_s,
-        threshold=router.calibration.threshold,
-        route_thresholds=len(router.calibration.route_thresholds),
-    )
-    if timed:  # the same fit at other accuracy / abstention trade-offs, all picked on val
-        res["operating_points"] = {}
-        for w in (0.1, 0.25, 0.5, 1.0):
-            router.recalibrate(w)
-            ds = router.route_batch([t for t, _ in test])
-            res["operating_points"][str(w)] = metrics(
-                [d.adapter for d in ds], np.array([d.score for d in ds]), [i for _, i in test]
-            )
-        router.recalibrate(OOS_WEIGHT)
-        router.encoder.cache.clear()  # time real encoding, not cache hits
-        texts = [t for t, _ in test][::-1]
-        res.update(timings(router.route, router.route_batch, texts, n_single, n_batch))
-    return res
+
+    def run_real() -> dict:  # the product path: route_batch, one encoder call
+        ds = router.route_batch(texts)
+        res = metrics([d.adapter for d in ds], np.array([d.score for d in ds]), gold)
+        cal = router.calibration
+        res.update(
+            threshold=cal.threshold,
+            route_thresholds=len(cal.route_thresholds),
+            objective=cal.objective,
+            val_in_scope_accuracy=cal.fit_in_scope_accuracy,
+            val_oos_recall=cal.fit_oos_recall,
+        )
+        res["_pred"] = [d.adapter for d in ds]
+        return res
+
+    res = run_real()
+    res["fit_seconds"] = fit_s
+    if not full:
+        res.pop("_pred")
+        return res, None, router
+    # The same fit at other operating points, all picked on val; the test scores are computed
+    # once and thresholded here (checked against route_batch for the two reported rows).
+    names, scores = router.score_texts(texts)
+    top = scores.max(axis=1)
+    if decide(router, names, scores) != res.pop("_pred"):
+        raise AssertionError("thresholded scores disagree with route_batch (default objective)")
+
+    def point() -> dict:
+        m = metrics(decide(router, names, scores), top, gold)
+        m.pop("auroc")
+        m["val_in_scope_accuracy"] = router.calibration.fit_in_scope_accuracy
+        m["val_oos_recall"] = router.calibration.fit_oos_recall
+        return m
+
+    res["operating_points"] = {}
+    for w in W_GRID:
+        router.recalibrate(oos_weight=w)
+        res["operating_points"][str(w)] = point()
+    res["recall_floors"] = {}
+    for r in R_GRID:
+        router.recalibrate(min_oos_recall=r)
+        res["recall_floors"][str(r)] = point()
+    router.recalibrate(min_oos_recall=MIN_OOS_RECALL)
+    floor = run_real()
+    if floor.pop("_pred") != decide(router, names, scores):
+        raise AssertionError("thresholded scores disagree with route_batch (min_oos_recall)")
+    router.recalibrate(oos_weight=OOS_WEIGHT)
+    return res, floor, router
 
 
-def bench_peer(k, routes, val, test, timed, n_single, n_batch):
+def bench_peer(routes, val, test):
+    """``(default result, min_oos_recall result, route one text, route a batch)``."""
     from semantic_router import Route
     from semantic_router.encoders.local import LocalEncoder
     from semantic_router.routers import IndexedRouter
@@ -145,22 +204,49 @@ def bench_peer(k, routes, val, test, timed, n_single, n_batch):
         return best, np.array([s[b] if b else 0.0 for s, b in zip(out, best, strict=True)])
 
     vb, vs = score([t for t, _ in val])
-    thr = pick_threshold(vb, vs, [i for _, i in val])
-    router.confidence_threshold = thr
     tb, ts = score([t for t, _ in test])
-    pred = [b if s >= thr else None for b, s in zip(tb, ts, strict=True)]
-    res = metrics(pred, ts, [i for _, i in test])
-    res["threshold"] = thr
-    if timed:
-        texts = [t for t, _ in test][::-1]
-        res.update(timings(router, lambda b: run(router._scores_many(b)), texts, n_single, n_batch))
-    return res
+    gold = [i for _, i in test]
+    results = []
+    for floor in (None, MIN_OOS_RECALL):
+        thr = pick_threshold(vb, vs, [i for _, i in val], floor)
+        pred = [b if s >= thr else None for b, s in zip(tb, ts, strict=True)]
+        res = metrics(pred, ts, gold)
+        res["threshold"] = thr
+        results.append(res)
+    router.confidence_threshold = results[0]["threshold"]
+    return results[0], results[1], router, lambda b: run(router._scores_many(b))
+
+
+def paired_latency(fns: dict, texts: list[str]) -> dict:
+    """Single-request latency of each router, request by request, alternating the order."""
+    lat: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns)
+    for n, t in enumerate(texts):
+        for name in order if n % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            fns[name](t)
+            lat[name].append((time.perf_counter() - t0) * 1000)
+    out = {}
+    for name, xs in lat.items():
+        xs.sort()
+        out[name] = {"p50_ms": statistics.median(xs), "p99_ms": xs[int(0.99 * (len(xs) - 1))]}
+    return out
+
+
+def throughput(route_many, texts: list[str]) -> dict:
+    t0 = time.perf_counter()
+    route_many(texts)
+    return {
+        "batch_requests_per_s": len(texts) / (time.perf_counter() - t0),
+        "batch_size": len(texts),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--protocols", default="domains,intents")
     ap.add_argument("--scorings", default="hybrid,head,centroid,knn")
     ap.add_argument(
         "--render", action="store_true", help="Only re-write router.md from router.json."
@@ -174,31 +260,54 @@ def main() -> None:
     import torch
 
     ks = [10] if args.quick else [10, 50]
-    n_single, n_batch = (50, 500) if args.quick else (200, 2000)
+    n_single, n_batch = (50, 500) if args.quick else (300, 2000)
     out: dict = {
-        "protocol": "CLINC150; K train examples per intent as routes; thresholds/head fitted "
-        "on val+oos_val; measured on test+oos_test (4500 in-scope, 1000 oos)",
+        "protocol": "CLINC150; thresholds/head fitted on val+oos_val; measured on test+oos_test "
+        "(4500 in-scope, 1000 oos); an abstention on an in-scope request counts as wrong",
         "encoder": "all-MiniLM-L6-v2 (packaged), CPU",
+        "min_oos_recall": MIN_OOS_RECALL,
+        "oos_weight": OOS_WEIGHT,
         "machine": {
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(),
             "load_avg_at_start": os.getloadavg()[0],
         },
-        "results": {},
+        "protocols": {},
     }
-    for k in ks:
-        routes, val, test = load(k)
-        rk: dict = {}
-        for scoring in args.scorings.split(","):
-            rk[f"loraroute[{scoring}]"] = bench_ours(
-                k, routes, val, test, scoring, scoring == "hybrid", n_single, n_batch
-            )
-            print(k, scoring, json.dumps(rk[f"loraroute[{scoring}]"]), flush=True)
-        if not args.no_peer:
-            rk["semantic-router 1.1.1"] = bench_peer(k, routes, val, test, True, n_single, n_batch)
-            print(k, "peer", json.dumps(rk["semantic-router 1.1.1"]), flush=True)
-        out["results"][f"K={k}"] = rk
+    for protocol in args.protocols.split(","):
+        per_k: dict = {}
+        for k in ks:
+            routes, val, test = load(k, protocol)
+            rk: dict = {}
+            ours = None
+            for scoring in args.scorings.split(","):
+                res, floor, router = bench_ours(routes, val, test, scoring, scoring == "hybrid")
+                rk[f"loraroute[{scoring}]"] = res
+                print(protocol, k, scoring, json.dumps(res), flush=True)
+                if floor is not None:
+                    rk[f"loraroute[{scoring}] min_oos_recall={MIN_OOS_RECALL}"] = floor
+                    print(protocol, k, scoring, "floor", json.dumps(floor), flush=True)
+                    ours = router
+            if not args.no_peer:
+                peer, peer_floor, peer_router, peer_many = bench_peer(routes, val, test)
+                rk[PEER] = peer
+                rk[f"{PEER} min_oos_recall={MIN_OOS_RECALL}"] = peer_floor
+                print(protocol, k, "peer", json.dumps(peer), json.dumps(peer_floor), flush=True)
+            texts = [t for t, _ in test][::-1]
+            if ours is not None:
+                ours.encoder.cache.clear()  # time real encoding, not cache hits
+                fns = {"loraroute[hybrid]": ours.route}
+                if not args.no_peer:
+                    fns[PEER] = peer_router
+                for name, lat in paired_latency(fns, texts[:n_single]).items():
+                    rk[name].update(lat, latency_samples=n_single)
+                batch = texts[n_single : n_single + n_batch]
+                rk["loraroute[hybrid]"].update(throughput(ours.route_batch, batch))
+                if not args.no_peer:
+                    rk[PEER].update(throughput(peer_many, batch))
+            per_k[f"K={k}"] = rk
+        out["protocols"][protocol] = per_k
     out["machine"]["load_avg_at_end"] = os.getloadavg()[0]
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
@@ -207,59 +316,138 @@ def main() -> None:
     print(render(out))
 
 
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
 def render(out: dict) -> str:
+    r_floor = out["min_oos_recall"]
     lines = [
         "# Router benchmark (CLINC150)",
         "",
         out["protocol"] + ".",
         "",
         f"Encoder: {out['encoder']}; machine: {out['machine']}.",
-        "",
-        "| K | router | in-scope acc | OOS recall | OOS precision | AUROC | p50 ms | p99 ms | batch req/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for k, rk in out["results"].items():
-        for name, r in rk.items():
-            t = (
-                f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['batch_requests_per_s']:.0f}"
-                if "p50_ms" in r
-                else "- | - | -"
-            )
-            lines.append(
-                f"| {k[2:]} | {name} | {100 * r['in_scope_accuracy']:.1f}% | "
-                f"{100 * r['oos_recall']:.1f}% | {100 * r['oos_precision']:.1f}% | "
-                f"{r['auroc']:.3f} | {t} |"
-            )
-    for k, rk in out["results"].items():
-        ops = rk.get("loraroute[hybrid]", {}).get("operating_points")
-        if ops:
+    titles = {
+        "domains": "Issue protocol: 10 domains as adapters, K examples per domain "
+        "(random.Random(0).sample, domains sorted)",
+        "intents": "Harder variant: 150 intents as routes, the first K train examples of each",
+    }
+    for protocol, per_k in out["protocols"].items():
+        lines += [
+            "",
+            f"## {titles.get(protocol, protocol)}",
+            "",
+            "| K | router | in-scope acc | OOS recall | OOS precision | AUROC | p50 ms | p99 ms "
+            "| batch req/s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for k, rk in per_k.items():
+            for name, r in rk.items():
+                t = (
+                    f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['batch_requests_per_s']:.0f}"
+                    if "p50_ms" in r
+                    else "- | - | -"
+                )
+                label = name.replace(
+                    f" min_oos_recall={r_floor}", f", OOS recall >= {r_floor} on val"
+                )
+                if name in ("loraroute[hybrid]", PEER):
+                    label += ", default (acc + 0.25 x recall)"
+                lines.append(
+                    f"| {k[2:]} | {label} | {pct(r['in_scope_accuracy'])} | "
+                    f"{pct(r['oos_recall'])} | {pct(r['oos_precision'])} | "
+                    f"{r['auroc']:.3f} | {t} |"
+                )
+        for k, rk in per_k.items():
+            hy = rk.get("loraroute[hybrid]", {})
+            if "operating_points" not in hy:
+                continue
             lines += [
                 "",
-                f"Operating points of loraroute[hybrid] at K={k[2:]}: one fit, thresholds picked "
-                "on val for each weight w of OOS recall against in-scope accuracy (the default "
-                "w=0.25 was chosen before measuring):",
+                f"Operating points of loraroute[hybrid] at K={k[2:]}, one fit, thresholds picked "
+                "on val (val figures are the calibration data's, test figures the held-out "
+                "result):",
                 "",
-                "| w | in-scope acc | OOS recall | OOS precision |",
-                "| --- | --- | --- | --- |",
+                "| objective | val acc | val OOS recall | test in-scope acc | test OOS recall "
+                "| test OOS precision |",
+                "| --- | --- | --- | --- | --- | --- |",
             ]
+            rows = [(f"acc + {w} x recall", m) for w, m in hy["operating_points"].items()]
+            rows += [(f"max acc, OOS recall >= {r}", m) for r, m in hy["recall_floors"].items()]
             lines += [
-                f"| {w} | {100 * m['in_scope_accuracy']:.1f}% | {100 * m['oos_recall']:.1f}% | "
-                f"{100 * m['oos_precision']:.1f}% |"
-                for w, m in ops.items()
+                f"| {label} | {pct(m['val_in_scope_accuracy'])} | {pct(m['val_oos_recall'])} | "
+                f"{pct(m['in_scope_accuracy'])} | {pct(m['oos_recall'])} | "
+                f"{pct(m['oos_precision'])} |"
+                for label, m in rows
             ]
+        lines += [
+            "",
+            "Goals of the issue at the two operating points fixed before the run"
+            + (
+                ":"
+                if protocol == "domains"
+                else " (the issue defines them on the domain protocol; applied here to the "
+                "harder 150-route variant for comparison):"
+            ),
+            "",
+        ]
+        for k, rk in per_k.items():
+            kk = int(k[2:])
+            if kk not in GOALS:
+                continue
+            acc_goal, rec_goal = GOALS[kk]
+            for name in ("loraroute[hybrid]", f"loraroute[hybrid] min_oos_recall={r_floor}"):
+                if name not in rk:
+                    continue
+                r = rk[name]
+                ok = r["in_scope_accuracy"] >= acc_goal and r["oos_recall"] >= rec_goal
+                lines.append(
+                    f"- K={kk}, {name}: {pct(r['in_scope_accuracy'])} / {pct(r['oos_recall'])} "
+                    f"vs >= {pct(acc_goal)} / >= {pct(rec_goal)}: {'met' if ok else 'MISSED'}"
+                )
+            ours, peer = rk.get("loraroute[hybrid]", {}), rk.get(PEER, {})
+            if "p50_ms" in ours and "p50_ms" in peer:
+                lines.append(
+                    f"- K={kk}, single-request latency (interleaved, {ours['latency_samples']} "
+                    f"requests): ours p50 {ours['p50_ms']:.1f} / p99 {ours['p99_ms']:.1f} ms, "
+                    f"peer p50 {peer['p50_ms']:.1f} / p99 {peer['p99_ms']:.1f} ms: "
+                    + ("met" if ours["p50_ms"] <= peer["p50_ms"] else "MISSED")
+                    + " at p50, "
+                    + ("met" if ours["p99_ms"] <= peer["p99_ms"] else "MISSED")
+                    + " at p99"
+                )
+            if "batch_requests_per_s" in ours:
+                ok = ours["batch_requests_per_s"] >= 300
+                lines.append(
+                    f"- K={kk}, batch throughput {ours['batch_requests_per_s']:.0f} req/s vs "
+                    f">= 300: {'met' if ok else 'MISSED'}"
+                )
     lines += [
         "",
-        "The peer is semantic-router 1.1.1 `IndexedRouter(top_k=5, aggregation='mean')` with "
-        "the same MiniLM folder (its `LocalEncoder`) and the same examples; its threshold is "
-        "picked on val with the same objective as ours (in-scope accuracy + 0.25 x OOS recall), "
-        "which gives it more OOS recall than the issue's figures (65.6% / 10.5% at K=10). Its "
-        "batch figure is its `_scores_many` (one embedding call, then a per-query index "
-        "lookup).",
+        "## Notes",
         "",
-        "Goals: K=10 >= 80% acc with >= 40% OOS recall; K=50 >= 93% with >= 55%; "
-        "batch >= 300 req/s on 2 cores. Default scorer: `hybrid` (see router/scoring.py).",
-        "The machine's 2 cores were shared with other jobs during the run (load average "
-        "above); latency and throughput are lower bounds.",
+        "- Default objective: thresholds maximise in-scope accuracy + 0.25 x OOS recall on val "
+        "(w=0.25 fixed before any test figure was seen; it stays the product default: it needs "
+        "no target from the user and leans towards abstaining, the cheaper mistake).",
+        f"- `min_oos_recall={r_floor}`: `Router(min_oos_recall={r_floor})` / `adapters route fit "
+        f"--min-oos-recall {r_floor}`: the best in-scope accuracy on val with OOS recall >= "
+        f"{r_floor} on val. {r_floor} was fixed from the issue's goals before this run (the "
+        "strictest floor, 55%, plus one standard error of a recall measured on 100 val OOS "
+        "requests). The weight sweep of an earlier run (w=0.1 at K=50) had been seen on test "
+        "before this objective existed, so this is not a blind choice in the strict sense; the "
+        "floor sweep above is reported for transparency, not to pick from.",
+        "- The peer is semantic-router 1.1.1 `IndexedRouter(top_k=5, aggregation='mean')` with "
+        "the same MiniLM folder (its `LocalEncoder`) and the same examples; its one threshold is "
+        "picked on val by the same objective as ours (it has no per-route thresholds), which "
+        "gives it more OOS recall than the issue's figures. Its batch figure is its "
+        "`_scores_many` (one embedding call, then a per-query index lookup).",
+        "- Latency: ours and the peer's single requests alternate in one loop (which goes first "
+        "alternates too), after our request cache is cleared, so both see the same load. The "
+        "machine's 2 cores were shared with other jobs during the run (load average above); "
+        "absolute latency and throughput are lower bounds.",
+        "- Default scorer: `hybrid` (see router/scoring.py); calibration: router/calibration.py.",
         "",
     ]
     return "\n".join(lines)
