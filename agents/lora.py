@@ -281,9 +281,10 @@ class _Group:
             self.x, self.version = x, plan.version
             # one GEMM for the whole group onto the group's delta buffer when the members'
             # weights are one concatenated tensor (see SlotLayers._fuse_weights)
-            self.based = self._full is not None and self.w_cat_t is not None
-            if self.based:
-                self._full.addmm_(self.x2, self.w_cat_t)
+            full, w_cat_t = self._full, self.w_cat_t
+            self.based = full is not None and w_cat_t is not None
+            if full is not None and w_cat_t is not None:
+                full.addmm_(self.x2, w_cat_t)
             d = self.deltas[m]
         self.deltas[m] = _USED
         base = layer.base
