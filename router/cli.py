@@ -109,7 +109,8 @@ def route_text(text, as_json, registry_url, alias, state_dir, encoder) -> None:
     type=click.FloatRange(0.0, 1.0),
     default=None,
     help="Maximise in-scope accuracy subject to out-of-scope recall >= this on DATA "
-    "(e.g. 0.6). DATA needs out-of-scope (null-label) lines.",
+    "(e.g. 0.6). DATA needs out-of-scope (null-label) lines; recall on new traffic can be "
+    "well below the recall on DATA unless its out-of-scope lines are representative.",
 )
 @click.option(
     "--oos-weight",
