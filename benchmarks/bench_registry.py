@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
 from loraroute.registry import open_registry
 from loraroute.registry.auth import create_token
 from loraroute.registry.remote import RemoteRegistry
@@ -196,9 +197,10 @@ def bench_size(work: Path, mb: int, reps: int) -> dict:
 
 def bench_ls(work: Path, n_versions: int) -> dict:
     """``list()`` over ``n_versions`` versions (100 per adapter name, every 10th aliased)."""
+    from sqlmodel import Session
+
     from loraroute.registry.local import _public
     from loraroute.registry.tables import Adapter, Alias, Version
-    from sqlmodel import Session
 
     reg = open_registry(f"sqlite:///{work / 'ls' / 'registry.db'}")
     files = [

@@ -280,10 +280,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and tokens")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from loraroute.agents.engine import Engine
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from loraroute.agents.engine import Engine
     from loraroute.models import resolve_base_model
     from loraroute.settings import get_settings
 

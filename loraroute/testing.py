@@ -111,7 +111,9 @@ def make_tiny_adapter(
 
     folder = Path(folder)
     model = AutoModelForCausalLM.from_pretrained(str(base))
-    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(target_modules), task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=r, lora_alpha=alpha, target_modules=list(target_modules), task_type="CAUSAL_LM"
+    )
     peft_model = get_peft_model(model, cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -19,7 +19,12 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # checkout (git-ignored), so the real SmolLM2 is converted once per clone and reused after.
 TEST_HOME = Path(os.environ.get("LORAROUTE_TEST_HOME", REPO_ROOT / ".lr-home"))
 os.environ["LORAROUTE_HOME"] = str(TEST_HOME)
-for _var in ("LORAROUTE_REGISTRY", "LORAROUTE_BASE_MODEL", "LORAROUTE_EMBEDDER", "LORAROUTE_DEVICE"):
+for _var in (
+    "LORAROUTE_REGISTRY",
+    "LORAROUTE_BASE_MODEL",
+    "LORAROUTE_EMBEDDER",
+    "LORAROUTE_DEVICE",
+):
     os.environ.pop(_var, None)
 
 

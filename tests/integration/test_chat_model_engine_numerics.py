@@ -64,9 +64,10 @@ def make_random_adapter(
 
 
 def test_mixed_batch_matches_peft_on_smollm2(tmp_path):
-    from loraroute.agents.chat_model import shared_engine
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
+    from loraroute.agents.chat_model import shared_engine
 
     engine = shared_engine(None, device="cpu")
     a = make_random_adapter(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
+
 from loraroute.agents.chat_model import ChatLoraRoute, shared_engine
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,9 @@ from typing import Literal
 import pytest
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
-from loraroute.agents.chat_model import ChatLoraRoute, shared_engine
 from pydantic import BaseModel, Field
+
+from loraroute.agents.chat_model import ChatLoraRoute, shared_engine
 
 pytestmark = pytest.mark.slow
 

@@ -15,6 +15,8 @@ import time
 import httpx
 import pytest
 from click.testing import CliRunner
+
+from loraroute.cli import main
 from loraroute.registry import (
     AdapterNotFoundError,
     AuthError,
@@ -26,8 +28,6 @@ from loraroute.registry import (
 )
 from loraroute.registry.auth import create_token
 from loraroute.registry.testing import make_variant
-
-from loraroute.cli import main
 
 
 def free_port() -> int:
@@ -52,6 +52,7 @@ class ThreadServer:
 
     def __init__(self, registry, **kw) -> None:
         import uvicorn
+
         from loraroute.registry.server import create_app
 
         self.port = free_port()
@@ -140,8 +141,9 @@ def test_tokens_and_scopes(server, tiny_adapter):
 
 
 def test_tokens_are_stored_hashed(store):
-    from loraroute.registry.tables import Token
     from sqlmodel import Session, select
+
+    from loraroute.registry.tables import Token
 
     token = create_token(store, "read")
     with Session(store._read) as s:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from loraroute.router import Router, RouteSession
 
 pytestmark = pytest.mark.slow

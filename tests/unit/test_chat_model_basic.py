@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+
 from loraroute.agents._messages import to_chat_dicts
 from loraroute.agents.chat_model import ChatLoraRoute
 from loraroute.agents.engine import Engine

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from langchain_tests.unit_tests import ChatModelUnitTests
+
 from loraroute.agents.chat_model import ChatLoraRoute
 
 

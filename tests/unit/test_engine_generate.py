@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 import torch
+
 from loraroute.agents.engine import Engine
 from loraroute.agents.errors import ContextLengthError, EmptyConversationError
 

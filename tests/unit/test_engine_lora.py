@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from loraroute.agents.engine import Engine
 from loraroute.agents.errors import IncompatibleAdapterError, UnknownAdapterError
 from loraroute.agents.lora import read_adapter

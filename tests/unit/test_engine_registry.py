@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from loraroute.agents.engine import Engine
 from loraroute.agents.errors import IncompatibleAdapterError
 

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+
 from loraroute.registry import open_registry
 from loraroute.registry.blobs import sha256_file
 from loraroute.registry.testing import PostgresUnavailable, push_variants, temporary_postgres

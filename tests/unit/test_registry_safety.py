@@ -9,6 +9,7 @@ import shutil
 import struct
 
 import pytest
+
 from loraroute.registry import InvalidAdapterError, InvalidReferenceError, open_registry
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from loraroute.router import ContextConfig, HashingEncoder, Router, RouteSession
 from loraroute.router.context import TurnScores, route_conversation
 

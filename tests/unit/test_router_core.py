@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from loraroute.router import (
     HashingEncoder,
     InvalidRequestError,
@@ -204,6 +205,7 @@ def test_bad_registry_argument(lr_home):
 
 def test_hnsw_index_recall():
     import numpy as np
+
     from loraroute.router.index import VectorIndex
 
     rng = np.random.default_rng(0)
