@@ -15,10 +15,12 @@ arguments, leaving no place for a per-row adapter index. A short own loop over
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -32,6 +34,17 @@ from .lora import AdapterContext
 from .requests import Generation, RequestHandle
 
 logger = logging.getLogger(__name__)
+
+# Schedulers whose thread is running. At interpreter exit a daemon thread stopped in the middle
+# of a torch op aborts the process ("terminate called without an active exception"), so the
+# threads are stopped first, whether or not the user closed the engine.
+_LIVE: weakref.WeakSet[BatchScheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_schedulers() -> None:
+    for scheduler in list(_LIVE):
+        scheduler.close()
 
 
 def attention_backends(device: torch.device) -> Any:
@@ -121,10 +134,12 @@ class BatchScheduler:
                     target=self._run, name="loraroute-batcher", daemon=True
                 )
                 self._thread.start()
+                _LIVE.add(self)
             self._cond.notify_all()
         return handle
 
     def close(self) -> None:
+        _LIVE.discard(self)
         with self._cond:
             self._closed = True
             self._cond.notify_all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import platform
 import sys
 from importlib import metadata
@@ -39,6 +40,17 @@ def main(verbose: int) -> None:
     """Manage, route and serve LoRA adapters on one shared base model."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose == 0:
+        _quiet_load_bars()
+
+
+def _quiet_load_bars() -> None:
+    """Hide transformers' per-load "Loading weights" bars, which repeat on every command that
+    loads a model; the one-time GGUF conversion keeps its own bar (plain tqdm)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:  # imported before this callback ran: the env var came too late
+        hf_logging.disable_progress_bar()
 
 
 def _version(dist: str) -> str:
