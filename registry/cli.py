@@ -91,12 +91,14 @@ def _table(versions: list[Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"{len(versions)} adapter version(s)")
-    # refs and aliases are what users copy into commands: never cut them; let base and tags give
-    for col in ("ref", "aliases", "domain", "rank", "size"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("base", overflow="ellipsis", min_width=12, max_width=24)
+    # refs and aliases are what users copy into commands: never cut them; the rest may wrap
+    table.add_column("ref", no_wrap=True)
+    table.add_column("aliases", no_wrap=True)
+    for col in ("domain", "rank", "size"):
+        table.add_column(col)
+    table.add_column("base", overflow="ellipsis", max_width=24)
     table.add_column("tags", overflow="fold")
-    table.add_column("created", no_wrap=True)
+    table.add_column("created")
     for v in versions:
         table.add_row(
             v.ref,
