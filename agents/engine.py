@@ -313,49 +313,67 @@ class Engine:
                     label=ref,
                     base_fingerprint=self.base_fingerprint,
                     recorded_fingerprint=recorded_fingerprint,
+                    named=self.slots.named_modules,
                 )
                 with self._model_lock:
                     self.slots.ensure(weights)
-                if packed is None or packed.layout is not self.slots.layout:
-                    packed = self.slots.pack(weights)
-                for old in self.pool.host_put(
-                    weights.digest,
-                    ref,
-                    packed,
-                    nbytes=packed.nbytes,
-                    rank=weights.rank,
-                    target_modules=weights.target_modules,
-                ):
-                    logger.info("dropped adapter %s from the CPU tier to keep %s", old.ref, ref)
+                source: PackedAdapter | AdapterWeights | None = weights
+                if packed is not None or not self._direct_loads():
+                    if packed is None or packed.layout is not self.slots.layout:
+                        packed = self.slots.pack(weights)
+                    self._keep_on_host(weights, ref, packed)
+                    source = packed
             else:
-                packed = host.payload
-            if not load or packed is None:
+                source = host.payload
+            if not load or source is None:
                 return None
             return self._to_device(
                 weights.digest,
                 ref,
-                packed,
+                source,
                 nbytes=weights.nbytes,
                 rank=weights.rank,
                 target_modules=weights.target_modules,
             )
 
+    def _keep_on_host(self, weights: AdapterWeights, ref: str, packed: PackedAdapter) -> None:
+        for old in self.pool.host_put(
+            weights.digest,
+            ref,
+            packed,
+            nbytes=packed.nbytes,
+            rank=weights.rank,
+            target_modules=weights.target_modules,
+        ):
+            logger.info("dropped adapter %s from the CPU tier to keep %s", old.ref, ref)
+
+    def _direct_loads(self) -> bool:
+        """Whether new adapters go from their weights straight into a slot: on CPU without a
+        CPU tier (on CUDA one contiguous host-to-device copy of a packed buffer is cheaper
+        than a copy per module)."""
+        return self.device.type == "cpu" and self.pool.max_host == 0
+
     def _to_device(
         self,
         digest: str,
         ref: str,
-        packed: PackedAdapter,
+        packed: PackedAdapter | AdapterWeights,
         *,
         nbytes: int,
         rank: int,
         target_modules: list[str],
     ) -> ResidentAdapter:
-        """Give ``digest`` a device slot and copy ``packed`` into it. Caller holds ``_lock``."""
+        """Give ``digest`` a device slot and copy ``packed`` (or, on the direct CPU path, the
+        weights themselves) into it. Caller holds ``_lock``."""
         slot, evicted = self.pool.reserve(
             digest, ref, nbytes=nbytes, rank=rank, target_modules=target_modules
         )
         try:
-            if self.device.type == "cuda":
+            loaded: PackedAdapter | None = None
+            if isinstance(packed, AdapterWeights):
+                with self._model_lock:
+                    self.slots.load_weights(slot, packed)
+            elif self.device.type == "cuda":
                 # the slot is free and the copy is queued on a side stream: no need to stop
                 # the running decode steps
                 loaded = self.slots.load(slot, packed)
@@ -365,7 +383,7 @@ class Engine:
         except BaseException:
             self.pool.evict(digest)
             raise
-        if loaded is not packed:
+        if loaded is not None and loaded is not packed:
             self.pool.host_update(digest, loaded)
         for old in evicted:
             where = "to the CPU tier" if self.pool.host_get(old.digest, touch=False) else "out"

@@ -33,6 +33,7 @@ import logging
 import math
 import re
 import threading
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,12 +380,18 @@ class AdapterWeights:
 
 def folder_digest(folder: Path) -> str:
     """``sha256:<hex>`` over the adapter's config and weights (for plain folders)."""
+    folder = Path(folder)
+    return _content_digest(
+        (folder / ADAPTER_CONFIG).read_bytes(), (folder / ADAPTER_WEIGHTS).read_bytes()
+    )
+
+
+def _content_digest(config: bytes, weights: bytes) -> str:
+    """:func:`folder_digest` of bytes already in memory (read once, hashed and parsed)."""
     h = hashlib.sha256(b"loraroute-adapter-folder-v1\0")
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+    for name, data in ((ADAPTER_CONFIG, config), (ADAPTER_WEIGHTS, weights)):
         h.update(name.encode() + b"\0")
-        with open(folder / name, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
+        h.update(data)
     return "sha256:" + h.hexdigest()
 
 
@@ -399,13 +406,17 @@ def _pattern_value(patterns: dict, module: str, default):
 def read_adapter(folder: Path | str, *, digest: str | None = None) -> AdapterWeights:
     """Read a PEFT LoRA folder; refuses features our layer does not implement.
 
+    ``digest`` is the version digest when the caller already knows it (the registry verified
+    the files when it wrote its checkout); without it the folder's content is hashed, from
+    the same bytes that are parsed, so the file is read once.
+
     Example::
 
         >>> w = read_adapter("out/legal")  # doctest: +SKIP
         >>> sorted(w.modules)[:1]  # doctest: +SKIP
         ['model.layers.0.self_attn.q_proj']
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     folder = Path(folder)
     cfg_path, w_path = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
@@ -414,7 +425,8 @@ def read_adapter(folder: Path | str, *, digest: str | None = None) -> AdapterWei
             f"adapter folder {str(folder)!r} must hold {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}; "
             f"save it with PeftModel.save_pretrained (safe_serialization=True)"
         )
-    cfg = json.loads(cfg_path.read_text())
+    cfg_bytes = cfg_path.read_bytes()
+    cfg = json.loads(cfg_bytes)
     peft_type = str(cfg.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise IncompatibleAdapterError(
@@ -435,7 +447,12 @@ def read_adapter(folder: Path | str, *, digest: str | None = None) -> AdapterWei
     r_default = int(cfg.get("r", 8))
     alpha_default = float(cfg.get("lora_alpha", r_default))
     rslora = bool(cfg.get("use_rslora"))
-    tensors = load_file(str(w_path))
+    # one read into memory, then parsed: cheaper than load_file's memory map for a few MB
+    data = w_path.read_bytes()
+    if digest is None:
+        digest = _content_digest(cfg_bytes, data)
+    tensors = load(data)
+    del data
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         name = key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
@@ -463,7 +480,7 @@ def read_adapter(folder: Path | str, *, digest: str | None = None) -> AdapterWei
         targets = [targets]
     return AdapterWeights(
         path=folder,
-        digest=digest or folder_digest(folder),
+        digest=digest,
         rank=max(a.shape[0] for a, _, _ in modules.values()),
         alpha=alpha_default,
         target_modules=sorted(targets) or sorted({m.rsplit(".", 1)[-1] for m in modules}),
@@ -479,14 +496,19 @@ def check_compatible(
     label: str,
     base_fingerprint: str,
     recorded_fingerprint: str | None,
+    named: Mapping[str, nn.Module] | None = None,
 ) -> None:
-    """Raise :class:`IncompatibleAdapterError` unless ``weights`` fit ``model``."""
+    """Raise :class:`IncompatibleAdapterError` unless ``weights`` fit ``model``.
+
+    ``named`` is ``dict(model.named_modules())`` when the caller keeps one (walking the
+    model's modules costs about as much as the rest of the check)."""
     if recorded_fingerprint and recorded_fingerprint != base_fingerprint:
         raise IncompatibleAdapterError(
             f"adapter {label!r} was trained on base {recorded_fingerprint}, but the loaded base is "
             f"{base_fingerprint}; load the matching base model or retrain the adapter on this one"
         )
-    named = dict(model.named_modules())
+    if named is None:
+        named = dict(model.named_modules())
     for module, (a, b, _) in weights.modules.items():
         layer = named.get(module)
         if isinstance(layer, SlotLoraLinear):
@@ -557,8 +579,13 @@ class SlotLayers:
         self.dtype = param.dtype
         self._backend = resolve_backend(backend, self.device)
         self.layers: dict[str, SlotLoraLinear] = {}
+        # the model's modules by name as loaded (wrapping keeps each base nn.Linear), for
+        # compatibility checks without walking the model at every load
+        self.named_modules: dict[str, nn.Module] = dict(model.named_modules())
         self.layout: SlotLayout | None = None
         self.stack: torch.Tensor | None = None  # [num_slots, layout.numel]
+        # per module, its A ([slots, r, in]) and B ([slots, out, r]) views of the stack
+        self._views: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.groups: list[_Group] = []
         self.slot_ranks: list[dict[str, int]] = [{} for _ in range(num_slots)]
         self.active: list[set[int]] = [set() for _ in range(num_slots)]  # groups with a rank
@@ -613,6 +640,9 @@ class SlotLayers:
         for name, _, _ in modules:
             self._wrap(name)
         self.layout, self.stack = layout, stack
+        self._views = {
+            name: (layout.a_view(stack, name), layout.b_view(stack, name)) for name in layout.spots
+        }
         self.groups = [
             _Group(self, g, [self.layers[n] for n in members])
             for g, members in enumerate(layout.groups)
@@ -734,6 +764,42 @@ class SlotLayers:
         self.slot_ranks[slot] = dict(packed.ranks)
         self._refresh_slot(slot)
         return packed
+
+    def load_weights(self, slot: int, weights: AdapterWeights) -> None:
+        """Copy ``weights`` straight into ``slot``, without a packed host buffer (call
+        :meth:`ensure` first).
+
+        The CPU path: a host buffer would only be copied once more. Each module's A and
+        scaled B go to their places in the slot; the slot's previous contents need zeroing
+        only where the old adapter reached beyond the new one (a slot holds zeros outside
+        the ranks recorded in ``slot_ranks``), so same-shaped adapters zero nothing.
+        """
+        layout, views = self.layout, self._views
+        if layout is None or not layout.covers(weights):
+            raise RuntimeError(
+                "SlotLayers.load_weights needs a layout that covers the adapter; call ensure"
+            )
+        self._sync_copies()
+        old = self.slot_ranks[slot]
+        ranks: dict[str, int] = {}
+        for name, (a, b, scaling) in weights.modules.items():
+            r = a.shape[0]
+            a_all, b_all = views[name]
+            a_all[slot, :r].copy_(a)
+            if b.dtype != torch.float32:  # scaled in float32, as SlotLayout.pack does
+                b = b.float()
+            torch.mul(b, scaling, out=b_all[slot, :, :r])
+            stale = old.get(name, 0)
+            if stale > r:
+                a_all[slot, r:stale].zero_()
+                b_all[slot, :, r:stale].zero_()
+            ranks[name] = r
+        for name, stale in old.items():
+            if name not in ranks and name in views:
+                views[name][0][slot, :stale].zero_()
+                views[name][1][slot, :, :stale].zero_()
+        self.slot_ranks[slot] = ranks
+        self._refresh_slot(slot)
 
     def _refresh_slot(self, slot: int) -> None:
         layout = self.layout

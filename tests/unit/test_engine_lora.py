@@ -81,6 +81,30 @@ def test_rank_growth_keeps_loaded_adapters(engine, tiny_base, tiny_adapter_facto
     )
 
 
+def test_reused_slot_holds_only_the_new_adapter(tiny_base, lr_home, tiny_adapter_factory):
+    """A slot written directly from the weights (CPU, no CPU tier) is cleared where the
+    previous adapter reached further: a higher rank, or modules the new one does not target."""
+    big = tiny_adapter_factory(
+        6, r=8, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
+    )
+    small = tiny_adapter_factory(7, r=2)
+    ids = torch.randint(3, 300, (1, 7), generator=torch.Generator().manual_seed(3))
+    with Engine(tiny_base, settings=lr_home, device="cpu", max_resident=1) as engine:
+        engine.load_adapter_folder(big, name="big")
+        engine.load_adapter_folder(small, name="small")  # evicts "big" from the only slot
+        assert [e["ref"] for e in engine.resident()] == ["small"]
+        torch.testing.assert_close(
+            engine.logits(ids, ["small"]), _peft_logits(tiny_base, small, ids), atol=1e-5, rtol=0
+        )
+
+
+def test_folder_digest_is_hashed_from_the_bytes_read(tiny_adapter):
+    from loraroute.agents.lora import folder_digest
+
+    assert read_adapter(tiny_adapter).digest == folder_digest(tiny_adapter)
+    assert read_adapter(tiny_adapter, digest="sha256:given").digest == "sha256:given"
+
+
 def test_wrong_base_is_refused_naming_both_fingerprints(engine, other_tiny_base, tmp_path):
     from loraroute.models import fingerprint
     from loraroute.testing import make_tiny_adapter
