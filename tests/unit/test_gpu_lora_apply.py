@@ -226,6 +226,34 @@ _INTERPRETED = textwrap.dedent(
         assert not torch.isnan(delta).any(), "unwritten output"
         assert err < tol, (dtype, err)
 
+    # 1b. split-K (the shrink cut into slices, summed by the last slice of each tile):
+    # the same result as one slice, bit for bit on repeats, counters back to zero
+    torch.manual_seed(2)
+    mods = [("l.down_proj", 300, 40)]
+    layout = SlotLayout(mods, r=16)
+    stack = torch.randn(3, layout.numel) * 0.3
+    slots = [1, 2, 1, 0] + [2] * 18
+    x = torch.randn(len(slots), 300)
+    tok, tile_slot, tiles = _Plan(1, slots, None, torch.device("cpu")).tiles(1)
+    spots = [(layout.spots["l.down_proj"].a_off, layout.spots["l.down_proj"].b_off, 40)]
+    outs = {}
+    for per in (0, 128, 128):
+        lt.GroupLauncher.k_per_split = per
+        launch = lt.GroupLauncher(
+            stack, lt.chunk_table(spots, 32, torch.device("cpu")), r=16, chunk=32, block_m=16
+        )
+        assert launch.split(300, tiles) == (1 if per == 0 else 3)
+        delta = torch.full((len(slots), 40), float("nan"))
+        launch(x, delta, tok, tile_slot, tiles, 40, None)
+        assert not torch.isnan(delta).any(), "unwritten output"
+        if per:
+            assert launch._count is not None and int(launch._count.abs().sum()) == 0
+            if per in outs:
+                assert torch.equal(outs[per], delta), "split-K is not deterministic"
+        outs.setdefault(per, delta)
+    torch.testing.assert_close(outs[128], outs[0], atol=1e-4, rtol=1e-4)
+    lt.GroupLauncher.k_per_split = 1024
+
     # 2. the whole grouped apply with the Triton backend equals the torch backend
     torch.manual_seed(1)
     results = {}
