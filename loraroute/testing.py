@@ -1,8 +1,9 @@
 """Tiny models built from a config, for tests and examples that must not download anything.
 
 ``make_tiny_base(folder)`` writes a 2-layer Llama with a small byte-level BPE tokenizer and a
-ChatML chat template; ``make_tiny_adapter(base, folder)`` writes a PEFT LoRA folder for it.
-Both are deterministic for a given seed, so fingerprints and digests are stable.
+ChatML chat template; ``make_tiny_adapter(base, folder)`` writes a PEFT LoRA folder for it;
+``make_random_lora(base, folder)`` writes one for any Llama-style base (SmolLM2) without loading it.
+All are deterministic for a given seed, so fingerprints and digests are stable.
 """
 
 from __future__ import annotations
@@ -126,4 +127,71 @@ def make_tiny_adapter(
     data = json.loads(cfg_path.read_text())
     data["base_model_name_or_path"] = str(base)
     cfg_path.write_text(json.dumps(data, indent=2))
+    return folder
+
+
+# where each LoRA target sits in a Llama-style layer, and its (fan_in, fan_out) from the config
+_LLAMA_PARTS = {
+    "q_proj": "self_attn",
+    "k_proj": "self_attn",
+    "v_proj": "self_attn",
+    "o_proj": "self_attn",
+    "gate_proj": "mlp",
+    "up_proj": "mlp",
+    "down_proj": "mlp",
+}
+
+
+def make_random_lora(
+    base: Path | str,
+    folder: Path | str,
+    *,
+    seed: int = 0,
+    r: int = 8,
+    targets: tuple[str, ...] | list[str] = ("q_proj", "v_proj"),
+    a_scale: float = 0.02,
+    b_scale: float = 0.01,
+) -> Path:
+    """Write a PEFT LoRA folder with small random weights for any Llama-style base folder.
+
+    Shapes come from the base's ``config.json``, so the model itself is never loaded: this is
+    how tests and benchmarks make adapters for the real SmolLM2 in milliseconds.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    base, folder = Path(base), Path(folder)
+    cfg = json.loads((base / "config.json").read_text())
+    hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    head_dim = cfg.get("head_dim") or hidden // cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * head_dim
+    shapes = {
+        "q_proj": (hidden, hidden),
+        "k_proj": (hidden, kv),
+        "v_proj": (hidden, kv),
+        "o_proj": (hidden, hidden),
+        "gate_proj": (hidden, inter),
+        "up_proj": (hidden, inter),
+        "down_proj": (inter, hidden),
+    }
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(cfg["num_hidden_layers"]):
+        for name in targets:
+            fan_in, fan_out = shapes[name]
+            key = f"base_model.model.model.layers.{layer}.{_LLAMA_PARTS[name]}.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(r, fan_in, generator=gen) * a_scale
+            tensors[f"{key}.lora_B.weight"] = torch.randn(fan_out, r, generator=gen) * b_scale
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": r,
+        "lora_alpha": 2 * r,
+        "target_modules": sorted(targets),
+        "bias": "none",
+        "base_model_name_or_path": str(base),
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config))
     return folder

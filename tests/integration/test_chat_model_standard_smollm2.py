@@ -15,6 +15,7 @@ import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from loraroute.agents.chat_model import ChatLoraRoute, shared_engine
+from loraroute.testing import make_random_lora
 
 pytestmark = pytest.mark.slow
 
@@ -23,54 +24,10 @@ OVERRIDE = "smol-random"
 MAX_TOKENS = 40
 
 
-def make_random_adapter(base_path: Path, folder: Path, *, seed: int = 0, r: int = 8) -> Path:
-    """A PEFT-format rank-``r`` LoRA on q/v with small random weights, written without peft.
-
-    Shapes come from the base config, so no second copy of the model is loaded.
-    """
-    import json
-
-    import torch
-    from safetensors.torch import save_file
-
-    cfg = json.loads((base_path / "config.json").read_text())
-    hidden = cfg["hidden_size"]
-    head_dim = cfg.get("head_dim") or hidden // cfg["num_attention_heads"]
-    out = {
-        "q_proj": hidden,
-        "v_proj": cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * head_dim,
-    }
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for layer in range(cfg["num_hidden_layers"]):
-        for name, out_features in out.items():
-            key = f"base_model.model.model.layers.{layer}.self_attn.{name}"
-            tensors[f"{key}.lora_A.weight"] = torch.randn(r, hidden, generator=gen) * 0.02
-            tensors[f"{key}.lora_B.weight"] = torch.randn(out_features, r, generator=gen) * 0.01
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
-    (folder / "adapter_config.json").write_text(
-        json.dumps(
-            {
-                "peft_type": "LORA",
-                "task_type": "CAUSAL_LM",
-                "r": r,
-                "lora_alpha": 2 * r,
-                "target_modules": sorted(out),
-                "bias": "none",
-                "base_model_name_or_path": str(base_path),
-            }
-        )
-    )
-    return folder
-
-
 @functools.cache
 def _engine():
     engine = shared_engine(None, device="cpu")
-    folder = make_random_adapter(
-        engine.base_path, Path(tempfile.mkdtemp(prefix="lr-smol-adapter-"))
-    )
+    folder = make_random_lora(engine.base_path, Path(tempfile.mkdtemp(prefix="lr-smol-adapter-")))
     engine.load_adapter_folder(folder, name=OVERRIDE, base_fingerprint=engine.base_fingerprint)
     return engine
 

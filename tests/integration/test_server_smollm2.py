@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 
+from loraroute.testing import make_random_lora
+
 pytestmark = pytest.mark.slow
 
 openai = pytest.importorskip("openai")
@@ -19,36 +21,6 @@ def _default_home_settings():
     from loraroute.settings import Settings, default_home
 
     return Settings(home=default_home())
-
-
-def _random_qv_adapter(base, folder, *, seed: int, r: int = 8):
-    import json
-
-    import torch
-    from safetensors.torch import save_file
-
-    cfg = json.loads((base / "config.json").read_text())
-    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-    kv = cfg.get("num_key_value_heads", heads) * (cfg.get("head_dim") or hidden // heads)
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for layer in range(cfg["num_hidden_layers"]):
-        for name, out in (("q_proj", hidden), ("v_proj", kv)):
-            key = f"base_model.model.model.layers.{layer}.self_attn.{name}"
-            tensors[f"{key}.lora_A.weight"] = torch.randn(r, hidden, generator=gen) * 0.02
-            tensors[f"{key}.lora_B.weight"] = torch.randn(out, r, generator=gen) * 0.01
-    folder.mkdir(parents=True)
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
-    config = {
-        "peft_type": "LORA",
-        "r": r,
-        "lora_alpha": 2 * r,
-        "bias": "none",
-        "target_modules": ["q_proj", "v_proj"],
-        "task_type": "CAUSAL_LM",
-    }
-    (folder / "adapter_config.json").write_text(json.dumps(config))
-    return folder
 
 
 @pytest.fixture
@@ -75,7 +47,7 @@ def served(lr_home, tmp_path):
         }.items(),
         start=1,
     ):
-        folder = _random_qv_adapter(base, tmp_path / name, seed=seed)
+        folder = make_random_lora(base, tmp_path / name, seed=seed)
         versions[name] = reg.push(
             folder,
             name,
