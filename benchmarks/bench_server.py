@@ -65,31 +65,11 @@ def log(msg: str) -> None:
 
 def random_lora(base: Path, folder: Path, *, seed: int, r: int = 8) -> Path:
     """A PEFT-format LoRA on q/k/v/o with small random weights, written without peft."""
-    import torch
-    from safetensors.torch import save_file
+    from loraroute.testing import make_random_lora
 
-    cfg = json.loads((base / "config.json").read_text())
-    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-    kv = cfg.get("num_key_value_heads", heads) * (cfg.get("head_dim") or hidden // heads)
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for layer in range(cfg["num_hidden_layers"]):
-        for name, out in (("q_proj", hidden), ("k_proj", kv), ("v_proj", kv), ("o_proj", hidden)):
-            key = f"base_model.model.model.layers.{layer}.self_attn.{name}"
-            tensors[f"{key}.lora_A.weight"] = torch.randn(r, hidden, generator=gen) * 0.02
-            tensors[f"{key}.lora_B.weight"] = torch.randn(out, r, generator=gen) * 0.01
-    folder.mkdir(parents=True)
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
-    config = {
-        "peft_type": "LORA",
-        "r": r,
-        "lora_alpha": 2 * r,
-        "bias": "none",
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-        "task_type": "CAUSAL_LM",
-    }
-    (folder / "adapter_config.json").write_text(json.dumps(config))
-    return folder
+    return make_random_lora(
+        base, folder, seed=seed, r=r, targets=("q_proj", "k_proj", "v_proj", "o_proj")
+    )
 
 
 def free_port() -> int:
