@@ -15,11 +15,14 @@ together, once per forward:
 
 - ``"triton"`` (CUDA): tokens are grouped by adapter into tiles and one fused kernel per group
   does shrink and expand (:mod:`loraroute.agents._lora_triton`);
-- ``"torch"`` (any device): a batch with one adapter does two small matmuls; a mixed batch
-  gathers each row's matrices and uses batched matmuls (gather + bmm).
+- ``"torch"`` on CUDA: a batch with one adapter does two small matmuls; a mixed batch
+  gathers each row's matrices and uses batched matmuls (gather + bmm);
+- ``"torch"`` on CPU: the input is shrunk against the A matrices of all the batch's adapters
+  at once and a per-forward mask keeps each row's own block, so any mix costs one GEMM per
+  group plus one per member (see :meth:`_Group._apply_cpu`).
 
-Each module then adds its base product onto its delta in place (``addmm_``), so the LoRA costs
-no separate add. :func:`read_adapter` parses a PEFT LoRA folder (``adapter_config.json`` +
+On CUDA each module then adds its base product onto its delta in place (``addmm_``); on CPU
+the LoRA is added onto the base product in place. Either way the LoRA costs no separate add. :func:`read_adapter` parses a PEFT LoRA folder (``adapter_config.json`` +
 ``adapter_model.safetensors``) and :func:`check_compatible` refuses an adapter whose base
 fingerprint, target modules or shapes do not match the loaded base.
 """
@@ -70,7 +73,7 @@ def _to_device(values: list[int], dtype: torch.dtype, device: torch.device) -> t
 class _Plan:
     """The adapter choice of one forward: slots per row, plus device-side index tensors."""
 
-    __slots__ = ("version", "slots", "uniform", "device", "_idx", "_tiles", "_stream")
+    __slots__ = ("version", "slots", "uniform", "device", "_idx", "_tiles", "_stream", "_masks")
 
     def __init__(self, version: int, slots: list[int], uniform: int | None, device: torch.device):
         self.version = version
@@ -80,10 +83,33 @@ class _Plan:
         self._idx: torch.Tensor | None = None
         self._tiles: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._stream: int | None = None
+        self._masks: dict[tuple, torch.Tensor] = {}
 
     @property
     def rows(self) -> int:
         return len(self.slots)
+
+    def distinct(self) -> tuple[int, ...]:
+        """The adapter slots of this forward, each once, in row order (no 0)."""
+        return tuple(dict.fromkeys(s for s in self.slots if s))
+
+    def mask(
+        self, slots: tuple[int, ...], members: int, width: int, per_row: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """``[tokens, members * len(slots) * width]``: 1 where a column block (member-major,
+        then slot, then rank) belongs to the token's own adapter, else 0 (see
+        :meth:`_Group._apply_cpu`). Made once per forward, shared by the groups."""
+        key = (slots, members, width, per_row, dtype)
+        mask = self._masks.get(key)
+        if mask is None:
+            rows = torch.tensor(self.slots, device=self.device)
+            own = rows[:, None] == torch.tensor(slots, device=self.device)[None, :]  # [rows, k]
+            cols = own[:, None, :, None].expand(-1, members, -1, width)
+            mask = cols.reshape(len(self.slots), -1).to(dtype)
+            if per_row > 1:
+                mask = mask.repeat_interleave(per_row, 0)
+            self._masks[key] = mask
+        return mask
 
     def stream(self) -> int | None:
         """The raw CUDA stream of this forward (looked up once, for kernel launches)."""
@@ -270,8 +296,14 @@ class _Group:
         self.based = False  # the deltas already hold the base product
         self.version = -1
         self.deltas: list[Any] = []
+        self.cpu = layers.device.type == "cpu" and layers.backend == "torch"
+        self._shrunk: tuple[torch.Tensor, list[torch.Tensor], int] | None = None
+        self._cat_key: tuple = ()
+        self._cat: tuple[torch.Tensor, list[torch.Tensor], int] | None = None
 
     def apply(self, layer: SlotLoraLinear, x: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        if self.cpu:
+            return self._apply_cpu(layer, x, plan)
         m = layer.member
         if self.x is x and self.version == plan.version and self.deltas[m] is not _USED:
             d = self.deltas[m]
@@ -300,6 +332,66 @@ class _Group:
         if base.bias is not None:
             d.add_(base.bias)
         return d.view(*x.shape[:-1], d.shape[-1])
+
+    def _apply_cpu(self, layer: SlotLoraLinear, x: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """The CPU path: the base product (exactly the base model's), then every token's own
+        LoRA added onto it in place.
+
+        At decode sizes the cost is the number of operations, not arithmetic, so a mixed
+        batch does not gather per-row matrices: the group's first member shrinks the input
+        against the A matrices of all adapters of the batch at once (``[tokens, M * k * r]``)
+        and zeroes, with a per-forward mask, the blocks of other rows' adapters; each member
+        then adds ``t_m @ B_m`` with one ``addmm_``. That is one GEMM plus one per member,
+        whatever the mix of adapters and rows on the base model.
+        """
+        out = layer.base(x)
+        if self.x is not x or self.version != plan.version:
+            self.x, self.version = x, plan.version
+            self._shrunk = self._shrink_cpu(x.reshape(-1, x.shape[-1]), plan)
+        if self._shrunk is not None:
+            t, b_cats, width = self._shrunk
+            m = layer.member
+            out.view(-1, out.shape[-1]).addmm_(t[:, m * width : (m + 1) * width], b_cats[m])
+        return out
+
+    def _shrink_cpu(
+        self, x2: torch.Tensor, plan: _Plan
+    ) -> tuple[torch.Tensor, list[torch.Tensor], int] | None:
+        """``(t, B per member, block width)`` for this forward, ``None`` when no row's adapter
+        touches the group."""
+        active = self.layers.active
+        slots = tuple(s for s in plan.distinct() if self.index in active[s])
+        if not slots:
+            return None
+        a_t, b_cats, width = self._weights_cpu(slots)
+        t = torch.mm(x2, a_t)
+        if plan.uniform is None:  # rows of other adapters, or on the base model
+            per_row = x2.shape[0] // plan.rows
+            t.mul_(plan.mask(slots, len(self.members), width // len(slots), per_row, t.dtype))
+        return t, b_cats, width
+
+    def _weights_cpu(self, slots: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        """The group's A (``[in, M * k * r]``) and per-member B (``[k * r, out]``) for the
+        adapters in ``slots``: views of the slot stack for one adapter; for several, one
+        contiguous copy kept while the batch's adapters and their slots stay the same
+        (decode steps), cut to the largest rank among them."""
+        if len(slots) == 1:
+            s = slots[0]
+            return self.a[s].t(), [b[s].t() for b in self.b], self.r
+        layers = self.layers
+        key = tuple((s, layers.slot_writes[s]) for s in slots)
+        if self._cat is not None and self._cat_key == key:
+            return self._cat
+        names = [m.name for m in self.members]
+        r = max(layers.slot_ranks[s].get(n, 0) for s in slots for n in names)
+        members = len(self.members)
+        a = torch.cat(
+            [self.a[s].view(members, self.r, -1)[:, :r] for s in slots], 1
+        )  # [M, k * r, in]: member-major, then slot, then rank
+        a_t = a.reshape(members * len(slots) * r, -1).t()
+        b_cats = [torch.cat([b[s][:, :r] for s in slots], 1).t() for b in self.b]
+        self._cat_key, self._cat = key, (a_t, b_cats, len(slots) * r)
+        return self._cat
 
     def compute(self, x2: torch.Tensor, plan: _Plan) -> list[torch.Tensor | None]:
         """The LoRA delta of every member for the ``[tokens, in]`` input ``x2`` (``None`` where
@@ -589,6 +681,7 @@ class SlotLayers:
         self.groups: list[_Group] = []
         self.slot_ranks: list[dict[str, int]] = [{} for _ in range(num_slots)]
         self.active: list[set[int]] = [set() for _ in range(num_slots)]  # groups with a rank
+        self.slot_writes = [0] * num_slots  # bumped at every write into a slot (cache keys)
         self._copy_stream: Any = None
         self._fused: dict[tuple[str, ...], torch.Tensor] = {}  # group names -> concat weight
 
@@ -802,6 +895,7 @@ class SlotLayers:
         self._refresh_slot(slot)
 
     def _refresh_slot(self, slot: int) -> None:
+        self.slot_writes[slot] += 1
         layout = self.layout
         ranks = self.slot_ranks[slot]
         self.active[slot] = {
@@ -823,6 +917,7 @@ class SlotLayers:
             self.stack[slot].zero_()
         self.slot_ranks[slot] = {}
         self.active[slot] = set()
+        self.slot_writes[slot] += 1
 
     def slot_bytes(self) -> int:
         """Memory held by the slot stack (preallocated, independent of how many are used)."""

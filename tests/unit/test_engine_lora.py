@@ -98,6 +98,23 @@ def test_reused_slot_holds_only_the_new_adapter(tiny_base, lr_home, tiny_adapter
         )
 
 
+def test_mixed_batch_after_a_slot_is_rewritten(tiny_base, lr_home, tiny_adapter_factory):
+    """The CPU path keeps the batch's adapters concatenated between forwards; a new adapter
+    in one of their slots must be seen by the next mixed forward."""
+    a, b, c = (tiny_adapter_factory(s, r=r) for s, r in ((11, 4), (12, 2), (13, 4)))
+    ids = torch.randint(3, 300, (3, 6), generator=torch.Generator().manual_seed(4))
+    with Engine(tiny_base, settings=lr_home, device="cpu", max_resident=2) as engine:
+        engine.load_adapter_folder(a, name="a")
+        engine.load_adapter_folder(b, name="b")
+        for rows in (["a", "b", None], ["a", "b", None], ["c", "b", None]):
+            if "c" in rows:
+                engine.load_adapter_folder(c, name="c")  # into a's slot
+            mixed = engine.logits(ids, rows)
+            for i, name in enumerate(rows):
+                alone = engine.logits(ids[i : i + 1], [name])
+                torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=0)
+
+
 def test_folder_digest_is_hashed_from_the_bytes_read(tiny_adapter):
     from loraroute.agents.lora import folder_digest
 
