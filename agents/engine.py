@@ -648,6 +648,8 @@ class Engine:
                 attention_backends(self.device),
                 self.slots.context.use(slots, self.device),
             ):
+                if attention_mask is not None:
+                    attention_mask = attention_mask.to(self.device)
                 return self.model(
                     input_ids=input_ids.to(self.device), attention_mask=attention_mask
                 ).logits

@@ -70,7 +70,10 @@ class _Row:
     position: int = 0  # position of the next token fed to the model
     emitted: int = 0  # characters of text already streamed
     generator: torch.Generator | None = None
-    done: Any = None  # None while running; "stop", "length", "cancelled" or ("stop", seq, at)
+    done: Any = (
+        None  # None while running; "stop", "length", "cancelled", "error" or ("stop", seq, at)
+    )
+    error: BaseException | None = None  # why the row failed (done == "error")
 
 
 def _holdback(text: str, stops: tuple[str, ...]) -> int:
@@ -228,8 +231,7 @@ class BatchScheduler:
             greedy = dict(zip(plain, picked.tolist(), strict=True))
         for i, row in enumerate(self._rows):
             row.position += 1
-            token = greedy.get(i)
-            self._accept(row, token if token is not None else self._sample(row, logits[i].float()))
+            self._next_token(row, greedy.get(i), logits[i])
         self.steps += 1
         self.decode_tokens += len(self._rows)
         self.decode_seconds += time.perf_counter() - started
@@ -262,7 +264,7 @@ class BatchScheduler:
             row.generator = torch.Generator(device="cpu").manual_seed(handle.params.seed)
         mask = torch.ones(1, n, dtype=torch.long, device=self.device)
         self._merge(row, cache, mask)
-        self._accept(row, self._sample(row, out.logits[0, -1, :].float()))
+        self._next_token(row, None, out.logits[0, -1, :])
         self.max_rows_seen = max(self.max_rows_seen, len(self._rows))
 
     def _merge(self, row: _Row, cache: Any, mask: torch.Tensor) -> None:
@@ -285,6 +287,16 @@ class BatchScheduler:
             0,
         )
         self._rows.append(row)
+
+    def _next_token(self, row: _Row, token: int | None, logits: torch.Tensor) -> None:
+        """Accept ``token`` (sampled from ``logits`` when ``None``). A failure here (sampling,
+        a grammar) belongs to this request alone: the row ends with the error at the next
+        drop and the other rows go on."""
+        try:
+            self._accept(row, token if token is not None else self._sample(row, logits.float()))
+        except Exception as exc:  # noqa: BLE001 - handed to this request's caller
+            logger.exception("request %s failed while choosing its next token", row.handle.id)
+            row.done, row.error = "error", exc
 
     def _sample(self, row: _Row, logits: torch.Tensor) -> int:
         p = row.handle.params
@@ -338,7 +350,7 @@ class BatchScheduler:
             if state is None:
                 keep.append(i)
             else:
-                self._end(row, state)
+                self._end(row, state, error=row.error)
         if len(keep) == len(self._rows):
             return
         if not keep:

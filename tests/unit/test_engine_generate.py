@@ -114,6 +114,34 @@ def test_sampling_is_repeatable_with_a_seed(engine):
     assert len(others) > 1
 
 
+def test_a_sampling_error_fails_only_its_own_request(engine, monkeypatch):
+    sched = engine.scheduler
+    sample = sched._sample
+    rows_at_failure = []
+
+    def flaky(row, logits):
+        if row.handle.params.seed != 666:
+            return sample(row, logits)
+        if row.position == len(row.handle.prompt_ids):  # the prefill's token: not EOS
+            return 5
+        rows_at_failure.append(len(sched._rows))
+        raise ValueError("bad logits")
+
+    monkeypatch.setattr(sched, "_sample", flaky)
+    with engine._model_lock:  # queue every request before the first forward
+        good = [
+            engine.submit(p, adapter=a, max_new_tokens=20)
+            for p, a in zip(PROMPTS[:2], "ab", strict=True)
+        ]
+        bad = engine.submit(PROMPTS[2], adapter="c", max_new_tokens=20, temperature=1.0, seed=666)
+    with pytest.raises(ValueError, match="bad logits"):
+        bad.result(timeout=60)
+    for handle in good:
+        assert handle.result(timeout=60).finish_reason in ("stop", "length")
+    assert rows_at_failure and rows_at_failure[0] >= 2  # it failed inside a shared batch
+    assert all(e["in_use"] == 0 for e in engine.resident())
+
+
 def test_cancel_frees_the_row_and_the_adapter(engine):
     handle = engine.submit(PROMPTS[0], adapter="a", max_new_tokens=400)
     next(iter(handle))
