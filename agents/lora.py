@@ -260,6 +260,9 @@ class SlotLoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plan = self.context.plan
         if plan is None:
+            group = self.group
+            if group.cpu and group.w_cat_t is not None:  # q/k/v as one GEMM here too
+                return group._apply_cpu(self, x, None)
             return self.base(x)
         return self.group.apply(self, x, plan)
 
@@ -297,6 +300,8 @@ class _Group:
         self.version = -1
         self.deltas: list[Any] = []
         self.cpu = layers.device.type == "cpu" and layers.backend == "torch"
+        self._cols = list(itertools.accumulate([0] + self.outs[:-1]))  # members' first columns
+        self._left = 0  # members still to serve from the current input
         self._shrunk: tuple[torch.Tensor, list[torch.Tensor], int] | None = None
         self._cat_key: tuple = ()
         self._cat: tuple[torch.Tensor, list[torch.Tensor], int] | None = None
@@ -333,24 +338,41 @@ class _Group:
             d.add_(base.bias)
         return d.view(*x.shape[:-1], d.shape[-1])
 
-    def _apply_cpu(self, layer: SlotLoraLinear, x: torch.Tensor, plan: _Plan) -> torch.Tensor:
-        """The CPU path: the base product (exactly the base model's), then every token's own
-        LoRA added onto it in place.
+    def _apply_cpu(
+        self, layer: SlotLoraLinear, x: torch.Tensor, plan: _Plan | None
+    ) -> torch.Tensor:
+        """The CPU path (``plan`` is ``None`` for a batch on the base model alone).
 
         At decode sizes the cost is the number of operations, not arithmetic, so a mixed
         batch does not gather per-row matrices: the group's first member shrinks the input
         against the A matrices of all adapters of the batch at once (``[tokens, M * k * r]``)
-        and zeroes, with a per-forward mask, the blocks of other rows' adapters; each member
-        then adds ``t_m @ B_m`` with one ``addmm_``. That is one GEMM plus one per member,
-        whatever the mix of adapters and rows on the base model.
+        and zeroes, with a per-forward mask, the blocks of other rows' adapters. When the
+        members' weights are one tensor (:meth:`SlotLayers._fuse_weights`) the whole group
+        is then two GEMMs, base and LoRA expand (block-diagonal B), and each member returns
+        its columns; otherwise each member adds ``t_m @ B_m`` onto its own base product.
         """
+        version = 0 if plan is None else plan.version  # plans count from 1
+        if self.x is not x or self.version != version:
+            self.x, self.version = x, version
+            self._left = len(self.members)
+            x2 = x.reshape(-1, x.shape[-1])
+            self._shrunk = None if plan is None else self._shrink_cpu(x2, plan)
+            if self.w_cat_t is not None:
+                whole = torch.mm(x2, self.w_cat_t)
+                if self._shrunk is not None:
+                    whole.addmm_(self._shrunk[0], self._shrunk[1][0])
+                self._full = whole
+        m = layer.member
+        self._left -= 1
+        full, shrunk = self._full, self._shrunk
+        if self._left <= 0:  # every member served: keep no activations between forwards
+            self.x = self._full = self._shrunk = None
+        if self.w_cat_t is not None and full is not None:
+            col = self._cols[m]
+            return full[:, col : col + layer.out_features].view(*x.shape[:-1], -1)
         out = layer.base(x)
-        if self.x is not x or self.version != plan.version:
-            self.x, self.version = x, plan.version
-            self._shrunk = self._shrink_cpu(x.reshape(-1, x.shape[-1]), plan)
-        if self._shrunk is not None:
-            t, b_cats, width = self._shrunk
-            m = layer.member
+        if shrunk is not None:
+            t, b_cats, width = shrunk
             out.view(-1, out.shape[-1]).addmm_(t[:, m * width : (m + 1) * width], b_cats[m])
         return out
 
@@ -375,7 +397,8 @@ class _Group:
         adapters in ``slots``: views of the slot stack for one adapter; for several, one
         contiguous copy kept while the batch's adapters and their slots stay the same
         (decode steps), cut to the largest rank among them."""
-        if len(slots) == 1:
+        fused = self.w_cat_t is not None
+        if len(slots) == 1 and not fused:
             s = slots[0]
             return self.a[s].t(), [b[s].t() for b in self.b], self.r
         layers = self.layers
@@ -390,7 +413,14 @@ class _Group:
         )  # [M, k * r, in]: member-major, then slot, then rank
         a_t = a.reshape(members * len(slots) * r, -1).t()
         b_cats = [torch.cat([b[s][:, :r] for s in slots], 1).t() for b in self.b]
-        self._cat_key, self._cat = key, (a_t, b_cats, len(slots) * r)
+        width = len(slots) * r
+        if fused:  # one block-diagonal [M * k * r, total_out]: member m's rows feed its columns
+            block = a.new_zeros(members * width, self.total_out)
+            for i, b_cat in enumerate(b_cats):
+                col = self._cols[i]
+                block[i * width : (i + 1) * width, col : col + self.outs[i]] = b_cat
+            b_cats = [block]
+        self._cat_key, self._cat = key, (a_t, b_cats, width)
         return self._cat
 
     def compute(self, x2: torch.Tensor, plan: _Plan) -> list[torch.Tensor | None]:
@@ -756,13 +786,16 @@ class SlotLayers:
         """Make the group's base weights rows of one tensor; returns its transpose.
 
         ``q``/``k``/``v`` (or ``gate``/``up``) then cost one GEMM instead of three (two) when
-        the Triton path computes the group together. Each module keeps a weight that is a
-        view into the concatenated tensor, so nothing is stored twice and ``state_dict`` is
-        unchanged. Single modules, and models served by the torch path, are left alone.
+        the Triton path or the CPU path computes the group together. Each module keeps a
+        weight that is a view into the concatenated tensor, so nothing is stored twice and
+        ``state_dict`` is unchanged. Single modules, and the torch path on CUDA, are left
+        alone.
         """
-        if len(group.members) < 2 or self._backend != "triton":
+        if len(group.members) < 2 or not (self._backend == "triton" or group.cpu):
             return None
         bases = [m.base for m in group.members]
+        if group.cpu and any(b.bias is not None for b in bases):
+            return None  # the CPU group GEMM adds no biases
         weights = [b.weight for b in bases]
         if any(w.dtype != weights[0].dtype or w.device != weights[0].device for w in weights):
             return None
