@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from .errors import InvalidRequestError
+from .scoring import DEFAULT_SCORING, SCORINGS
 
 _TEXT_CMD = "text"
 
@@ -100,8 +101,8 @@ def route_text(text, as_json, registry_url, alias, state_dir, encoder) -> None:
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--scoring",
-    type=click.Choice(["hybrid", "head", "centroid", "knn"]),
-    default="hybrid",
+    type=click.Choice(list(SCORINGS)),
+    default=DEFAULT_SCORING,
     show_default=True,
 )
 @click.option(

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from .head import LogisticHead
 from .index import VectorIndex
 from .messages import user_turns
 from .routes import Route, RouteSource, StaticRoutes, route_set_digest
-from .scoring import DEFAULT_THRESHOLDS, SCORINGS, centroids, route_scores
+from .scoring import DEFAULT_SCORING, DEFAULT_THRESHOLDS, SCORINGS, centroids, route_scores
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +37,29 @@ class _Compiled:
     ex_text: list[str]
     ex_route: np.ndarray
     ex_vec: np.ndarray
-    index: VectorIndex | None
+    index: VectorIndex | None  # over the neighbours: routing examples, then fit requests
     cents: np.ndarray
     head: LogisticHead | None
     digest: str
+    ex_index: VectorIndex | None  # over the routing examples alone
+    nb_text: list[str]  # texts and routes of the index's rows
+    nb_route: np.ndarray
 
     @property
     def names(self) -> list[str]:
         return [r.name for r in self.routes]
+
+
+@dataclass
+class _Batch:
+    """Per unique turn text of one ``route_batch`` call: its row in the batch's arrays."""
+
+    rows: dict[str, int]
+    scores: np.ndarray  # (texts, routes)
+    cut: list[bool]  # truncated to the encoder window
+    ev_sims: np.ndarray  # (texts, n_evidence) nearest neighbours
+    ev_ids: np.ndarray
+    thresholds: np.ndarray  # (routes,)
 
 
 @dataclass
@@ -80,7 +95,7 @@ class Router:
         ...     {"legal": ["is this contract clause enforceable?", "what does indemnify mean"],
         ...      "math": ["solve 2x + 3 = 7", "what is the derivative of x squared"]},
         ...     encoder="hashing")
-        >>> r.route("solve 3x + 1 = 10 for x").adapter
+        >>> r.route("solve 2x + 5 = 9").adapter
         'math'
     """
 
@@ -91,7 +106,7 @@ class Router:
         encoder: str | Encoder | None = "all-minilm-l6-v2",
         alias: str = "prod",
         settings: Settings | None = None,
-        scoring: str = "hybrid",
+        scoring: str = DEFAULT_SCORING,
         threshold: float | None = None,
         thresholds: Mapping[str, float] | None = None,
         oos_weight: float = DEFAULT_OOS_WEIGHT,
@@ -204,8 +219,12 @@ class Router:
             rev = self.source.revision()
             if not force and self._compiled is not None and rev == self._compiled.revision:
                 return False
-            self._compiled = self._compile(rev)
-            if self.fit_data is not None and self._fit_digest != self._compiled.digest:
+            compiled = self._compile(rev)
+            same_routes = compiled.digest == self._fit_digest
+            if self.fit_data is not None and same_routes:  # a new revision, the fit still holds
+                compiled = self._attach_fit(compiled, self.fit_data)
+            self._compiled = compiled
+            if self.fit_data is not None and not same_routes:
                 logger.info("routes changed since fit; re-fitting from the stored fit data")
                 self._fit(self.fit_data)
             return True
@@ -238,7 +257,19 @@ class Router:
             revision,
         )
         return _Compiled(
-            revision, routes, unroutable, texts, route_ids, vecs, index, cents, head, digest
+            revision,
+            routes,
+            unroutable,
+            texts,
+            route_ids,
+            vecs,
+            index,
+            cents,
+            head,
+            digest,
+            index,
+            list(texts),
+            route_ids,
         )
 
     def _train_head(self, x, y, n_routes, extra_x=None, extra_y=None) -> LogisticHead | None:
@@ -258,7 +289,7 @@ class Router:
             cents=st.cents,
             head=head or st.head,
             index=st.index,
-            route_ids=st.ex_route,
+            route_ids=st.nb_route,
             n_routes=len(st.routes),
         )
 
@@ -301,32 +332,46 @@ class Router:
         turns = [user_turns(r)[-self.context.max_turns :] for r in requests]
         flat = [t for ts in turns for t in ts]
         nonempty = [t for t in flat if t.strip()]
-        vec_map: dict[str, tuple[np.ndarray, bool]] = {}
-        if nonempty and st.routes:
-            uniq = list(dict.fromkeys(nonempty))
-            vecs, cut = self._embed_requests(uniq)
-            vec_map = {t: (v, c) for t, v, c in zip(uniq, vecs, cut, strict=True)}
-        out = []
         prev_list = list(previous) if previous is not None else [None] * len(requests)
         if len(prev_list) != len(requests):
             raise InvalidRequestError(
                 f"previous has {len(prev_list)} entries for {len(requests)} requests"
             )
-        for ts, prev in zip(turns, prev_list, strict=True):
-            out.append(self._decide(st, ts, vec_map, prev))
-        return out
+        if not (nonempty and st.routes):
+            return [
+                self._decide(st, ts, None, prev) for ts, prev in zip(turns, prev_list, strict=True)
+            ]
+        # One encoder call, one scoring call and one evidence search for the whole batch:
+        # per-request scoring and search cost about as much as encoding on a busy CPU.
+        uniq = list(dict.fromkeys(nonempty))
+        vecs, cut = self._embed_requests(uniq)
+        ev_sims, ev_ids = np.zeros((len(uniq), 0), np.float32), np.zeros((len(uniq), 0), np.int64)
+        if st.index is not None and self.n_evidence:
+            ev_sims, ev_ids = st.index.search(vecs, self.n_evidence)
+        batch = _Batch(
+            rows={t: i for i, t in enumerate(uniq)},
+            scores=self._scores(st, vecs),
+            cut=cut,
+            ev_sims=ev_sims,
+            ev_ids=ev_ids,
+            thresholds=np.array([self.threshold_for(n) for n in st.names], np.float32),
+        )
+        return [
+            self._decide(st, ts, batch, prev) for ts, prev in zip(turns, prev_list, strict=True)
+        ]
 
-    def _decide(self, st, turns: list[str], vec_map, prev: str | None) -> RouteDecision:
+    def _decide(
+        self, st, turns: list[str], batch: _Batch | None, prev: str | None
+    ) -> RouteDecision:
         if not st.routes:
             return RouteDecision(None, None, None, 0.0, 1.0, reason="no_routes")
-        if not turns or not turns[-1].strip():
+        if batch is None or not turns or not turns[-1].strip():
             return RouteDecision(None, None, None, 0.0, 1.0, reason="empty_request")
-        rows = [i for i, t in enumerate(turns) if t.strip()]
-        vecs = np.stack([vec_map[turns[i]][0] for i in rows])
-        scores = self._scores(st, vecs)
+        rows = [batch.rows[t] for t in turns if t.strip()]
+        scores = batch.scores[rows]
         names = st.names
-        thr = np.array([self.threshold_for(n) for n in names], np.float32)
-        ts = TurnScores(scores=scores, thresholds=thr, words=[len(turns[i].split()) for i in rows])
+        words = [len(t.split()) for t in turns if t.strip()]
+        ts = TurnScores(scores=scores, thresholds=batch.thresholds, words=words)
         prev_idx = names.index(prev) if prev in names else None
         choice, score, reason = route_conversation(ts, self.context, prev_idx)
         last = scores[-1]
@@ -336,15 +381,12 @@ class Router:
         alternatives = [(names[i], float(last[i])) for i in order if i != shown][
             : self.n_alternatives
         ]
-        evidence: list[Evidence] = []
-        if st.index is not None and self.n_evidence:
-            sims, ids = st.index.search(vecs[-1:], self.n_evidence)
-            evidence = [
-                Evidence(names[st.ex_route[j]], st.ex_text[j], float(s))
-                for s, j in zip(sims[0], ids[0], strict=True)
-                if j >= 0
-            ]
-        truncated = bool(vec_map[turns[-1]][1])
+        evidence = [
+            Evidence(names[st.nb_route[j]], st.nb_text[j], float(s))
+            for s, j in zip(batch.ev_sims[rows[-1]], batch.ev_ids[rows[-1]], strict=True)
+            if j >= 0
+        ]
+        truncated = bool(batch.cut[rows[-1]])
         if choice is None:
             t = self.threshold_for(names[best])
             conf = self.calibration.confidence(float(last[best]), t, routed=False)
@@ -396,8 +438,10 @@ class Router:
         """Calibrate thresholds (and the head) on labelled requests; ``None`` = out of scope.
 
         Labels that name no routable adapter count as out of scope (and are reported). The
-        head is cross-fitted: thresholds are picked on scores of held-out folds, then the
-        head is trained on everything. ``min_oos_recall=R`` picks thresholds with the best
+        in-scope requests join the routing examples as neighbours (the knn scorer's evidence
+        and votes); the hybrid and head scorers also train their head on them. Both are
+        cross-fitted: thresholds are picked on scores of held-out folds, then the neighbours
+        and the head take everything. ``min_oos_recall=R`` picks thresholds with the best
         in-scope accuracy whose out-of-scope recall on this data is at least ``R``;
         ``oos_weight=w`` the weighted objective (see :mod:`loraroute.router.calibration`).
         Either one replaces the router's objective; neither keeps it. Returns a small report
@@ -450,36 +494,89 @@ class Router:
         names = set(self._state().names)
         return any(t.strip() and lab not in names for t, lab in zip(texts, labels, strict=True))
 
+    def _fit_vectors(
+        self, st: _Compiled, data: FitData
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """``(texts, vectors, gold route index or -1)`` of the non-empty fit samples."""
+        pos = {n: i for i, n in enumerate(st.names)}
+        keep = [i for i, t in enumerate(data.texts) if t.strip()]
+        texts = [self.encoder.truncate(data.texts[i])[0] for i in keep]
+        labels = [data.labels[i] for i in keep]
+        gold = np.array([pos.get(lab, -1) if lab is not None else -1 for lab in labels], np.int64)
+        return texts, self.encoder.encode(texts), gold
+
+    def _with_neighbours(
+        self, st: _Compiled, texts: list[str], vecs: np.ndarray, gold: np.ndarray
+    ) -> _Compiled:
+        """``st`` whose index holds the routing examples plus the in-scope fit requests.
+
+        Out-of-scope requests never become neighbours: the knn scorer's abstention signal
+        is the distance to in-scope traffic (see :mod:`loraroute.router.scoring`).
+        """
+        ins = np.flatnonzero(gold >= 0)
+        if not len(ins):
+            return replace(st, index=st.ex_index, nb_text=list(st.ex_text), nb_route=st.ex_route)
+        nb_vec = np.concatenate([st.ex_vec, vecs[ins]])
+        return replace(
+            st,
+            index=VectorIndex(nb_vec, kind=self.index_kind),  # type: ignore[arg-type]
+            nb_text=st.ex_text + [texts[i] for i in ins],
+            nb_route=np.concatenate([st.ex_route, gold[ins]]),
+        )
+
+    def _attach_fit(
+        self, st: _Compiled, data: FitData, fitted=None, *, train_head: bool = True
+    ) -> _Compiled:
+        """``st`` with the fitted parts: neighbour index and (optionally) head.
+
+        A new object, so that requests routed meanwhile see the old state or the new one,
+        never a mix. ``fitted`` is ``_fit_vectors``' result when the caller has it already.
+        """
+        texts, vecs, gold = fitted if fitted is not None else self._fit_vectors(st, data)
+        out = self._with_neighbours(st, texts, vecs, gold)
+        n_routes = len(st.routes)
+        if train_head and self.scoring in ("hybrid", "head") and n_routes > 1:
+            head_y = np.where(gold < 0, n_routes, gold)
+            out.head = self._train_head(st.ex_vec, st.ex_route, n_routes, vecs, head_y)
+        return out
+
     def _fit(self, data: FitData, folds: int = 5) -> dict:
         st = self._compiled
         if st is None or not st.routes:
             self.fit_data, self._fit_digest = data, st.digest if st else None
             return {"routes": 0}
         names = st.names
-        pos = {n: i for i, n in enumerate(names)}
-        unknown = sorted({lab for lab in data.labels if lab is not None and lab not in pos})
+        unknown = sorted({lab for lab in data.labels if lab is not None and lab not in names})
         if unknown:
             logger.warning(
                 "fit labels name no routable adapter, treated as out of scope: %s",
                 ", ".join(unknown),
             )
-        gold = np.array([pos.get(lab, -1) if lab is not None else -1 for lab in data.labels])
-        keep = [i for i, t in enumerate(data.texts) if t.strip()]
-        gold = gold[keep]
-        vecs = self.encoder.encode([self.encoder.truncate(data.texts[i])[0] for i in keep])
+        fitted = self._fit_vectors(st, data)
+        texts, vecs, gold = fitted
         n_routes = len(names)
         head_y = np.where(gold < 0, n_routes, gold)
         uses_head = self.scoring in ("hybrid", "head") and n_routes > 1
-        if uses_head and len(keep) >= 2 * folds:
+        uses_neighbours = self.scoring == "knn" and bool((gold >= 0).any())
+        base = self._with_neighbours(st, [], vecs[:0], gold[:0])  # routing examples only
+        if (uses_head or uses_neighbours) and len(gold) >= 2 * folds:
+            # Cross-fitted: each fold is scored by a head / neighbour set without its samples,
+            # so thresholds are picked on scores like those of new requests.
             rng = np.random.default_rng(0)
-            fold = rng.permutation(len(keep)) % folds
-            scores = np.zeros((len(keep), n_routes), np.float32)
+            fold = rng.permutation(len(gold)) % folds
+            scores = np.zeros((len(gold), n_routes), np.float32)
             for f in range(folds):
                 tr = fold != f
-                head = self._train_head(st.ex_vec, st.ex_route, n_routes, vecs[tr], head_y[tr])
-                scores[~tr] = self._scores(st, vecs[~tr], head=head)
+                head = None
+                if uses_head:
+                    head = self._train_head(st.ex_vec, st.ex_route, n_routes, vecs[tr], head_y[tr])
+                fold_st = base
+                if uses_neighbours:
+                    fold_texts = [t for t, keep in zip(texts, tr, strict=True) if keep]
+                    fold_st = self._with_neighbours(st, fold_texts, vecs[tr], gold[tr])
+                scores[~tr] = self._scores(fold_st, vecs[~tr], head=head)
         else:
-            scores = self._scores(st, vecs)
+            scores = self._scores(base, vecs)
         pred = scores.argmax(axis=1)
         best = scores.max(axis=1)
         self._oof = (pred, best, gold, names)
@@ -495,13 +592,12 @@ class Router:
         self.calibration = calibrate(
             pred, best, gold, names, oos_weight=self.oos_weight, min_oos_recall=floor
         )
-        if uses_head:
-            st.head = self._train_head(st.ex_vec, st.ex_route, n_routes, vecs, head_y)
+        self._compiled = self._attach_fit(st, data, fitted)
         self.fit_data, self._fit_digest = data, st.digest
         ins = gold >= 0
         return {
             "routes": n_routes,
-            "samples": int(len(keep)),
+            "samples": int(len(gold)),
             "out_of_scope": int((~ins).sum()),
             "unknown_labels": unknown,
             "threshold": self.calibration.threshold,

@@ -102,11 +102,13 @@ def load_state(
     fit = doc.get("fit")
     st = router._state()
     if doc["route_digest"] == st.digest:
+        router.fit_data = FitData(fit["texts"], fit["labels"]) if fit else None
+        if router.fit_data is not None:  # neighbours from the stored fit data (cached vectors)
+            st = router._compiled = router._attach_fit(st, router.fit_data, train_head=False)
         head_path = folder / "head.npz"
         if head_path.is_file():
             with np.load(head_path) as z:
                 st.head = LogisticHead(weight=z["weight"], bias=z["bias"])
-        router.fit_data = FitData(fit["texts"], fit["labels"]) if fit else None
         router._fit_digest = st.digest
         return router
     msg = (
