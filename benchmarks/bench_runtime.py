@@ -19,10 +19,12 @@ benchmarks/results/runtime.json and runtime.md.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -334,6 +336,7 @@ def main() -> None:
     settings = get_settings()
     base_path = resolve_base_model(settings=settings).path
     tmp = Path(tempfile.mkdtemp(prefix="lr-bench-runtime-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # ~0.5 GB of adapters and blobs
     log("building adapters")
     folders = make_adapters(base_path, tmp, 100)
     names = ["a0", "a1", "a2", "a3"]
