@@ -52,6 +52,8 @@ def stack(lr_home, tmp_path):
             "Solve for x: 2x + 3 = 7",
             "What is the derivative of x^2?",
             "Compute 17 * 23",
+            "Solve the equation 5x - 2 = 13",
+            "Find z if 4z + 1 = 9",
         ],
     )
     reg.alias_set("legal", "prod", 1)

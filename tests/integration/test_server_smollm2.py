@@ -43,6 +43,8 @@ def served(lr_home, tmp_path):
                 "Solve for x: 2x + 3 = 7",
                 "What is the derivative of x^2?",
                 "Compute 17 * 23",
+                "Solve the equation 5x - 2 = 13",
+                "Find z if 4z + 1 = 9",
             ],
         }.items(),
         start=1,
