@@ -55,12 +55,14 @@ def test_knn_scores_match_a_naive_reference():
     np.testing.assert_allclose(got, _naive_knn(q @ x.T, route_ids, 3, 3), rtol=1e-5, atol=1e-6)
 
 
-def test_knn_is_the_default():
-    assert DEFAULT_SCORING == "knn"
+def test_hybrid_stays_the_default():
+    # knn wins once fitted on labelled requests, but unfitted over a handful of examples its
+    # mean-of-3 score sits on the threshold for clear in-domain questions (see scoring.py)
+    assert DEFAULT_SCORING == "hybrid"
 
 
 def test_fit_requests_become_neighbours(lr_home):
-    router = Router.from_examples(ROUTES, encoder=HashingEncoder(dim=512))
+    router = Router.from_examples(ROUTES, encoder=HashingEncoder(dim=512), scoring="knn")
     before = router.route(CAKE)
     assert before.adapter != "math" or before.evidence[0].text != CAKE
     router.fit(*_fit_data())
@@ -73,7 +75,7 @@ def test_fit_requests_become_neighbours(lr_home):
 
 def test_thresholds_are_picked_on_held_out_neighbours(lr_home, monkeypatch):
     """Cross-fitting: a fit request never scores against itself while thresholds are picked."""
-    router = Router.from_examples(ROUTES, encoder=HashingEncoder(dim=512))
+    router = Router.from_examples(ROUTES, encoder=HashingEncoder(dim=512), scoring="knn")
     texts, labels = _fit_data()
     seen: list[int] = []
     real = router._with_neighbours
@@ -105,7 +107,7 @@ def test_fit_survives_save_load_and_new_revision(lr_home, tmp_path, scoring):
 
 
 def test_refit_without_in_scope_data_drops_old_neighbours(lr_home):
-    router = Router.from_examples(ROUTES, encoder=HashingEncoder(dim=512))
+    router = Router.from_examples(ROUTES, encoder=HashingEncoder(dim=512), scoring="knn")
     router.fit(*_fit_data())
     assert router.route(CAKE).evidence[0].text == CAKE
     router.fit(["book a flight to paris", "what time is it"], [None, None])
