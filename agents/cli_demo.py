@@ -49,7 +49,7 @@ def demo(
             )
         )
 
-    config = DemoConfig(quiet_loads=True)
+    config = DemoConfig()
     if base_model:
         config.base_model = base_model
     if max_steps:

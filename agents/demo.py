@@ -48,7 +48,6 @@ class DemoConfig:
     script: tuple[str, ...] = SCRIPT
     calibration: tuple[tuple[str, str | None], ...] = CALIBRATION
     encoder: str | None = None
-    quiet_loads: bool = False  # hide the libraries' per-load progress bars after the base is ready
 
 
 @dataclass
@@ -122,10 +121,6 @@ def run_demo(
     base = resolve_base_model(config.base_model, settings=settings, on_stage=say)
     base_fp = fingerprint(base.path, settings=settings)
     say(f"base model: {base.name} at {base.path} ({base_fp[:19]}...)")
-    if config.quiet_loads:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     registry = open_registry(demo_registry_url(settings), settings=settings)
     say(f"registry: {demo_registry_url(settings)}")
 

@@ -22,7 +22,8 @@ together, once per forward:
   group plus one per member (see :meth:`_Group._apply_cpu`).
 
 On CUDA each module then adds its base product onto its delta in place (``addmm_``); on CPU
-the LoRA is added onto the base product in place. Either way the LoRA costs no separate add. :func:`read_adapter` parses a PEFT LoRA folder (``adapter_config.json`` +
+the LoRA is added onto the base product in place. Either way the LoRA costs no separate add.
+:func:`read_adapter` parses a PEFT LoRA folder (``adapter_config.json`` +
 ``adapter_model.safetensors``) and :func:`check_compatible` refuses an adapter whose base
 fingerprint, target modules or shapes do not match the loaded base.
 """
@@ -294,7 +295,7 @@ class _Group:
             object.__setattr__(m, "group", self)
         self.x: torch.Tensor | None = None
         self.x2: torch.Tensor | None = None
-        self._full: torch.Tensor | None = None  # the whole [tokens, total_out] delta buffer
+        self._full: torch.Tensor | None = None  # [tokens, total_out]: deltas (CUDA), product (CPU)
         self.w_cat_t: torch.Tensor | None = None  # [in, total_out] when weights are fused
         self.based = False  # the deltas already hold the base product
         self.version = -1

@@ -70,9 +70,8 @@ class _Row:
     position: int = 0  # position of the next token fed to the model
     emitted: int = 0  # characters of text already streamed
     generator: torch.Generator | None = None
-    done: Any = (
-        None  # None while running; "stop", "length", "cancelled", "error" or ("stop", seq, at)
-    )
+    # None while running; "stop", "length", "cancelled", "error" or ("stop", seq, at)
+    done: Any = None
     error: BaseException | None = None  # why the row failed (done == "error")
 
 
