@@ -274,7 +274,7 @@ def _platt(x: np.ndarray, y: np.ndarray, iters: int = 200) -> tuple[float, float
         return 10.0, 0.0
     a, b = 1.0, 0.0
     for _ in range(iters):
-        p = 1 / (1 + np.exp(-(a * x + b)))
+        p = 1 / (1 + np.exp(-np.clip(a * x + b, -50.0, 50.0)))  # no overflow warning far out
         g = np.array([np.sum((p - y) * x), np.sum(p - y)])
         w = p * (1 - p) + 1e-9
         h = np.array([[np.sum(w * x * x), np.sum(w * x)], [np.sum(w * x), np.sum(w)]])

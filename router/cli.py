@@ -104,6 +104,8 @@ def route_text(text, as_json, registry_url, alias, state_dir, encoder) -> None:
     type=click.Choice(list(SCORINGS)),
     default=DEFAULT_SCORING,
     show_default=True,
+    help="auto: knn over the routing examples and DATA's in-scope requests, its neighbour "
+    "count chosen on held-out folds (hybrid is auto's scorer only before any fit).",
 )
 @click.option(
     "--min-oos-recall",
@@ -170,6 +172,9 @@ def route_fit(
                 f"{100 * report['fit_in_scope_accuracy']:.1f}%, out-of-scope recall "
                 f"{100 * report['fit_oos_recall']:.1f}%"
             )
+        if report.get("scorer"):
+            m = f", {report['knn_m']} neighbours per route" if report.get("knn_m") else ""
+            click.echo(f"scorer: {report['scorer']}{m}")
         if report.get("unknown_labels"):
             click.echo(
                 f"labels naming no routable adapter (treated as out of scope): "

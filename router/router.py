@@ -22,7 +22,16 @@ from .head import LogisticHead
 from .index import VectorIndex
 from .messages import user_turns
 from .routes import Route, RouteSource, StaticRoutes, route_set_digest
-from .scoring import DEFAULT_SCORING, DEFAULT_THRESHOLDS, SCORINGS, centroids, route_scores
+from .scoring import (
+    DEFAULT_SCORING,
+    DEFAULT_THRESHOLDS,
+    KNN_M,
+    KNN_M_CHOICES,
+    SCORINGS,
+    centroids,
+    effective_scorer,
+    route_scores,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,16 +125,24 @@ class Router:
         index_kind: str = "auto",
         n_evidence: int = 3,
         n_alternatives: int = 3,
+        knn_m: int | None = None,
     ) -> None:
         if scoring not in SCORINGS:
             raise ValueError(f"scoring {scoring!r} is not one of {', '.join(SCORINGS)}")
+        if knn_m is not None and knn_m < 1:
+            raise ValueError(f"knn_m must be a positive number of neighbours, got {knn_m}")
         self.settings = settings or get_settings()
         self.source = _open_source(registry, self.settings)
         self.encoder = load_encoder(
             encoder, settings=self.settings, cache_dir=self.settings.cache_dir / "embeddings"
         )
         self.alias = alias
+        #: What was asked for (``auto`` included); :attr:`scorer` is what scores now.
         self.scoring = scoring
+        self.scorer = effective_scorer(scoring, fitted=False)
+        #: knn's neighbour count; ``None`` asked: :data:`KNN_M`, then chosen by :meth:`fit`.
+        self.knn_m = KNN_M if knn_m is None else int(knn_m)
+        self._choose_m = knn_m is None
         check_objective(oos_weight, min_oos_recall)
         #: Calibration objective used by :meth:`fit`: with ``min_oos_recall`` set, maximise
         #: in-scope accuracy subject to out-of-scope recall >= it on the fit data; otherwise
@@ -137,7 +154,7 @@ class Router:
         self.index_kind = index_kind
         self.n_evidence = n_evidence
         self.n_alternatives = n_alternatives
-        default_t = DEFAULT_THRESHOLDS[scoring] if threshold is None else threshold
+        default_t = DEFAULT_THRESHOLDS[self.scorer] if threshold is None else threshold
         self.calibration = Calibration(default_t)
         self.overrides: dict[str, float] = dict(thresholds or {})
         self.fit_data: FitData | None = None
@@ -273,7 +290,7 @@ class Router:
         )
 
     def _train_head(self, x, y, n_routes, extra_x=None, extra_y=None) -> LogisticHead | None:
-        if self.scoring not in ("hybrid", "head") or n_routes < 2:
+        if self.scorer not in ("hybrid", "head") or n_routes < 2:
             return None
         if extra_x is not None and len(extra_x):
             x = np.concatenate([x, extra_x])
@@ -282,15 +299,22 @@ class Router:
         return LogisticHead.train(x, y, n_classes=n_classes)
 
     # -- scoring ------------------------------------------------------------------------
-    def _scores(self, st: _Compiled, vecs: np.ndarray, head: LogisticHead | None = None):
+    def _scores(
+        self,
+        st: _Compiled,
+        vecs: np.ndarray,
+        head: LogisticHead | None = None,
+        m: int | None = None,
+    ):
         return route_scores(
-            self.scoring,
+            self.scorer,
             vecs,
             cents=st.cents,
             head=head or st.head,
             index=st.index,
             route_ids=st.nb_route,
             n_routes=len(st.routes),
+            m=m or self.knn_m,
         )
 
     def threshold_for(self, route: str) -> float:
@@ -535,13 +559,14 @@ class Router:
         texts, vecs, gold = fitted if fitted is not None else self._fit_vectors(st, data)
         out = self._with_neighbours(st, texts, vecs, gold)
         n_routes = len(st.routes)
-        if train_head and self.scoring in ("hybrid", "head") and n_routes > 1:
+        if train_head and self.scorer in ("hybrid", "head") and n_routes > 1:
             head_y = np.where(gold < 0, n_routes, gold)
             out.head = self._train_head(st.ex_vec, st.ex_route, n_routes, vecs, head_y)
         return out
 
     def _fit(self, data: FitData, folds: int = 5) -> dict:
         st = self._compiled
+        self.scorer = effective_scorer(self.scoring, fitted=True)
         if st is None or not st.routes:
             self.fit_data, self._fit_digest = data, st.digest if st else None
             return {"routes": 0}
@@ -556,15 +581,21 @@ class Router:
         texts, vecs, gold = fitted
         n_routes = len(names)
         head_y = np.where(gold < 0, n_routes, gold)
-        uses_head = self.scoring in ("hybrid", "head") and n_routes > 1
-        uses_neighbours = self.scoring == "knn" and bool((gold >= 0).any())
+        uses_head = self.scorer in ("hybrid", "head") and n_routes > 1
+        uses_neighbours = self.scorer == "knn" and bool((gold >= 0).any())
+        cross = (uses_head or uses_neighbours) and len(gold) >= 2 * folds
+        if self._choose_m:
+            ms = KNN_M_CHOICES if cross and uses_neighbours else (KNN_M,)
+        else:
+            ms = (self.knn_m,)
         base = self._with_neighbours(st, [], vecs[:0], gold[:0])  # routing examples only
-        if (uses_head or uses_neighbours) and len(gold) >= 2 * folds:
+        scores = {m: np.zeros((len(gold), n_routes), np.float32) for m in ms}
+        if cross:
             # Cross-fitted: each fold is scored by a head / neighbour set without its samples,
-            # so thresholds are picked on scores like those of new requests.
+            # so thresholds (and knn's neighbour count) are picked on scores like those of new
+            # requests.
             rng = np.random.default_rng(0)
             fold = rng.permutation(len(gold)) % folds
-            scores = np.zeros((len(gold), n_routes), np.float32)
             for f in range(folds):
                 tr = fold != f
                 head = None
@@ -574,12 +605,11 @@ class Router:
                 if uses_neighbours:
                     fold_texts = [t for t, keep in zip(texts, tr, strict=True) if keep]
                     fold_st = self._with_neighbours(st, fold_texts, vecs[tr], gold[tr])
-                scores[~tr] = self._scores(fold_st, vecs[~tr], head=head)
+                for m in ms:
+                    scores[m][~tr] = self._scores(fold_st, vecs[~tr], head=head, m=m)
         else:
-            scores = self._scores(base, vecs)
-        pred = scores.argmax(axis=1)
-        best = scores.max(axis=1)
-        self._oof = (pred, best, gold, names)
+            for m in ms:
+                scores[m] = self._scores(base, vecs, m=m)
         floor = self.min_oos_recall
         if floor is not None and not (gold < 0).any():  # routes changed under a stored fit
             logger.warning(
@@ -589,9 +619,21 @@ class Router:
                 self.oos_weight,
             )
             floor = None
-        self.calibration = calibrate(
-            pred, best, gold, names, oos_weight=self.oos_weight, min_oos_recall=floor
-        )
+        chosen: tuple[float, int, Calibration, np.ndarray] | None = None
+        for m in ms:  # the first (smallest) m wins ties
+            pred = scores[m].argmax(axis=1)
+            best = scores[m].max(axis=1)
+            cal = calibrate(
+                pred, best, gold, names, oos_weight=self.oos_weight, min_oos_recall=floor
+            )
+            value = (cal.fit_in_scope_accuracy or 0.0) + (
+                self.oos_weight * (cal.fit_oos_recall or 0.0) if floor is None else 0.0
+            )
+            if chosen is None or value > chosen[0] + 1e-9:
+                chosen = (value, m, cal, scores[m])
+        assert chosen is not None
+        _, self.knn_m, self.calibration, picked = chosen
+        self._oof = (picked.argmax(axis=1), picked.max(axis=1), gold, names)
         self._compiled = self._attach_fit(st, data, fitted)
         self.fit_data, self._fit_digest = data, st.digest
         ins = gold >= 0
@@ -605,6 +647,8 @@ class Router:
             "objective": self.calibration.objective,
             "fit_in_scope_accuracy": self.calibration.fit_in_scope_accuracy,
             "fit_oos_recall": self.calibration.fit_oos_recall,
+            "scorer": self.scorer,
+            "knn_m": self.knn_m if self.scorer == "knn" else None,
         }
 
     def recalibrate(

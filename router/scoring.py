@@ -4,9 +4,12 @@ Four scorers, measured on CLINC150's domain protocol (10 domains as routes, K ro
 per domain, thresholds fitted on val with its out-of-scope queries, measured once on test;
 ``benchmarks/bench_router.py``, results in ``benchmarks/results/router.md``).
 
-``knn`` is the default. It scores a route by the mean similarity of its ``m`` = 3 nearest
-neighbours, and once :meth:`Router.fit` ran the neighbours are the routing examples *plus the
-in-scope labelled fit requests* (out-of-scope ones never become neighbours). Why it wins:
+``auto`` is the default: ``hybrid`` until :meth:`Router.fit` calibrated thresholds on
+labelled requests, ``knn`` from then on. ``knn`` scores a route by the mean similarity of its
+``m`` nearest neighbours, and once fitted the neighbours are the routing examples *plus the
+in-scope labelled fit requests* (out-of-scope ones never become neighbours); ``fit`` picks
+``m`` from :data:`KNN_M_CHOICES` by the calibration objective on held-out folds. Why knn wins
+once fitted:
 
 - Which route: labelled requests are real traffic, phrased like the requests to route, and
   there are usually many more of them than routing examples (CLINC150 val: 300 a domain).
@@ -19,21 +22,29 @@ in-scope labelled fit requests* (out-of-scope ones never become neighbours). Why
   AUROC (in-scope vs out-of-scope) of 0.94-0.95 on val fell to 0.87-0.90 on test, kNN's
   went from 0.98 to 0.95: it needs no out-of-scope training data at all.
 
+Why not knn before a fit: its score is on another scale than the hybrid's, and its unfitted
+default threshold (0.25) is a guess that sits on the score of clear in-domain questions when a
+route has only a few examples (MiniLM gives 0.2499 for "How much is 15% of 240?" against four
+mixed maths examples). The hybrid's head separates the routes with no threshold to calibrate
+(its default 1.0 means "head probability + centroid cosine"), so it is the safer unfitted
+scorer; after ``fit`` the thresholds are calibrated on knn's own scores.
+
 Val, cross-fitted (what the choice was made on; in-scope accuracy with threshold / OOS recall
 / AUROC; the test figures are in ``router.md``):
 
 ===========================================  =====================  =====================
 scorer                                       K=10 examples/route    K=50 examples/route
 ===========================================  =====================  =====================
-hybrid (head + centroid; default until now)  93.9 / 80.0 / 0.938    93.0 / 84.0 / 0.949
+hybrid (head + centroid; default unfitted)  93.9 / 80.0 / 0.938    93.0 / 84.0 / 0.949
 knn, routing examples + fit requests, m=3    95.3 / 92.0 / 0.983    95.2 / 91.0 / 0.982
+knn, same, m=5                               95.5 / 91.0 / -        95.8 / 90.0 / -
 ===========================================  =====================  =====================
 
 (knn plus 0.1 x head probabilities scored the same within the noise of 100 OOS requests and
 was not taken: it adds the head's dependence on the out-of-scope samples.) Without fit data,
 knn over the routing examples alone is also at least as good as the hybrid (val, before
 thresholds: 73.6% vs 74.0% accuracy at K=10, 89.6% vs 88.1% at K=50; AUROC 0.91 vs 0.84 and
-0.95 vs 0.90). ``hybrid`` (a logistic head, trained on the examples and the fit data with an
+0.95 vs 0.90): the case against it unfitted is its threshold, not its ranking. ``hybrid`` (a logistic head, trained on the examples and the fit data with an
 explicit out-of-scope class, plus the cosine to the route's centroid), ``head`` and
 ``centroid`` remain as options.
 """
@@ -47,16 +58,25 @@ import numpy as np
 from .head import LogisticHead
 from .index import VectorIndex
 
-Scoring = Literal["knn", "hybrid", "head", "centroid"]
-SCORINGS: tuple[str, ...] = ("knn", "hybrid", "head", "centroid")
-# hybrid stays the default: knn (with the fit requests as neighbours) scores best once fitted on
-# labelled requests (benchmarks/results/router.md), but unfitted over a handful of examples its
-# mean of the 3 nearest sits on the 0.25 threshold for clear in-domain questions (MiniLM gives
-# 0.2499 for "How much is 15% of 240?" against four mixed maths examples). Choose it with
-# Router(scoring="knn") or `adapters route fit --scoring knn` when fit data exists.
-DEFAULT_SCORING = "hybrid"
-#: Neighbours averaged per route by the knn scorer.
+Scoring = Literal["auto", "knn", "hybrid", "head", "centroid"]
+SCORINGS: tuple[str, ...] = ("auto", "knn", "hybrid", "head", "centroid")
+#: ``auto``: hybrid until fitted, knn once fitted (see the module docstring).
+DEFAULT_SCORING = "auto"
+#: Neighbours averaged per route by the knn scorer before a fit (and with few fit samples).
 KNN_M = 3
+#: The neighbour counts ``fit`` chooses from on held-out folds. More neighbours smooth a
+#: route's score when it has many (routing examples plus fit requests); fewer keep small routes
+#: from being averaged with far examples. CLINC150 val, cross-fitted, acc + 0.25 x recall:
+#: K=50 m=3 1.180, m=5 1.183, m=10 1.169; K=10 m=3 1.183, m=5 1.183, m=10 1.180.
+KNN_M_CHOICES = (3, 5, 10)
+
+
+def effective_scorer(scoring: str, fitted: bool) -> str:
+    """The scorer that ``scoring`` means for a router that is (not) fitted."""
+    if scoring == "auto":
+        return "knn" if fitted else "hybrid"
+    return scoring
+
 
 #: Unfitted default thresholds per scorer (fit() replaces them), for unit-vector encoders.
 #: knn's: MiniLM on CLINC150 val, routing examples only, where the weighted objective put the
@@ -107,8 +127,10 @@ def route_scores(
     index: VectorIndex | None,
     route_ids: np.ndarray,
     n_routes: int,
+    m: int = KNN_M,
 ) -> np.ndarray:
-    """``(n, n_routes)`` scores, higher = more likely that route."""
+    """``(n, n_routes)`` scores, higher = more likely that route (``scoring`` is an effective
+    scorer, not ``auto``; ``m`` is knn's neighbour count)."""
     if n_routes == 0 or len(queries) == 0:
         return np.zeros((len(queries), n_routes), np.float32)
     if scoring == "centroid":
@@ -116,7 +138,7 @@ def route_scores(
     if scoring == "knn":
         if index is None:
             raise ValueError("knn scoring needs an index")
-        return knn_scores(index, route_ids, n_routes, queries)
+        return knn_scores(index, route_ids, n_routes, queries, m)
     if head is None:  # one route: nothing to tell apart, the head is certain
         probs = np.ones((len(queries), n_routes), np.float32)
     else:

@@ -36,6 +36,8 @@ def save_state(router: Router, folder: Path) -> Path:
         "format_version": FORMAT_VERSION,
         "encoder": router.encoder.name,
         "scoring": router.scoring,
+        "scorer": router.scorer,
+        "knn_m": router.knn_m,
         "alias": router.alias,
         "route_digest": router._fit_digest or st.digest,
         "routes": st.names,
@@ -98,6 +100,11 @@ def load_state(
             f"router uses {router.encoder.name!r}; load with the same encoder or re-fit"
         )
     router.calibration = Calibration.from_dict(doc["calibration"])
+    # The thresholds belong to the scorer and neighbour count they were picked for (states
+    # written before "auto" existed name a concrete scoring, which is its own scorer).
+    router.scorer = doc.get("scorer", router.scorer) if router.scoring == "auto" else router.scorer
+    if router._choose_m and doc.get("knn_m"):
+        router.knn_m = int(doc["knn_m"])
     router.overrides = {k: float(v) for k, v in doc.get("overrides", {}).items()}
     fit = doc.get("fit")
     st = router._state()

@@ -1,4 +1,4 @@
-"""The knn scorer (the default) and the labelled fit requests it uses as neighbours."""
+"""The knn scorer (the default once fitted) and the labelled fit requests it uses as neighbours."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from loraroute.router import HashingEncoder, Router, StaticRoutes
 from loraroute.router.index import VectorIndex
-from loraroute.router.scoring import DEFAULT_SCORING, knn_scores
+from loraroute.router.scoring import DEFAULT_SCORING, KNN_M, KNN_M_CHOICES, knn_scores
 
 ROUTES = {
     "legal": ["is this contract clause enforceable", "what does the indemnity clause cover"],
@@ -55,10 +55,38 @@ def test_knn_scores_match_a_naive_reference():
     np.testing.assert_allclose(got, _naive_knn(q @ x.T, route_ids, 3, 3), rtol=1e-5, atol=1e-6)
 
 
-def test_hybrid_stays_the_default():
-    # knn wins once fitted on labelled requests, but unfitted over a handful of examples its
-    # mean-of-3 score sits on the threshold for clear in-domain questions (see scoring.py)
-    assert DEFAULT_SCORING == "hybrid"
+def test_auto_is_hybrid_until_fitted_then_knn(lr_home, tmp_path):
+    # knn wins once its thresholds are calibrated on labelled requests; unfitted, its default
+    # threshold sits on the score of clear in-domain questions (see scoring.py)
+    assert DEFAULT_SCORING == "auto"
+    router = Router(StaticRoutes(ROUTES), encoder="hashing")
+    assert (router.scoring, router.scorer, router.knn_m) == ("auto", "hybrid", KNN_M)
+    report = router.fit(*_fit_data(), folds=3)
+    assert router.scorer == report["scorer"] == "knn"
+    assert router.knn_m == report["knn_m"] and router.knn_m in KNN_M_CHOICES
+    assert router.route(CAKE).adapter == "math"
+    router.save(tmp_path / "state")
+    loaded = Router.load(tmp_path / "state", StaticRoutes(ROUTES), encoder="hashing")
+    assert (loaded.scoring, loaded.scorer, loaded.knn_m) == ("auto", "knn", router.knn_m)
+
+
+def test_fit_chooses_the_neighbour_count_on_held_out_folds(lr_home, monkeypatch):
+    router = Router.from_examples(ROUTES, encoder=HashingEncoder(dim=512), scoring="knn")
+    tried: list[int] = []
+    real = router._scores
+
+    def spy(st, vecs, head=None, m=None):
+        tried.append(m)
+        return real(st, vecs, head=head, m=m)
+
+    monkeypatch.setattr(router, "_scores", spy)
+    router.fit(*_fit_data(), folds=3)
+    assert set(tried) == set(KNN_M_CHOICES) and router.knn_m in KNN_M_CHOICES
+    # A neighbour count the user gives is kept.
+    fixed = Router.from_examples(ROUTES, encoder=HashingEncoder(dim=512), knn_m=7)
+    assert fixed.fit(*_fit_data(), folds=3)["knn_m"] == 7 and fixed.knn_m == 7
+    with pytest.raises(ValueError, match="knn_m"):
+        Router.from_examples(ROUTES, encoder=HashingEncoder(dim=512), knn_m=0)
 
 
 def test_fit_requests_become_neighbours(lr_home):
@@ -90,7 +118,7 @@ def test_thresholds_are_picked_on_held_out_neighbours(lr_home, monkeypatch):
     assert seen[0] == 0 and all(0 < n < len(texts) for n in seen[1:4]) and seen[4] == len(texts)
 
 
-@pytest.mark.parametrize("scoring", ["knn", "hybrid"])
+@pytest.mark.parametrize("scoring", ["auto", "knn", "hybrid"])
 def test_fit_survives_save_load_and_new_revision(lr_home, tmp_path, scoring):
     src = StaticRoutes(ROUTES)
     router = Router(src, encoder="hashing", scoring=scoring, refresh_interval=0)
