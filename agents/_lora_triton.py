@@ -104,12 +104,17 @@ if triton is not None:
         col0 = tl.load(crow + 2)  # first column of the chunk inside its module
         ncol = tl.load(crow + 3)  # columns in this chunk
         dcol = tl.load(crow + 4)  # first column of the module inside the delta buffer
+        # tiles fill from the front: a tile whose first token is -1 only pads the grid of a
+        # CUDA graph made for more tiles (see lora.StaticPlanBuffers); it reads and writes
+        # nothing (no shrink steps, no expand columns)
+        live = tl.load(tok_ptr + tile * BLOCK_M) >= 0
+        ncol = tl.where(live, ncol, 0)
         base = w_ptr + slot * slot_stride
         offs_r = tl.arange(0, R)
         offs_k = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_M, R), dtype=tl.float32)
         k_lo = tl.program_id(2) * k_per  # this program's slice of the shrink (split-K)
-        k_hi = tl.minimum(k_lo + k_per, K)
+        k_hi = tl.where(live, tl.minimum(k_lo + k_per, K), k_lo)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             kk = k0 + offs_k
             k_ok = kk < K

@@ -55,11 +55,14 @@ class Engine:
         max_cpu_adapters: int | None = None,
         max_cpu_bytes: int | None = None,
         lora_backend: str = "auto",
+        cuda_graphs: bool = True,
     ):
         """``max_resident`` adapters sit in device slots; ``max_cpu_adapters`` more (default:
         four times as many on CUDA, none on CPU) wait in the CPU tier as pinned host copies.
         ``lora_backend`` picks the mixed-adapter LoRA path: ``"triton"``, ``"torch"`` or
-        ``"auto"`` (Triton on CUDA when installed)."""
+        ``"auto"`` (Triton on CUDA when installed). ``cuda_graphs``: on CUDA, decode steps
+        run over static KV buffers and are replayed as CUDA graphs; ``False`` runs them
+        eagerly (no effect on CPU)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -88,6 +91,7 @@ class Engine:
             max_cpu_adapters=max_cpu_adapters,
             max_cpu_bytes=max_cpu_bytes,
             lora_backend=lora_backend,
+            cuda_graphs=cuda_graphs,
         )
 
     @classmethod
@@ -107,6 +111,7 @@ class Engine:
         max_cpu_adapters: int | None = None,
         max_cpu_bytes: int | None = None,
         lora_backend: str = "auto",
+        cuda_graphs: bool = True,
     ) -> Engine:
         """An engine around a model already in memory (on its device and dtype), e.g. one
         built from a config for a benchmark. Without ``base_fingerprint``, one is derived from
@@ -128,6 +133,7 @@ class Engine:
             max_cpu_adapters=max_cpu_adapters,
             max_cpu_bytes=max_cpu_bytes,
             lora_backend=lora_backend,
+            cuda_graphs=cuda_graphs,
         )
         return engine
 
@@ -148,6 +154,7 @@ class Engine:
         max_cpu_adapters: int | None,
         max_cpu_bytes: int | None,
         lora_backend: str,
+        cuda_graphs: bool = True,
     ) -> None:
         self.settings = settings
         self.base_model_id = base_model_id
@@ -185,6 +192,8 @@ class Engine:
             max_batch_size=max_batch_size,
             max_context=self.max_context,
             on_release=self._on_release,
+            static_decode=cuda_graphs and self.device.type == "cuda",
+            cuda_graphs=cuda_graphs,
         )
         logger.info(
             "engine ready: base %s (%s) on %s/%s, LoRA backend %s",

@@ -35,6 +35,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 import threading
 from collections.abc import Mapping
@@ -71,10 +72,82 @@ def _to_device(values: list[int], dtype: torch.dtype, device: torch.device) -> t
     return host.to(device)
 
 
+def tile_lists(slots: list[int], per_row: int = 1) -> tuple[list[int], list[int]]:
+    """Tokens grouped by slot into tiles of :data:`TILE_M`: ``(tile_slots, toks)``, where
+    ``toks`` holds ``TILE_M`` token indices per tile (``-1`` pads a tile) and token
+    ``i * per_row + j`` is position ``j`` of row ``i``."""
+    by_slot: dict[int, list[int]] = {}
+    for row, slot in enumerate(slots):
+        by_slot.setdefault(slot, []).extend(range(row * per_row, (row + 1) * per_row))
+    tile_slots: list[int] = []
+    toks: list[int] = []
+    for slot, tokens in by_slot.items():
+        for start in range(0, len(tokens), TILE_M):
+            part = tokens[start : start + TILE_M]
+            tile_slots.append(slot)
+            toks.extend(part + [-1] * (TILE_M - len(part)))
+    return tile_slots, toks
+
+
+class StaticPlanBuffers:
+    """Device buffers that hold a decode batch's adapter choice for a replayed CUDA graph.
+
+    A graph bakes in tensor addresses and the kernels' grid sizes, not the values: the
+    rows' slots (``idx``, for gather+bmm) and the Triton tiles (``tok``/``tile_slot``) are
+    written here in place when the batch's composition changes, and a graph captured for
+    the same number of tile slots (:meth:`write` returns it: the tile count rounded up to a
+    power of two, padded with empty tiles that the kernel skips) serves every composition.
+    ``rows`` is the largest batch; one token per row (decode).
+    """
+
+    def __init__(self, rows: int, device: torch.device):
+        self.rows = rows
+        self.device = device
+        self.idx = torch.zeros(rows, dtype=torch.long, device=device)
+        self.tile_slot = torch.zeros(rows, dtype=torch.int32, device=device)
+        self.tok = torch.full((rows * TILE_M,), -1, dtype=torch.int32, device=device)
+        self.slots: tuple[int, ...] = ()
+        self.tiles = 0
+        self.side = torch.cuda.Stream(device) if device.type == "cuda" and _Group.overlap else None
+
+    def write(self, slots: list[int]) -> int:
+        """Put ``slots`` (one per row, padding rows 0) into the buffers; returns the tile
+        count the graph is captured for."""
+        key = tuple(slots)
+        if key == self.slots:
+            return self.tiles
+        if len(slots) > self.rows:
+            raise ValueError(f"{len(slots)} rows do not fit buffers made for {self.rows}")
+        tile_slots, toks = tile_lists(slots)
+        tiles = 1 << max(len(tile_slots) - 1, 0).bit_length()
+        tiles = min(tiles, self.rows)
+        pad = tiles - len(tile_slots)
+        tile_slots += [0] * pad
+        toks += [-1] * (pad * TILE_M)
+        values = torch.tensor(slots + tile_slots + toks, dtype=torch.long)
+        n, t = len(slots), len(tile_slots)
+        self.idx[:n].copy_(values[:n])
+        self.tile_slot[:t].copy_(values[n : n + t])
+        self.tok[: t * TILE_M].copy_(values[n + t :])
+        self.slots, self.tiles = key, tiles
+        return tiles
+
+    def plan(self, version: int) -> _Plan:
+        """A plan that reads these buffers (no host-to-device copy, no host-side grouping)."""
+        n = len(self.slots)
+        plan = _Plan(version, list(self.slots), None, self.device)
+        plan.side = self.side
+        plan._idx = self.idx[:n]
+        plan._tiles[1] = (self.tok[: self.tiles * TILE_M], self.tile_slot[: self.tiles], self.tiles)
+        return plan
+
+
 class _Plan:
     """The adapter choice of one forward: slots per row, plus device-side index tensors."""
 
-    __slots__ = ("version", "slots", "uniform", "device", "_idx", "_tiles", "_stream", "_masks")
+    __slots__ = (
+        "version", "slots", "uniform", "device", "_idx", "_tiles", "_stream", "_masks", "side",
+    )  # fmt: skip
 
     def __init__(self, version: int, slots: list[int], uniform: int | None, device: torch.device):
         self.version = version
@@ -85,6 +158,8 @@ class _Plan:
         self._tiles: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._stream: int | None = None
         self._masks: dict[tuple, torch.Tensor] = {}
+        # a second CUDA stream: the Triton deltas run on it beside the base GEMMs
+        self.side: Any = None
 
     @property
     def rows(self) -> int:
@@ -133,16 +208,7 @@ class _Plan:
         cached = self._tiles.get(per_row)
         if cached is not None:
             return cached
-        by_slot: dict[int, list[int]] = {}
-        for row, slot in enumerate(self.slots):
-            by_slot.setdefault(slot, []).extend(range(row * per_row, (row + 1) * per_row))
-        tile_slots: list[int] = []
-        toks: list[int] = []
-        for slot, tokens in by_slot.items():
-            for start in range(0, len(tokens), TILE_M):
-                part = tokens[start : start + TILE_M]
-                tile_slots.append(slot)
-                toks.extend(part + [-1] * (TILE_M - len(part)))
+        tile_slots, toks = tile_lists(self.slots, per_row)
         n = len(tile_slots)
         pad = -n % 16  # keep ``tok`` 64-byte aligned inside the shared buffer
         buf = _to_device(tile_slots + [0] * pad + toks, torch.int32, self.device)
@@ -166,6 +232,9 @@ class AdapterContext:
         self._versions = itertools.count(1)
         self._pending: list[Any] = []  # CUDA events of slot copies not yet waited on
         self._pending_lock = threading.Lock()
+        # bumped when the slot stack, the wrapped modules or the backend change: CUDA graphs
+        # recorded before read tensors that no longer serve
+        self.epoch = 0
 
     @property
     def indices(self) -> torch.Tensor | None:
@@ -198,6 +267,20 @@ class AdapterContext:
 
     def clear(self) -> None:
         self.uniform, self.plan = 0, None
+
+    @contextmanager
+    def use_static(self, buffers: StaticPlanBuffers | None):
+        """Run forwards with the slots written into ``buffers`` (``None``: no adapter), as a
+        mixed batch whatever the rows hold, so that the work recorded in a CUDA graph does
+        not depend on the composition (a slot's zero padding makes an untargeted module's
+        delta zero)."""
+        self.wait_copies()
+        self.uniform = None if buffers is not None else 0
+        self.plan = None if buffers is None else buffers.plan(next(self._versions))
+        try:
+            yield self
+        finally:
+            self.clear()
 
     @contextmanager
     def use(self, slots: list[int], device: torch.device | str = "cpu"):
@@ -269,7 +352,15 @@ class SlotLoraLinear(nn.Module):
 
 
 class _Group:
-    """Modules that read the same input: their deltas are computed together, once per input."""
+    """Modules that read the same input: their deltas are computed together, once per input.
+
+    With a side stream in the plan (decode steps replayed as CUDA graphs), the Triton deltas
+    run on that stream while the base GEMM runs on the main one, and one add joins them: at
+    decode sizes the LoRA kernel is latency-bound, and its latency then hides behind the
+    base GEMM's (``LORAROUTE_LORA_OVERLAP=0`` turns this off).
+    """
+
+    overlap = os.environ.get("LORAROUTE_LORA_OVERLAP", "1") != "0"
 
     def __init__(self, layers: SlotLayers, index: int, members: list[SlotLoraLinear]):
         self.layers = layers
@@ -316,6 +407,17 @@ class _Group:
         else:
             self.x2 = x.reshape(-1, x.shape[-1])
             self._full = None
+            if (
+                plan.side is not None
+                and self.layers.backend == "triton"
+                and (self.w_cat_t is not None or len(self.members) == 1)
+            ):
+                self.deltas = self._overlapped(self.x2, plan)
+                self.x, self.version = x, plan.version
+                self.deltas[m], d = _USED, self.deltas[m]
+                if layer.base.bias is not None:
+                    d.add_(layer.base.bias)
+                return d.view(*x.shape[:-1], d.shape[-1])
             self.deltas = self.compute(self.x2, plan)
             self.x, self.version = x, plan.version
             # one GEMM for the whole group onto the group's delta buffer when the members'
@@ -454,6 +556,39 @@ class _Group:
             bi = b.index_select(0, idx).transpose(1, 2)  # [rows, r, out]
             out.append(torch.bmm(t[..., i * r : (i + 1) * r], bi).view(n, -1))
         return out
+
+    def _overlapped(self, x2: torch.Tensor, plan: _Plan) -> list[Any]:
+        """Base product (main stream) plus Triton deltas (side stream), joined by one add;
+        returns each member's columns of the sum."""
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        launcher = self._get_launcher(x2)
+        tok, tile_slot, tiles = plan.tiles(x2.shape[0] // plan.rows)
+        main = torch.cuda.current_stream(x2.device)
+        side = plan.side
+        delta = torch.empty(x2.shape[0], self.total_out, dtype=x2.dtype, device=x2.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            launcher(x2, delta, tok, tile_slot, tiles, self.total_out, side.cuda_stream)
+        w_t = self.w_cat_t if self.w_cat_t is not None else self.members[0].base.weight.t()
+        out = torch.mm(x2, w_t)
+        main.wait_stream(side)
+        out.add_(delta)
+        self._full = out
+        self.based = True
+        return [out[:, col : col + width] for col, width in zip(self._cols, self.outs, strict=True)]
+
+    def _get_launcher(self, x2: torch.Tensor) -> _lora_triton.GroupLauncher:
+        launcher = self._launcher
+        if launcher is None:
+            stack = self.layers.stack
+            if stack is None or _lora_triton.triton is None:
+                raise RuntimeError("the Triton LoRA backend needs triton and a slot stack")
+            table = _lora_triton.chunk_table(self._spots, self._chunk, x2.device)
+            launcher = self._launcher = _lora_triton.GroupLauncher(
+                stack, table, r=self.r, chunk=self._chunk, block_m=TILE_M
+            )
+        return launcher
 
     def _triton(self, x2: torch.Tensor, plan: _Plan, per_row: int) -> list[torch.Tensor | None]:
         if not x2.is_contiguous():
@@ -723,6 +858,7 @@ class SlotLayers:
     @backend.setter
     def backend(self, value: str) -> None:
         self._backend = resolve_backend(value, self.device)
+        self.context.epoch += 1
         if self.layout is not None and self._backend == "triton":
             self._relayout(set(self.layout.spots), self.layout.r)
 
@@ -764,6 +900,7 @@ class SlotLayers:
         for name, _, _ in modules:
             self._wrap(name)
         self.layout, self.stack = layout, stack
+        self.context.epoch += 1
         self._views = {
             name: (layout.a_view(stack, name), layout.b_view(stack, name)) for name in layout.spots
         }

@@ -11,6 +11,11 @@ We do not use ``transformers``' ``generate``: it takes one adapter state per cal
 continuous-batching manager (``generate_batch``) builds its own paged cache and forward
 arguments, leaving no place for a per-row adapter index. A short own loop over
 ``DynamicCache`` keeps the adapter choice as data.
+
+With ``static_decode`` (the default on CUDA) the running batch's KV cache lives in
+preallocated buffers instead and each decode step is replayed as a CUDA graph
+(:mod:`loraroute.agents._static_decode`); prefills, merging by left padding and leaving rows
+work the same way, on those buffers.
 """
 
 from __future__ import annotations
@@ -100,6 +105,8 @@ class BatchScheduler:
         max_batch_size: int = 8,
         max_context: int = 2048,
         on_release: Callable[[RequestHandle], None] | None = None,
+        static_decode: bool = False,
+        cuda_graphs: bool = False,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -124,6 +131,11 @@ class BatchScheduler:
         self.max_rows_seen = 0
         self.decode_tokens = 0  # tokens produced by decode steps (not by prefills)
         self.decode_seconds = 0.0  # wall time of decode steps, sampling included
+        # decode over static KV buffers (set before the first request), replayed as CUDA
+        # graphs when ``cuda_graphs`` and the model is on a GPU
+        self.static_decode = static_decode
+        self.cuda_graphs = cuda_graphs
+        self._static: Any = None  # the StaticDecoder, made at the first static merge
 
     # -- public ----------------------------------------------------------------------------
     def submit(self, handle: RequestHandle) -> RequestHandle:
@@ -147,6 +159,18 @@ class BatchScheduler:
             self._cond.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
+
+    def set_decode(self, *, static: bool, graphs: bool) -> None:
+        """Switch between dynamic and static decode (and CUDA graphs) once no request runs
+        (for benchmarks and tests; waits up to 10 s for the last step to end)."""
+        deadline = time.monotonic() + 10
+        while self._rows or self._pending:
+            if time.monotonic() > deadline:
+                raise RuntimeError("set_decode needs an idle scheduler")
+            time.sleep(0.001)
+        with self.model_lock:
+            self.static_decode, self.cuda_graphs = static, graphs
+            self._static = None
 
     @property
     def running(self) -> int:
@@ -194,28 +218,31 @@ class BatchScheduler:
         if not self._rows:
             return
         started = time.perf_counter()
-        ids = torch.tensor([[row.tokens[-1]] for row in self._rows], device=self.device)
-        pos = torch.tensor([[row.position] for row in self._rows], device=self.device)
-        self._mask = torch.cat(
-            [
-                self._mask,
-                torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=self.device),
-            ],
-            1,
-        )
-        with (
-            self.model_lock,
-            attention_backends(self.device),
-            self.context.use([r.handle.slot for r in self._rows], self.device),
-        ):
-            out = self.model(
-                input_ids=ids,
-                attention_mask=self._mask,
-                position_ids=pos,
-                use_cache=True,
-                **{self._cache_kw: self._cache},
+        if self._static is not None:
+            logits = self._step_static()
+        else:
+            ids = torch.tensor([[row.tokens[-1]] for row in self._rows], device=self.device)
+            pos = torch.tensor([[row.position] for row in self._rows], device=self.device)
+            self._mask = torch.cat(
+                [
+                    self._mask,
+                    torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=self.device),
+                ],
+                1,
             )
-        logits = out.logits[:, -1, :]
+            with (
+                self.model_lock,
+                attention_backends(self.device),
+                self.context.use([r.handle.slot for r in self._rows], self.device),
+            ):
+                out = self.model(
+                    input_ids=ids,
+                    attention_mask=self._mask,
+                    position_ids=pos,
+                    use_cache=True,
+                    **{self._cache_kw: self._cache},
+                )
+            logits = out.logits[:, -1, :]
         # greedy rows without a grammar: one argmax and one device-to-host copy for all of them
         plain = [
             i
@@ -235,6 +262,49 @@ class BatchScheduler:
         self.decode_tokens += len(self._rows)
         self.decode_seconds += time.perf_counter() - started
         self._drop_finished()
+
+    def _step_static(self) -> torch.Tensor:
+        """One decode step over the static buffers; returns ``[rows, vocab]`` logits."""
+        st = self._static
+        rows = len(self._rows)
+        width = self._mask.shape[1]
+        if width + 1 > st.capacity:  # full: first drop leading columns no row uses
+            start = int((self._mask.sum(0) > 0).nonzero()[0])
+            if start:
+                st.trim(rows, start, width)
+                self._mask = self._mask[:, start:]
+                width -= start
+            st.reserve(width, rows, width + 1)
+        with self.model_lock, attention_backends(self.device):
+            logits = st.step(
+                [row.tokens[-1] for row in self._rows],
+                [row.position for row in self._rows],
+                [row.handle.slot for row in self._rows],
+                self._mask,
+            )
+        self._mask = torch.cat(
+            [self._mask, torch.ones(rows, 1, dtype=self._mask.dtype, device=self.device)], 1
+        )
+        return logits
+
+    def _static_buffers(self) -> Any:
+        if self._static is None:
+            from ._static_decode import StaticDecoder, supports_static
+
+            reason = supports_static(self.model)
+            if reason is not None:
+                logger.info("decoding without static buffers: the model has %s", reason)
+                self.static_decode = False
+                return None
+            self._static = StaticDecoder(
+                self.model,
+                self.context,
+                max_rows=self.max_batch_size,
+                max_context=self.max_context,
+                cache_kw=self._cache_kw,
+                graphs=self.cuda_graphs,
+            )
+        return self._static
 
     def _finish_unstarted(self, handle: RequestHandle) -> None:
         handle._finish(self._generation(_Row(handle), "", "cancelled"))
@@ -267,6 +337,9 @@ class BatchScheduler:
         self.max_rows_seen = max(self.max_rows_seen, len(self._rows))
 
     def _merge(self, row: _Row, cache: Any, mask: torch.Tensor) -> None:
+        if self.static_decode and self._static_buffers() is not None:
+            self._merge_static(row, cache, mask)
+            return
         if self._cache is None or not self._rows:
             self._rows, self._cache, self._mask = [row], cache, mask
             return
@@ -284,6 +357,26 @@ class BatchScheduler:
                 torch.nn.functional.pad(mask, (length - new_len, 0)),
             ],
             0,
+        )
+        self._rows.append(row)
+
+    def _merge_static(self, row: _Row, cache: Any, mask: torch.Tensor) -> None:
+        """``_merge`` into the static buffers: the new row goes below the others, the shorter
+        side left-padded (the running rows move right when the new prompt is longer)."""
+        st = self._static
+        old = len(self._rows)
+        width = self._mask.shape[1] if old else 0
+        n = mask.shape[1]
+        length = max(width, n)
+        st.reserve(width, old, length + 1, cache)
+        if old and length > width:
+            st.widen(old, width, length - width)
+        st.insert(old, cache, length)
+        pad = torch.nn.functional.pad
+        self._mask = (
+            torch.cat([pad(self._mask, (length - width, 0)), pad(mask, (length - n, 0))], 0)
+            if old
+            else mask
         )
         self._rows.append(row)
 
@@ -358,6 +451,9 @@ class BatchScheduler:
         index = torch.tensor(keep, device=self.device)
         self._rows = [self._rows[i] for i in keep]
         self._mask = self._mask.index_select(0, index)
+        if self._static is not None:  # columns are dropped when the buffers are full
+            self._static.keep(keep, self._mask.shape[1])
+            return
         start = int((self._mask.sum(0) > 0).nonzero()[0])  # drop columns no row uses any more
         self._mask = self._mask[:, start:]
         for layer in self._cache.layers:
