@@ -146,6 +146,72 @@ if triton is not None:
                 _expand(total, base, b_off, col0, ncol, dcol, d_ptr, stride_dm, rows64,
                         row_ok, offs_r, R, BLOCK_N, CHUNK_N)  # fmt: skip
 
+    @triton.jit(do_not_specialize=["stride_xm", "slot_stride", "K", "k_per"])
+    def _lora_shrink_kernel(
+        x_ptr, stride_xm, w_ptr, slot_stride, tok_ptr, tile_slot_ptr, a_off_ptr, part_ptr, K,
+        k_per, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+        SPLIT: tl.constexpr,
+    ):  # fmt: skip
+        """``part[tile, member, s] = x[tile, slice s] @ A[slot, member, :, slice s]^T`` (fp32)."""
+        tile = tl.program_id(0)
+        member = tl.program_id(1)
+        s = tl.program_id(2)
+        slot = tl.load(tile_slot_ptr + tile).to(tl.int64)
+        offs_m = tl.arange(0, BLOCK_M)
+        rows = tl.load(tok_ptr + tile * BLOCK_M + offs_m)
+        row_ok = rows >= 0
+        rows64 = tl.where(row_ok, rows, 0).to(tl.int64)
+        live = tl.load(tok_ptr + tile * BLOCK_M) >= 0  # padding tiles: no shrink steps
+        base = w_ptr + slot * slot_stride + tl.load(a_off_ptr + member).to(tl.int64)
+        offs_r = tl.arange(0, R)
+        offs_k = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, R), dtype=tl.float32)
+        k_lo = s * k_per
+        k_hi = tl.where(live, tl.minimum(k_lo + k_per, K), k_lo)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            kk = k0 + offs_k
+            k_ok = kk < K
+            xt = tl.load(
+                x_ptr + rows64[:, None] * stride_xm + kk[None, :],
+                mask=row_ok[:, None] & k_ok[None, :],
+                other=0.0,
+            )
+            at = tl.load(base + offs_r[:, None] * K + kk[None, :], mask=k_ok[None, :], other=0.0)
+            acc += tl.dot(xt, tl.trans(at))
+        job = (tile * tl.num_programs(1) + member).to(tl.int64)
+        dst = part_ptr + (job * SPLIT + s) * (BLOCK_M * R)
+        tl.store(dst + offs_m[:, None] * R + offs_r[None, :], acc)
+
+    @triton.jit(do_not_specialize=["slot_stride", "stride_dm", "members"])
+    def _lora_expand_kernel(
+        w_ptr, slot_stride, d_ptr, stride_dm, tok_ptr, tile_slot_ptr, block_ptr, part_ptr,
+        members, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        SPLIT: tl.constexpr,
+    ):  # fmt: skip
+        """``delta[tile, block] = (sum_s part[tile, member, s]) @ B[slot, block]^T``."""
+        tile = tl.program_id(0)
+        blk = tl.program_id(1)
+        slot = tl.load(tile_slot_ptr + tile).to(tl.int64)
+        offs_m = tl.arange(0, BLOCK_M)
+        rows = tl.load(tok_ptr + tile * BLOCK_M + offs_m)
+        row_ok = rows >= 0
+        rows64 = tl.where(row_ok, rows, 0).to(tl.int64)
+        live = tl.load(tok_ptr + tile * BLOCK_M) >= 0
+        crow = block_ptr + blk * 6
+        b_off = tl.load(crow + 1).to(tl.int64)
+        col0 = tl.load(crow + 2)
+        ncol = tl.where(live, tl.load(crow + 3), 0)
+        dcol = tl.load(crow + 4)
+        member = tl.load(crow + 5)
+        offs_r = tl.arange(0, R)
+        offs_t = offs_m[:, None] * R + offs_r[None, :]
+        src = part_ptr + (tile * members + member).to(tl.int64) * (SPLIT * BLOCK_M * R)
+        total = tl.zeros((BLOCK_M, R), dtype=tl.float32)
+        for s in tl.static_range(SPLIT):  # a fixed order: deterministic
+            total += tl.load(src + s * (BLOCK_M * R) + offs_t)
+        _expand(total, w_ptr + slot * slot_stride, b_off, col0, ncol, dcol, d_ptr, stride_dm,
+                rows64, row_ok, offs_r, R, BLOCK_N, BLOCK_N)  # fmt: skip
+
 
 def unavailable_reason(device: torch.device) -> str | None:
     """Why the kernel cannot run on ``device`` (``None`` when it can)."""
@@ -166,15 +232,15 @@ def chunk_width(total_cols: int, in_features: int) -> int:
 def chunk_table(
     members: list[tuple[int, int, int]], chunk: int, device: torch.device
 ) -> torch.Tensor:
-    """``[chunks, 6]`` int32 rows ``(a_off, b_off, col0, ncol, dcol, 0)``.
+    """``[chunks, 6]`` int32 rows ``(a_off, b_off, col0, ncol, dcol, member)``.
 
     ``members``: ``(a_off, b_off, out_features)`` per module of the group, in delta order.
     """
     rows = []
     dcol = 0
-    for a_off, b_off, fout in members:
+    for member, (a_off, b_off, fout) in enumerate(members):
         for col0 in range(0, fout, chunk):
-            rows.append((a_off, b_off, col0, min(chunk, fout - col0), dcol, 0))
+            rows.append((a_off, b_off, col0, min(chunk, fout - col0), dcol, member))
         dcol += fout
     if max(max(r[0], r[1]) for r in rows) >= 2**31:
         raise ValueError("a slot is too large for int32 offsets; use fewer modules or a lower rank")
@@ -317,6 +383,81 @@ class GroupLauncher:
             runner(*args, stream=stream)
 
         return plain
+
+
+class SplitLauncher:
+    """The group's LoRA as two launches, shrink then expand, for decode steps replayed as
+    CUDA graphs (where a launch costs no host time).
+
+    The fused kernel (:class:`GroupLauncher`) chains shrink, a split-K reduction and an
+    expand of up to 2,048 columns inside one program, so a decode batch's few tiles wait
+    on that chain (10-60 us a group on an H200). Here the shrink runs as
+    ``(tiles, members, slices)`` programs that each store an fp32 partial ``[BLOCK_M, r]``
+    (enough slices of the input to fill the GPU, at most :attr:`max_split`), and the
+    expand as ``(tiles, column blocks of BLOCK_N)`` programs that each sum their tile's
+    partials in a fixed order (deterministic, no atomics, no zeroing) and write one block.
+    Padding tiles (first token ``-1``) do no work. The partials live in buffers owned by
+    this launcher and kept for its life (a recorded graph reads them).
+    """
+
+    block_n = 128
+    max_split = 16
+    fill = 132  # programs wanted for the shrink (about one per multiprocessor)
+
+    def __init__(
+        self,
+        flat: torch.Tensor,
+        members: list[tuple[int, int, int]],
+        *,
+        r: int,
+        block_m: int,
+        device: torch.device,
+    ) -> None:
+        self.flat = flat
+        self.r, self.block_m = r, block_m
+        self.members = len(members)
+        self.a_offs = torch.tensor([a for a, _, _ in members], dtype=torch.int32).to(device)
+        self.blocks = chunk_table(members, self.block_n, device)
+        self.n_blocks = int(self.blocks.shape[0])
+        self._parts: dict[tuple[int, int], torch.Tensor] = {}
+
+    def plan(self, K: int, tiles: int) -> tuple[int, int, int]:
+        """``(split, block_k, k_per)`` for a ``K``-wide input and ``tiles`` tiles."""
+        block_k = 128 if K >= 128 else max(16, 1 << (K - 1).bit_length())
+        want = _ceil_div(self.fill, tiles * self.members)
+        split = max(1, min(self.max_split, want, _ceil_div(K, block_k)))
+        k_per = _ceil_div(_ceil_div(K, split), block_k) * block_k
+        return _ceil_div(K, k_per), block_k, k_per
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        delta: torch.Tensor,
+        tok: torch.Tensor,
+        tile_slot: torch.Tensor,
+        tiles: int,
+        total_out: int,
+    ) -> None:
+        """Write the group's deltas of ``x`` (``[tokens, K]``, contiguous) into ``delta``
+        on the current stream."""
+        K = x.shape[1]
+        split, block_k, k_per = self.plan(K, tiles)
+        part = self._parts.get((tiles, split))
+        if part is None:
+            numel = tiles * self.members * split * self.block_m * self.r
+            part = self._parts[(tiles, split)] = torch.empty(
+                numel, dtype=torch.float32, device=x.device
+            )
+        flat = self.flat
+        _lora_shrink_kernel[(tiles, self.members, split)](
+            x, x.stride(0), flat, flat.stride(0), tok, tile_slot, self.a_offs, part, K, k_per,
+            R=self.r, BLOCK_M=self.block_m, BLOCK_K=block_k, SPLIT=split, num_warps=4,
+        )  # fmt: skip
+        _lora_expand_kernel[(tiles, self.n_blocks)](
+            flat, flat.stride(0), delta, total_out, tok, tile_slot, self.blocks, part,
+            self.members, R=self.r, BLOCK_M=self.block_m, BLOCK_N=self.block_n, SPLIT=split,
+            num_warps=4,
+        )  # fmt: skip
 
 
 def _ceil_div(a: int, b: int) -> int:

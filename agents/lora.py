@@ -355,9 +355,11 @@ class _Group:
     """Modules that read the same input: their deltas are computed together, once per input.
 
     With a side stream in the plan (decode steps replayed as CUDA graphs), the Triton deltas
-    run on that stream while the base GEMM runs on the main one, and one add joins them: at
-    decode sizes the LoRA kernel is latency-bound, and its latency then hides behind the
-    base GEMM's (``LORAROUTE_LORA_OVERLAP=0`` turns this off).
+    run on that stream as two launches, shrink then expand
+    (:class:`~loraroute.agents._lora_triton.SplitLauncher`), while the base GEMM runs on the
+    main one, and one add joins them: at decode sizes the LoRA is latency-bound, and its
+    latency then hides behind the base GEMM's (``LORAROUTE_LORA_OVERLAP=0`` turns this off:
+    the fused kernel runs before the GEMM, as in eager steps).
     """
 
     overlap = os.environ.get("LORAROUTE_LORA_OVERLAP", "1") != "0"
@@ -381,6 +383,7 @@ class _Group:
         ]
         self._chunk = _lora_triton.chunk_width(self.total_out, self.in_features)
         self._launcher: _lora_triton.GroupLauncher | None = None  # built on first use
+        self._split_launcher: _lora_triton.SplitLauncher | None = None  # graphed decode
         for i, m in enumerate(members):
             m.member = i
             object.__setattr__(m, "group", self)
@@ -562,14 +565,21 @@ class _Group:
         returns each member's columns of the sum."""
         if not x2.is_contiguous():
             x2 = x2.contiguous()
-        launcher = self._get_launcher(x2)
+        launcher = self._split_launcher
+        if launcher is None:
+            stack = self.layers.stack
+            if stack is None or _lora_triton.triton is None:
+                raise RuntimeError("the Triton LoRA backend needs triton and a slot stack")
+            launcher = self._split_launcher = _lora_triton.SplitLauncher(
+                stack, self._spots, r=self.r, block_m=TILE_M, device=x2.device
+            )
         tok, tile_slot, tiles = plan.tiles(x2.shape[0] // plan.rows)
         main = torch.cuda.current_stream(x2.device)
         side = plan.side
         delta = torch.empty(x2.shape[0], self.total_out, dtype=x2.dtype, device=x2.device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            launcher(x2, delta, tok, tile_slot, tiles, self.total_out, side.cuda_stream)
+            launcher(x2, delta, tok, tile_slot, tiles, self.total_out)
         w_t = self.w_cat_t if self.w_cat_t is not None else self.members[0].base.weight.t()
         out = torch.mm(x2, w_t)
         main.wait_stream(side)
@@ -577,18 +587,6 @@ class _Group:
         self._full = out
         self.based = True
         return [out[:, col : col + width] for col, width in zip(self._cols, self.outs, strict=True)]
-
-    def _get_launcher(self, x2: torch.Tensor) -> _lora_triton.GroupLauncher:
-        launcher = self._launcher
-        if launcher is None:
-            stack = self.layers.stack
-            if stack is None or _lora_triton.triton is None:
-                raise RuntimeError("the Triton LoRA backend needs triton and a slot stack")
-            table = _lora_triton.chunk_table(self._spots, self._chunk, x2.device)
-            launcher = self._launcher = _lora_triton.GroupLauncher(
-                stack, table, r=self.r, chunk=self._chunk, block_m=TILE_M
-            )
-        return launcher
 
     def _triton(self, x2: torch.Tensor, plan: _Plan, per_row: int) -> list[torch.Tensor | None]:
         if not x2.is_contiguous():

@@ -179,6 +179,33 @@ _INTERPRETED = textwrap.dedent(
             assert not torch.isnan(delta).any(), "unwritten output"
             outs.append(delta[: len(slots)])
         torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+
+    # the two-launch path of graphed steps (shrink, then expand) equals the fused kernel,
+    # padding tiles included, with one slice and with several, fp32 and fp16
+    lt.GroupLauncher.k_per_split = 1024
+    for dtype, tol, fill in ((torch.float32, 1e-5, 1), (torch.float32, 1e-5, 132), (torch.float16, 2e-2, 132)):
+        mods = [("l.q_proj", 300, 200), ("l.k_proj", 300, 24), ("l.v_proj", 300, 24)]
+        layout = SlotLayout(mods, r=16)
+        stack = (torch.randn(4, layout.numel) * 0.3).to(dtype)
+        stack[0] = 0
+        spots = [(layout.spots[n].a_off, layout.spots[n].b_off, o) for n, _, o in mods]
+        rows = [1, 2, 1, 3, 0] + [2] * 17 + [0] * 10  # 5 tiles -> a graph for 8
+        bufs = StaticPlanBuffers(32, torch.device("cpu"))
+        assert bufs.write(rows) == 8
+        tok, tile_slot, tiles = bufs.plan(1).tiles(1)
+        x = torch.randn(len(rows), 300).to(dtype)
+        fused = torch.full((len(rows), 248), float("nan"), dtype=dtype)
+        table = lt.chunk_table(spots, 64, torch.device("cpu"))
+        lt.GroupLauncher(stack, table, r=16, chunk=64, block_m=16)(
+            x, fused, tok, tile_slot, tiles, 248, None
+        )
+        lt.SplitLauncher.fill = fill
+        split = lt.SplitLauncher(stack, spots, r=16, block_m=16, device=torch.device("cpu"))
+        assert split.plan(300, tiles)[0] == (1 if fill == 1 else 3)
+        two = torch.full((len(rows), 248), float("nan"), dtype=dtype)
+        split(x, two, tok, tile_slot, tiles, 248)
+        assert not torch.isnan(two).any(), "unwritten output"
+        torch.testing.assert_close(two.float(), fused.float(), atol=tol, rtol=tol)
     print("interpreted ok")
     """
 )
