@@ -30,6 +30,7 @@ from .scoring import (
     SCORINGS,
     centroids,
     effective_scorer,
+    knn_k,
     route_scores,
 )
 
@@ -305,6 +306,7 @@ class Router:
         vecs: np.ndarray,
         head: LogisticHead | None = None,
         m: int | None = None,
+        hits: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         return route_scores(
             self.scorer,
@@ -315,6 +317,7 @@ class Router:
             route_ids=st.nb_route,
             n_routes=len(st.routes),
             m=m or self.knn_m,
+            hits=hits,
         )
 
     def threshold_for(self, route: str) -> float:
@@ -369,12 +372,17 @@ class Router:
         # per-request scoring and search cost about as much as encoding on a busy CPU.
         uniq = list(dict.fromkeys(nonempty))
         vecs, cut = self._embed_requests(uniq)
+        # knn's neighbours and the evidence come from one search of the same index
+        index = st.index
+        knn = self.scorer == "knn" and index is not None
+        k = 0 if index is None else max(self.n_evidence, knn_k(index, self.knn_m) if knn else 0)
+        hits = index.search(vecs, k) if index is not None and k else None
         ev_sims, ev_ids = np.zeros((len(uniq), 0), np.float32), np.zeros((len(uniq), 0), np.int64)
-        if st.index is not None and self.n_evidence:
-            ev_sims, ev_ids = st.index.search(vecs, self.n_evidence)
+        if hits is not None and self.n_evidence:
+            ev_sims, ev_ids = hits[0][:, : self.n_evidence], hits[1][:, : self.n_evidence]
         batch = _Batch(
             rows={t: i for i, t in enumerate(uniq)},
-            scores=self._scores(st, vecs),
+            scores=self._scores(st, vecs, hits=hits if knn else None),
             cut=cut,
             ev_sims=ev_sims,
             ev_ids=ev_ids,

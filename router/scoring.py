@@ -91,8 +91,18 @@ def centroids(vectors: np.ndarray, route_ids: np.ndarray, n_routes: int) -> np.n
     return out
 
 
+def knn_k(index: VectorIndex, m: int) -> int:
+    """How many neighbours the knn scorer retrieves per query."""
+    return min(index.size, max(32, 8 * m))
+
+
 def knn_scores(
-    index: VectorIndex, route_ids: np.ndarray, n_routes: int, queries: np.ndarray, m: int = KNN_M
+    index: VectorIndex,
+    route_ids: np.ndarray,
+    n_routes: int,
+    queries: np.ndarray,
+    m: int = KNN_M,
+    hits: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Per route, the mean of its ``m`` most similar examples among the retrieved neighbours.
 
@@ -100,9 +110,10 @@ def knn_scores(
     penalise small routes). Routes with fewer retrieved examples than that are padded with
     the lowest retrieved similarity (an upper bound on what was not retrieved). Vectorised
     over queries: a per-neighbour Python loop cost more than the search in large batches.
+    ``hits``: ``index.search(queries, k)`` already done, ``k >= knn_k(index, m)`` (the router
+    shares one search between scoring and evidence).
     """
-    k = min(index.size, max(32, 8 * m))
-    sims, ids = index.search(queries, k)
+    sims, ids = hits if hits is not None else index.search(queries, knn_k(index, m))
     n = len(queries)
     if sims.shape[1] == 0:
         return np.full((n, n_routes), -1.0, np.float32)
@@ -128,6 +139,7 @@ def route_scores(
     route_ids: np.ndarray,
     n_routes: int,
     m: int = KNN_M,
+    hits: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """``(n, n_routes)`` scores, higher = more likely that route (``scoring`` is an effective
     scorer, not ``auto``; ``m`` is knn's neighbour count)."""
@@ -138,7 +150,7 @@ def route_scores(
     if scoring == "knn":
         if index is None:
             raise ValueError("knn scoring needs an index")
-        return knn_scores(index, route_ids, n_routes, queries, m)
+        return knn_scores(index, route_ids, n_routes, queries, m, hits)
     if head is None:  # one route: nothing to tell apart, the head is certain
         probs = np.ones((len(queries), n_routes), np.float32)
     else:

@@ -115,3 +115,17 @@ def test_truncation_and_odd_input_with_minilm(reg):
     assert not router.route("Solve for x: 3x + 5 = 20.").truncated
     assert router.route("¿Cuál es la derivada de x al cubo? 🤔").reason
     assert router.route("").adapter is None
+
+
+def test_short_text_fast_path_never_skips_a_needed_cut(reg):
+    """Texts short in UTF-8 bytes skip the tokenizer; at the edge of that rule the tokenizer's
+    own answer must agree (MiniLM's window is 256 tokens, 254 without [CLS]/[SEP])."""
+    enc = Router(reg).encoder
+    limit = enc.max_tokens - 2
+    tok = enc.model.tokenizer
+    for text in ["a" * (limit - 8), "é" * ((limit - 8) // 2), "🤔" * ((limit - 8) // 4)]:
+        assert len(text.encode()) + 8 <= limit
+        assert enc.truncate(text) == (text, False)
+        assert len(tok(text, add_special_tokens=False)["input_ids"]) <= limit
+    long = "word " * (limit + 10)  # over the window in tokens, far over the byte rule
+    assert enc.truncate(long)[1]
