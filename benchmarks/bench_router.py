@@ -139,7 +139,9 @@ def bench_ours(routes, val, test, scoring, full):
     """``(default-objective result, min_oos_recall result or None, router)``."""
     from loraroute.router import Router
 
-    router = Router.from_examples(routes, scoring=scoring, oos_weight=OOS_WEIGHT)
+    # "knn3": knn with its neighbour count fixed at 3 instead of chosen by fit
+    kw = {"scoring": "knn", "knn_m": 3} if scoring == "knn3" else {"scoring": scoring}
+    router = Router.from_examples(routes, oos_weight=OOS_WEIGHT, **kw)
     texts, gold = [t for t, _ in test], [i for _, i in test]
     t0 = time.perf_counter()
     router.fit([t for t, _ in val], [i for _, i in val])
@@ -161,6 +163,7 @@ def bench_ours(routes, val, test, scoring, full):
 
     res = run_real()
     res["fit_seconds"] = fit_s
+    res["scorer"], res["knn_m"] = router.scorer, router.knn_m if router.scorer == "knn" else None
     if not full:
         res.pop("_pred")
         return res, None, router
@@ -311,7 +314,7 @@ def main() -> None:
         help="'domains' alone is the issue's protocol (~15 min on a shared 2-core box); "
         "protocols not run keep their figures from the existing router.json (marked so).",
     )
-    ap.add_argument("--scorings", default="knn,hybrid,head,centroid")
+    ap.add_argument("--scorings", default="auto,knn3,hybrid,head,centroid")
     ap.add_argument(
         "--render", action="store_true", help="Only re-write router.md from router.json."
     )
@@ -466,6 +469,8 @@ def render(out: dict) -> str:
                 )
                 if name in (ours_name, PEER):
                     label += ", default (acc + 0.25 x recall)"
+                if r.get("knn_m") and name.startswith("loraroute[auto]"):
+                    label += f" (fitted: knn, m={r['knn_m']})"
                 lines.append(
                     f"| {k[2:]} | {label} | {pct(r['in_scope_accuracy'])} | "
                     f"{pct(r['oos_recall'])} | {pct(r['oos_precision'])} | "
@@ -588,18 +593,43 @@ def render(out: dict) -> str:
         "cd1d02a) read 92.2% / 82.3% and 92.8% / 80.4% at K=50 with a bit-identical "
         "calibration; the dev environment was rebuilt in between, and the head and thresholds "
         "react to float-level embedding differences; treat about 1 point as noise.",
-        "- Default scorer: `knn` since this run (before: `hybrid`): per route, the mean "
-        "similarity of its 3 nearest neighbours, where the neighbours are the routing examples "
-        "plus, after `fit`, the in-scope labelled fit requests (cross-fitted: thresholds are "
-        "picked on val scores whose neighbours exclude the scored request's fold). The K "
-        "routing examples per domain are as the protocol says; the 3,000 in-scope val requests "
-        "(which the hybrid's head was already trained on) become neighbours too, which is why "
-        "K=10 and K=50 land close together. Chosen on cross-fitted val scores (cached "
-        "embeddings, before any test figure of it was seen): in-scope accuracy / OOS recall / "
-        "AUROC on val 95.3 / 92.0 / 0.983 (K=10) and 95.2 / 91.0 / 0.982 (K=50) against the "
-        "hybrid's 93.9 / 80.0 / 0.938 and 93.0 / 84.0 / 0.949; why in router/scoring.py. The "
-        "other scorers' rows use the same fit (the head scorers train their head on it; "
-        "centroid ignores it).",
+        "- Default scorer: `auto` since this run: `hybrid` before `fit`, `knn` after it, with "
+        "knn's neighbour count m chosen by `fit` from 3, 5 and 10 on the cross-fitted val scores "
+        "(by the calibration objective; the chosen m is in router.json). knn scores a route by "
+        "the mean similarity of its m nearest neighbours, where the neighbours are the routing "
+        "examples plus, after `fit`, the in-scope labelled fit requests (cross-fitted: "
+        "thresholds are picked on val scores whose neighbours exclude the scored request's "
+        "fold). The K routing examples per domain are as the protocol says; the 3,000 in-scope "
+        "val requests (which the hybrid's head was already trained on) become neighbours too, "
+        "which is why K=10 and K=50 land close together. `knn3` is knn with m fixed at 3 (the "
+        "previous run's scorer). The previous default, knn for every router, failed an "
+        "integration test unfitted (a clear maths question scored 0.2499 against the default "
+        "threshold 0.25 with four examples), so knn now waits for calibrated thresholds; why "
+        "in router/scoring.py. The other scorers' rows use the same fit (the head scorers "
+        "train their head on it; centroid ignores it).",
+    ]
+    tuning = RESULTS / "router_tuning.json"
+    if tuning.is_file():
+        runs = json.loads(tuning.read_text())["runs"]
+        pairs = [
+            f"K={k} {sc}: {pct(runs[f'K={k} {sc} as shipped']['in_scope_accuracy'])} / "
+            f"{pct(runs[f'K={k} {sc} as shipped']['oos_recall'])} as shipped, "
+            f"{pct(runs[f'K={k} {sc} tuned']['in_scope_accuracy'])} / "
+            f"{pct(runs[f'K={k} {sc} tuned']['oos_recall'])} tuned"
+            for k in (10, 50)
+            for sc in ("auto", "centroid")
+            if f"K={k} {sc} tuned" in runs
+        ]
+        lines.append(
+            "- Encoder fine-tuning on the routing examples (SetFit-style contrastive, "
+            "`benchmarks/bench_router_tuning.py`, results in router_tuning.md): "
+            + "; ".join(pairs)
+            + ". It does not measure better for the default scorer (the labelled fit requests "
+            "it routes by already carry what the examples would teach the encoder); it helps "
+            "the examples-only centroid scorer, which stays well below the default either way. "
+            "So `fit` does not tune the encoder."
+        )
+    lines += [
         "- Batch throughput: `route_batch` over 2,000 test requests (one encoder call, then "
         "one scoring call and one evidence search for the batch), request-vector cache cleared "
         "before each; per torch thread count a warm-up batch of 200 other requests, then the "
