@@ -69,6 +69,25 @@ if triton is not None:
                 mask=row_ok[:, None] & c_ok[None, :],
             )
 
+    @triton.jit
+    def _shrink(x_ptr, stride_xm, a_ptr, rows64, row_ok, k_lo, k_hi, K, R: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+        """``x[rows, k_lo:k_hi] @ A[:, k_lo:k_hi]^T`` in fp32 (``A`` at ``a_ptr``, ``[R, K]``)."""
+        offs_r = tl.arange(0, R)
+        offs_k = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, R), dtype=tl.float32)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            kk = k0 + offs_k
+            k_ok = kk < K
+            xt = tl.load(
+                x_ptr + rows64[:, None] * stride_xm + kk[None, :],
+                mask=row_ok[:, None] & k_ok[None, :],
+                other=0.0,
+            )
+            at = tl.load(a_ptr + offs_r[:, None] * K + kk[None, :], mask=k_ok[None, :], other=0.0)
+            acc += tl.dot(xt, tl.trans(at))
+        return acc
+
     @triton.jit(do_not_specialize=["stride_xm", "slot_stride", "stride_dm", "K", "k_per"])
     def _lora_group_kernel(
         x_ptr,
@@ -111,22 +130,10 @@ if triton is not None:
         ncol = tl.where(live, ncol, 0)
         base = w_ptr + slot * slot_stride
         offs_r = tl.arange(0, R)
-        offs_k = tl.arange(0, BLOCK_K)
-        acc = tl.zeros((BLOCK_M, R), dtype=tl.float32)
         k_lo = tl.program_id(2) * k_per  # this program's slice of the shrink (split-K)
         k_hi = tl.where(live, tl.minimum(k_lo + k_per, K), k_lo)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            kk = k0 + offs_k
-            k_ok = kk < K
-            xt = tl.load(
-                x_ptr + rows64[:, None] * stride_xm + kk[None, :],
-                mask=row_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            at = tl.load(
-                base + a_off + offs_r[:, None] * K + kk[None, :], mask=k_ok[None, :], other=0.0
-            )
-            acc += tl.dot(xt, tl.trans(at))
+        acc = _shrink(x_ptr, stride_xm, base + a_off, rows64, row_ok, k_lo, k_hi, K, R,
+                      BLOCK_M, BLOCK_K)  # fmt: skip
         if SPLIT == 1:
             _expand(acc, base, b_off, col0, ncol, dcol, d_ptr, stride_dm, rows64, row_ok,
                     offs_r, R, BLOCK_N, CHUNK_N)  # fmt: skip
@@ -164,20 +171,9 @@ if triton is not None:
         live = tl.load(tok_ptr + tile * BLOCK_M) >= 0  # padding tiles: no shrink steps
         base = w_ptr + slot * slot_stride + tl.load(a_off_ptr + member).to(tl.int64)
         offs_r = tl.arange(0, R)
-        offs_k = tl.arange(0, BLOCK_K)
-        acc = tl.zeros((BLOCK_M, R), dtype=tl.float32)
         k_lo = s * k_per
         k_hi = tl.where(live, tl.minimum(k_lo + k_per, K), k_lo)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            kk = k0 + offs_k
-            k_ok = kk < K
-            xt = tl.load(
-                x_ptr + rows64[:, None] * stride_xm + kk[None, :],
-                mask=row_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            at = tl.load(base + offs_r[:, None] * K + kk[None, :], mask=k_ok[None, :], other=0.0)
-            acc += tl.dot(xt, tl.trans(at))
+        acc = _shrink(x_ptr, stride_xm, base, rows64, row_ok, k_lo, k_hi, K, R, BLOCK_M, BLOCK_K)
         job = (tile * tl.num_programs(1) + member).to(tl.int64)
         dst = part_ptr + (job * SPLIT + s) * (BLOCK_M * R)
         tl.store(dst + offs_m[:, None] * R + offs_r[None, :], acc)
