@@ -104,8 +104,8 @@ def route_text(text, as_json, registry_url, alias, state_dir, encoder) -> None:
     type=click.Choice(list(SCORINGS)),
     default=DEFAULT_SCORING,
     show_default=True,
-    help="auto: knn over the routing examples and DATA's in-scope requests, its neighbour "
-    "count chosen on held-out folds (hybrid is auto's scorer only before any fit).",
+    help="auto: knn (routing examples and DATA's in-scope requests as neighbours, 3/5/10 of "
+    "them) or hybrid (logistic head + centroid), whichever scores best on held-out folds.",
 )
 @click.option(
     "--min-oos-recall",

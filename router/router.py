@@ -144,6 +144,8 @@ class Router:
         #: knn's neighbour count; ``None`` asked: :data:`KNN_M`, then chosen by :meth:`fit`.
         self.knn_m = KNN_M if knn_m is None else int(knn_m)
         self._choose_m = knn_m is None
+        #: The last fit's objective value per candidate scorer (held-out folds), for reports.
+        self.fit_candidates: dict[str, float] = {}
         check_objective(oos_weight, min_oos_recall)
         #: Calibration objective used by :meth:`fit`: with ``min_oos_recall`` set, maximise
         #: in-scope accuracy subject to out-of-scope recall >= it on the fit data; otherwise
@@ -291,7 +293,8 @@ class Router:
         )
 
     def _train_head(self, x, y, n_routes, extra_x=None, extra_y=None) -> LogisticHead | None:
-        if self.scorer not in ("hybrid", "head") or n_routes < 2:
+        # auto trains it whatever its current scorer: fit() weighs the hybrid again
+        if (self.scorer not in ("hybrid", "head") and self.scoring != "auto") or n_routes < 2:
             return None
         if extra_x is not None and len(extra_x):
             x = np.concatenate([x, extra_x])
@@ -307,9 +310,10 @@ class Router:
         head: LogisticHead | None = None,
         m: int | None = None,
         hits: tuple[np.ndarray, np.ndarray] | None = None,
+        scorer: str | None = None,
     ):
         return route_scores(
-            self.scorer,
+            scorer or self.scorer,
             vecs,
             cents=st.cents,
             head=head or st.head,
@@ -589,19 +593,26 @@ class Router:
         texts, vecs, gold = fitted
         n_routes = len(names)
         head_y = np.where(gold < 0, n_routes, gold)
-        uses_head = self.scorer in ("hybrid", "head") and n_routes > 1
-        uses_neighbours = self.scorer == "knn" and bool((gold >= 0).any())
+        has_ins = bool((gold >= 0).any())
+        # Candidates (scorer, knn's m), tried on the same folds; the best by the calibration
+        # objective wins, the first on ties. auto: knn and the hybrid (see scoring.py).
+        scorers: tuple[str, ...] = ("knn", "hybrid") if self.scoring == "auto" else (self.scorer,)
+        if n_routes < 2:
+            scorers = tuple(sc for sc in scorers if sc != "hybrid") or scorers
+        uses_head = n_routes > 1 and any(sc in ("hybrid", "head") for sc in scorers)
+        uses_neighbours = "knn" in scorers and has_ins
         cross = (uses_head or uses_neighbours) and len(gold) >= 2 * folds
-        if self._choose_m:
-            ms = KNN_M_CHOICES if cross and uses_neighbours else (KNN_M,)
+        if not self._choose_m:
+            ms: tuple[int, ...] = (self.knn_m,)
         else:
-            ms = (self.knn_m,)
+            ms = KNN_M_CHOICES if cross and uses_neighbours else (KNN_M,)
+        cands = [(sc, m) for sc in scorers for m in (ms if sc == "knn" else (self.knn_m,))]
         base = self._with_neighbours(st, [], vecs[:0], gold[:0])  # routing examples only
-        scores = {m: np.zeros((len(gold), n_routes), np.float32) for m in ms}
+        scores = {c: np.zeros((len(gold), n_routes), np.float32) for c in cands}
         if cross:
             # Cross-fitted: each fold is scored by a head / neighbour set without its samples,
-            # so thresholds (and knn's neighbour count) are picked on scores like those of new
-            # requests.
+            # so thresholds (and the scorer and knn's neighbour count) are picked on scores
+            # like those of new requests.
             rng = np.random.default_rng(0)
             fold = rng.permutation(len(gold)) % folds
             for f in range(folds):
@@ -613,11 +624,11 @@ class Router:
                 if uses_neighbours:
                     fold_texts = [t for t, keep in zip(texts, tr, strict=True) if keep]
                     fold_st = self._with_neighbours(st, fold_texts, vecs[tr], gold[tr])
-                for m in ms:
-                    scores[m][~tr] = self._scores(fold_st, vecs[~tr], head=head, m=m)
+                for sc, m in cands:
+                    scores[sc, m][~tr] = self._scores(fold_st, vecs[~tr], head=head, m=m, scorer=sc)
         else:
-            for m in ms:
-                scores[m] = self._scores(base, vecs, m=m)
+            for sc, m in cands:
+                scores[sc, m] = self._scores(base, vecs, m=m, scorer=sc)
         floor = self.min_oos_recall
         if floor is not None and not (gold < 0).any():  # routes changed under a stored fit
             logger.warning(
@@ -627,20 +638,22 @@ class Router:
                 self.oos_weight,
             )
             floor = None
-        chosen: tuple[float, int, Calibration, np.ndarray] | None = None
-        for m in ms:  # the first (smallest) m wins ties
-            pred = scores[m].argmax(axis=1)
-            best = scores[m].max(axis=1)
+        chosen: tuple[float, tuple[str, int], Calibration, np.ndarray] | None = None
+        self.fit_candidates = {}
+        for c in cands:
+            pred = scores[c].argmax(axis=1)
+            best = scores[c].max(axis=1)
             cal = calibrate(
                 pred, best, gold, names, oos_weight=self.oos_weight, min_oos_recall=floor
             )
             value = (cal.fit_in_scope_accuracy or 0.0) + (
                 self.oos_weight * (cal.fit_oos_recall or 0.0) if floor is None else 0.0
             )
+            self.fit_candidates[f"{c[0]}" + (f" m={c[1]}" if c[0] == "knn" else "")] = value
             if chosen is None or value > chosen[0] + 1e-9:
-                chosen = (value, m, cal, scores[m])
+                chosen = (value, c, cal, scores[c])
         assert chosen is not None
-        _, self.knn_m, self.calibration, picked = chosen
+        _, (self.scorer, self.knn_m), self.calibration, picked = chosen
         self._oof = (picked.argmax(axis=1), picked.max(axis=1), gold, names)
         self._compiled = self._attach_fit(st, data, fitted)
         self.fit_data, self._fit_digest = data, st.digest
@@ -657,6 +670,7 @@ class Router:
             "fit_oos_recall": self.calibration.fit_oos_recall,
             "scorer": self.scorer,
             "knn_m": self.knn_m if self.scorer == "knn" else None,
+            "candidates": dict(self.fit_candidates),
         }
 
     def recalibrate(

@@ -55,19 +55,28 @@ def test_knn_scores_match_a_naive_reference():
     np.testing.assert_allclose(got, _naive_knn(q @ x.T, route_ids, 3, 3), rtol=1e-5, atol=1e-6)
 
 
-def test_auto_is_hybrid_until_fitted_then_knn(lr_home, tmp_path):
-    # knn wins once its thresholds are calibrated on labelled requests; unfitted, its default
-    # threshold sits on the score of clear in-domain questions (see scoring.py)
+def test_auto_is_hybrid_until_fitted_then_the_best_on_held_out_folds(lr_home, tmp_path):
+    # Unfitted, knn's threshold is a guess that sits on the score of clear in-domain questions
+    # (see scoring.py); fit() weighs knn (each neighbour count) against the hybrid on held-out
+    # folds and keeps the best by the calibration objective.
     assert DEFAULT_SCORING == "auto"
     router = Router(StaticRoutes(ROUTES), encoder="hashing")
     assert (router.scoring, router.scorer, router.knn_m) == ("auto", "hybrid", KNN_M)
     report = router.fit(*_fit_data(), folds=3)
-    assert router.scorer == report["scorer"] == "knn"
-    assert router.knn_m == report["knn_m"] and router.knn_m in KNN_M_CHOICES
-    assert router.route(CAKE).adapter == "math"
+    cands = report["candidates"]
+    assert set(cands) == {"hybrid"} | {f"knn m={m}" for m in KNN_M_CHOICES}
+    picked = "hybrid" if router.scorer == "hybrid" else f"knn m={router.knn_m}"
+    assert report["scorer"] == router.scorer and cands[picked] == max(cands.values())
+    # the first candidate wins ties: knn before the hybrid, fewer neighbours first
+    first_best = next(c for c, v in cands.items() if v >= max(cands.values()) - 1e-9)
+    assert picked == first_best
     router.save(tmp_path / "state")
     loaded = Router.load(tmp_path / "state", StaticRoutes(ROUTES), encoder="hashing")
-    assert (loaded.scoring, loaded.scorer, loaded.knn_m) == ("auto", "knn", router.knn_m)
+    assert (loaded.scoring, loaded.scorer, loaded.knn_m) == ("auto", router.scorer, router.knn_m)
+    probe = [CAKE, "book a flight to rome", "is the lease clause enforceable"]
+    assert [d.adapter for d in loaded.route_batch(probe)] == [
+        d.adapter for d in router.route_batch(probe)
+    ]
 
 
 def test_fit_chooses_the_neighbour_count_on_held_out_folds(lr_home, monkeypatch):
@@ -75,15 +84,15 @@ def test_fit_chooses_the_neighbour_count_on_held_out_folds(lr_home, monkeypatch)
     tried: list[int] = []
     real = router._scores
 
-    def spy(st, vecs, head=None, m=None):
+    def spy(st, vecs, head=None, m=None, scorer=None):
         tried.append(m)
-        return real(st, vecs, head=head, m=m)
+        return real(st, vecs, head=head, m=m, scorer=scorer)
 
     monkeypatch.setattr(router, "_scores", spy)
     router.fit(*_fit_data(), folds=3)
     assert set(tried) == set(KNN_M_CHOICES) and router.knn_m in KNN_M_CHOICES
     # A neighbour count the user gives is kept.
-    fixed = Router.from_examples(ROUTES, encoder=HashingEncoder(dim=512), knn_m=7)
+    fixed = Router.from_examples(ROUTES, encoder=HashingEncoder(dim=512), scoring="knn", knn_m=7)
     assert fixed.fit(*_fit_data(), folds=3)["knn_m"] == 7 and fixed.knn_m == 7
     with pytest.raises(ValueError, match="knn_m"):
         Router.from_examples(ROUTES, encoder=HashingEncoder(dim=512), knn_m=0)
