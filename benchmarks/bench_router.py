@@ -164,6 +164,7 @@ def bench_ours(routes, val, test, scoring, full):
     res = run_real()
     res["fit_seconds"] = fit_s
     res["scorer"], res["knn_m"] = router.scorer, router.knn_m if router.scorer == "knn" else None
+    res["candidates"] = dict(router.fit_candidates)
     if not full:
         res.pop("_pred")
         return res, None, router
@@ -469,8 +470,9 @@ def render(out: dict) -> str:
                 )
                 if name in (ours_name, PEER):
                     label += ", default (acc + 0.25 x recall)"
-                if r.get("knn_m") and name.startswith("loraroute[auto]"):
-                    label += f" (fitted: knn, m={r['knn_m']})"
+                if r.get("scorer") and name == ours_name:
+                    m = f", m={r['knn_m']}" if r.get("knn_m") else ""
+                    label += f" (fit chose: {r['scorer']}{m})"
                 lines.append(
                     f"| {k[2:]} | {label} | {pct(r['in_scope_accuracy'])} | "
                     f"{pct(r['oos_recall'])} | {pct(r['oos_precision'])} | "
@@ -593,20 +595,19 @@ def render(out: dict) -> str:
         "cd1d02a) read 92.2% / 82.3% and 92.8% / 80.4% at K=50 with a bit-identical "
         "calibration; the dev environment was rebuilt in between, and the head and thresholds "
         "react to float-level embedding differences; treat about 1 point as noise.",
-        "- Default scorer: `auto` since this run: `hybrid` before `fit`, `knn` after it, with "
-        "knn's neighbour count m chosen by `fit` from 3, 5 and 10 on the cross-fitted val scores "
-        "(by the calibration objective; the chosen m is in router.json). knn scores a route by "
-        "the mean similarity of its m nearest neighbours, where the neighbours are the routing "
-        "examples plus, after `fit`, the in-scope labelled fit requests (cross-fitted: "
-        "thresholds are picked on val scores whose neighbours exclude the scored request's "
-        "fold). The K routing examples per domain are as the protocol says; the 3,000 in-scope "
-        "val requests (which the hybrid's head was already trained on) become neighbours too, "
-        "which is why K=10 and K=50 land close together. `knn3` is knn with m fixed at 3 (the "
-        "previous run's scorer). The previous default, knn for every router, failed an "
-        "integration test unfitted (a clear maths question scored 0.2499 against the default "
-        "threshold 0.25 with four examples), so knn now waits for calibrated thresholds; why "
-        "in router/scoring.py. The other scorers' rows use the same fit (the head scorers "
-        "train their head on it; centroid ignores it).",
+        "- Default scorer: `auto`: the hybrid before `fit`; `fit` then weighs knn (neighbour "
+        "count m = 3, 5 or 10) against the hybrid on the cross-fitted val scores and keeps the "
+        "best by the calibration objective (the choice and each candidate's value are in "
+        "router.json: `scorer`, `knn_m`). knn scores a route by the mean similarity of its m "
+        "nearest neighbours, where the neighbours are the routing examples plus, after `fit`, "
+        "the in-scope labelled fit requests. On the 10 domains the 3,000 in-scope val requests "
+        "(300 a domain) make knn the better scorer, which is why K=10 and K=50 land close "
+        "together; on the 150 intents (20 val requests an intent) the hybrid's head wins and "
+        "auto keeps it. `knn3` is knn with m fixed at 3. knn for every router (an earlier "
+        "default) failed an integration test unfitted (a clear maths question scored 0.2499 "
+        "against the guessed threshold 0.25 with four examples), so knn waits for calibrated "
+        "thresholds; why in router/scoring.py. The other scorers' rows use the same fit (the "
+        "head scorers train their head on it; centroid ignores it).",
     ]
     tuning = RESULTS / "router_tuning.json"
     if tuning.is_file():
