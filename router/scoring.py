@@ -38,7 +38,7 @@ Val, cross-fitted (what the choice was made on; in-scope accuracy with threshold
 ===========================================  =====================  =====================
 scorer                                       K=10 examples/route    K=50 examples/route
 ===========================================  =====================  =====================
-hybrid (head + centroid; default unfitted)  93.9 / 80.0 / 0.938    93.0 / 84.0 / 0.949
+hybrid (head + centroid; default unfitted)   93.9 / 80.0 / 0.938    93.0 / 84.0 / 0.949
 knn, routing examples + fit requests, m=3    95.3 / 92.0 / 0.983    95.2 / 91.0 / 0.982
 knn, same, m=5                               95.5 / 91.0 / -        95.8 / 90.0 / -
 ===========================================  =====================  =====================
@@ -47,9 +47,9 @@ knn, same, m=5                               95.5 / 91.0 / -        95.8 / 90.0 
 was not taken: it adds the head's dependence on the out-of-scope samples.) Without fit data,
 knn over the routing examples alone is also at least as good as the hybrid (val, before
 thresholds: 73.6% vs 74.0% accuracy at K=10, 89.6% vs 88.1% at K=50; AUROC 0.91 vs 0.84 and
-0.95 vs 0.90): the case against it unfitted is its threshold, not its ranking. ``hybrid`` (a logistic head, trained on the examples and the fit data with an
-explicit out-of-scope class, plus the cosine to the route's centroid), ``head`` and
-``centroid`` remain as options.
+0.95 vs 0.90): the case against it unfitted is its threshold, not its ranking. ``hybrid``
+(a logistic head, trained on the examples and the fit data with an explicit out-of-scope
+class, plus the cosine to the route's centroid), ``head`` and ``centroid`` remain as options.
 """
 
 from __future__ import annotations
