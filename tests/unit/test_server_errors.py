@@ -11,7 +11,13 @@ import pytest
 
 from loraroute.agents.server import BackgroundServer, ServerConfig
 
-LONG = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 480}
+# greedy on the tiny base runs to max_tokens: no early EOS races the checks below
+LONG = {
+    "model": "base",
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 480,
+    "temperature": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +47,21 @@ def _metric(url: str, name: str, **labels: str) -> float:
     pattern = re.escape(f"{name}{{{want}}}" if labels else name) + r" ([0-9.e+]+)"
     m = re.search(pattern, text)
     return float(m.group(1)) if m else 0.0
+
+
+@pytest.fixture
+def slow_steps(stack, monkeypatch):
+    """Each decode step takes at least 10 ms, so a long answer outlasts the server's
+    disconnect poll (every 0.25 s) on however fast a machine: the tiny base alone writes 480
+    tokens in about 0.5 s."""
+    scheduler = stack.engine.scheduler
+    step = scheduler._step
+
+    def slow(new):
+        time.sleep(0.01)
+        step(new)
+
+    monkeypatch.setattr(scheduler, "_step", slow)
 
 
 def _wait_for(cond, timeout: float = 15.0) -> None:
@@ -215,7 +236,7 @@ def test_cors(stack):
         assert "access-control-allow-origin" not in other.headers
 
 
-def test_full_queue_answers_429_with_retry_after(stack):
+def test_full_queue_answers_429_with_retry_after(stack, slow_steps):
     app = stack.app(max_concurrency=1, max_queue=0)
     with BackgroundServer(app) as srv, httpx.Client(timeout=30) as http:
         with http.stream(
@@ -248,7 +269,7 @@ def test_request_timeout_cancels_generation(stack):
         _wait_for(lambda: stack.engine.scheduler.running == 0)
 
 
-def test_client_disconnect_cancels_generation(stack):
+def test_client_disconnect_cancels_generation(stack, slow_steps):
     app = stack.app()
     with BackgroundServer(app) as srv:
         with (
