@@ -208,6 +208,71 @@ if triton is not None:
         _expand(total, w_ptr + slot * slot_stride, b_off, col0, ncol, dcol, d_ptr, stride_dm,
                 rows64, row_ok, offs_r, R, BLOCK_N, BLOCK_N)  # fmt: skip
 
+    @triton.jit(do_not_specialize=["stride_xm", "slot_stride", "K", "k_per"])
+    def _lora_shrink_rows_kernel(
+        x_ptr, stride_xm, w_ptr, slot_stride, idx_ptr, a_off_ptr, part_ptr, K, k_per,
+        R: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
+    ):  # fmt: skip
+        """``part[row, member, s] = x[row, slice s] @ A[slot(row), member, :, slice s]^T``: one
+        row per program, no tiles (a GEMV, as Punica's BGMV); slot 0 (no adapter) does no work."""
+        row = tl.program_id(0)
+        member = tl.program_id(1)
+        s = tl.program_id(2)
+        slot = tl.load(idx_ptr + row).to(tl.int64)
+        base = w_ptr + slot * slot_stride + tl.load(a_off_ptr + member).to(tl.int64)
+        offs_r = tl.arange(0, R)
+        offs_k = tl.arange(0, BLOCK_K)
+        k_lo = s * k_per
+        k_hi = tl.where(slot != 0, tl.minimum(k_lo + k_per, K), k_lo)
+        acc = tl.zeros((R, BLOCK_K), dtype=tl.float32)
+        x_row = x_ptr + row.to(tl.int64) * stride_xm
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            kk = k0 + offs_k
+            k_ok = kk < K
+            xv = tl.load(x_row + kk, mask=k_ok, other=0.0).to(tl.float32)
+            at = tl.load(base + offs_r[:, None] * K + kk[None, :], mask=k_ok[None, :], other=0.0)
+            acc += at.to(tl.float32) * xv[None, :]
+        job = (row * tl.num_programs(1) + member).to(tl.int64)
+        tl.store(part_ptr + (job * SPLIT + s) * R + offs_r, tl.sum(acc, axis=1))
+
+    @triton.jit(do_not_specialize=["slot_stride", "stride_dm", "members"])
+    def _lora_expand_rows_kernel(
+        w_ptr, slot_stride, d_ptr, stride_dm, idx_ptr, block_ptr, part_ptr, members,
+        R: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
+    ):  # fmt: skip
+        """``delta[row, block] = (sum_s part[row, member, s]) @ B[slot(row), block]^T``."""
+        row = tl.program_id(0)
+        blk = tl.program_id(1)
+        slot = tl.load(idx_ptr + row).to(tl.int64)
+        crow = block_ptr + blk * 6
+        b_off = tl.load(crow + 1).to(tl.int64)
+        col0 = tl.load(crow + 2)
+        ncol = tl.load(crow + 3)
+        dcol = tl.load(crow + 4)
+        member = tl.load(crow + 5)
+        offs_r = tl.arange(0, R)
+        src = part_ptr + (row * members + member).to(tl.int64) * (SPLIT * R)
+        t = tl.zeros((R,), dtype=tl.float32)
+        for s in tl.static_range(SPLIT):  # a fixed order: deterministic
+            t += tl.load(src + s * R + offs_r)
+        base = w_ptr + slot * slot_stride
+        t = t.to(base.dtype.element_ty).to(tl.float32)  # rounded to the weight dtype, as PEFT
+        offs_n = tl.arange(0, BLOCK_N)
+        c_ok = offs_n < ncol
+        b_ok = offs_n < tl.where(slot != 0, ncol, 0)  # slot 0: no weights read, zeros out
+        mcols = col0 + offs_n
+        bt = tl.load(
+            base + b_off + mcols[:, None].to(tl.int64) * R + offs_r[None, :],
+            mask=b_ok[:, None],
+            other=0.0,
+        )
+        out = tl.sum(bt.to(tl.float32) * t[None, :], axis=1)
+        tl.store(
+            d_ptr + row.to(tl.int64) * stride_dm + dcol + mcols,
+            out.to(d_ptr.dtype.element_ty),
+            mask=c_ok,
+        )
+
 
 def unavailable_reason(device: torch.device) -> str | None:
     """Why the kernel cannot run on ``device`` (``None`` when it can)."""
@@ -453,6 +518,67 @@ class SplitLauncher:
             flat, flat.stride(0), delta, total_out, tok, tile_slot, self.blocks, part,
             self.members, R=self.r, BLOCK_M=self.block_m, BLOCK_N=self.block_n, SPLIT=split,
             num_warps=4,
+        )  # fmt: skip
+
+
+class RowLauncher:
+    """The group's LoRA as two launches for decode steps replayed as CUDA graphs, one row
+    per program (``rows`` ordered by slot index, no tiles): the BGMV form of Punica.
+
+    :class:`SplitLauncher` computes on tiles of 16 tokens that share an adapter, so with
+    many distinct adapters in a decode batch most of each tile is padding, and every
+    expand program re-reads its tile's ``[16, r]`` fp32 partials. Here a shrink program
+    reduces one row's input slice against its adapter's A (``[r, slice]``) to ``r`` fp32
+    values, and an expand program multiplies them by one block of B. Rows with slot 0 (no
+    adapter, graph padding) read no weights and write zeros. The bytes of adapter weights
+    are the same; rows that share an adapter re-read them, mostly from L2.
+    """
+
+    block_n = int(os.environ.get("LORAROUTE_ROWS_BLOCK_N", "128"))
+    max_split = 16
+    fill = 264  # programs wanted for the shrink (two per multiprocessor)
+
+    def __init__(
+        self, flat: torch.Tensor, members: list[tuple[int, int, int]], *, r: int,
+        device: torch.device,
+    ) -> None:  # fmt: skip
+        self.flat = flat
+        self.r = r
+        self.members = len(members)
+        self.a_offs = torch.tensor([a for a, _, _ in members], dtype=torch.int32).to(device)
+        self.blocks = chunk_table(members, self.block_n, device)
+        self.n_blocks = int(self.blocks.shape[0])
+        self._parts: dict[tuple[int, int], torch.Tensor] = {}
+
+    def plan(self, K: int, rows: int) -> tuple[int, int, int]:
+        """``(split, block_k, k_per)`` for a ``K``-wide input and ``rows`` rows."""
+        block_k = 128 if K >= 128 else max(16, 1 << (K - 1).bit_length())
+        want = _ceil_div(self.fill, rows * self.members)
+        split = max(1, min(self.max_split, want, _ceil_div(K, block_k)))
+        k_per = _ceil_div(_ceil_div(K, split), block_k) * block_k
+        return _ceil_div(K, k_per), block_k, k_per
+
+    def __call__(
+        self, x: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor, total_out: int
+    ) -> None:
+        """Write the group's deltas of ``x`` (``[rows, K]``, contiguous; ``idx``: ``[rows]``
+        slots) into ``delta`` on the current stream."""
+        rows, K = x.shape
+        split, block_k, k_per = self.plan(K, rows)
+        part = self._parts.get((rows, split))
+        if part is None:
+            numel = rows * self.members * split * self.r
+            part = self._parts[(rows, split)] = torch.empty(
+                numel, dtype=torch.float32, device=x.device
+            )
+        flat = self.flat
+        _lora_shrink_rows_kernel[(rows, self.members, split)](
+            x, x.stride(0), flat, flat.stride(0), idx, self.a_offs, part, K, k_per,
+            R=self.r, BLOCK_K=block_k, SPLIT=split, num_warps=4,
+        )  # fmt: skip
+        _lora_expand_rows_kernel[(rows, self.n_blocks)](
+            flat, flat.stride(0), delta, total_out, idx, self.blocks, part, self.members,
+            R=self.r, BLOCK_N=self.block_n, SPLIT=split, num_warps=4,
         )  # fmt: skip
 
 

@@ -363,6 +363,9 @@ class _Group:
     """
 
     overlap = os.environ.get("LORAROUTE_LORA_OVERLAP", "1") != "0"
+    # graphed decode: "tiles" (SplitLauncher, tiles of 16 tokens per adapter) or "rows"
+    # (RowLauncher, one row per program)
+    decode_kernel = os.environ.get("LORAROUTE_LORA_DECODE_KERNEL", "tiles")
 
     def __init__(self, layers: SlotLayers, index: int, members: list[SlotLoraLinear]):
         self.layers = layers
@@ -384,6 +387,7 @@ class _Group:
         self._chunk = _lora_triton.chunk_width(self.total_out, self.in_features)
         self._launcher: _lora_triton.GroupLauncher | None = None  # built on first use
         self._split_launcher: _lora_triton.SplitLauncher | None = None  # graphed decode
+        self._row_launcher: _lora_triton.RowLauncher | None = None  # graphed decode, rows
         for i, m in enumerate(members):
             m.member = i
             object.__setattr__(m, "group", self)
@@ -565,21 +569,31 @@ class _Group:
         returns each member's columns of the sum."""
         if not x2.is_contiguous():
             x2 = x2.contiguous()
-        launcher = self._split_launcher
-        if launcher is None:
-            stack = self.layers.stack
-            if stack is None or _lora_triton.triton is None:
-                raise RuntimeError("the Triton LoRA backend needs triton and a slot stack")
-            launcher = self._split_launcher = _lora_triton.SplitLauncher(
-                stack, self._spots, r=self.r, block_m=TILE_M, device=x2.device
-            )
-        tok, tile_slot, tiles = plan.tiles(x2.shape[0] // plan.rows)
+        stack = self.layers.stack
+        if stack is None or _lora_triton.triton is None:
+            raise RuntimeError("the Triton LoRA backend needs triton and a slot stack")
         main = torch.cuda.current_stream(x2.device)
         side = plan.side
         delta = torch.empty(x2.shape[0], self.total_out, dtype=x2.dtype, device=x2.device)
         side.wait_stream(main)
-        with torch.cuda.stream(side):
-            launcher(x2, delta, tok, tile_slot, tiles, self.total_out)
+        if self.decode_kernel == "rows" and x2.shape[0] == plan.rows:
+            rows = self._row_launcher
+            if rows is None:
+                rows = self._row_launcher = _lora_triton.RowLauncher(
+                    stack, self._spots, r=self.r, device=x2.device
+                )
+            idx = plan.idx()
+            with torch.cuda.stream(side):
+                rows(x2, delta, idx, self.total_out)
+        else:
+            launcher = self._split_launcher
+            if launcher is None:
+                launcher = self._split_launcher = _lora_triton.SplitLauncher(
+                    stack, self._spots, r=self.r, block_m=TILE_M, device=x2.device
+                )
+            tok, tile_slot, tiles = plan.tiles(x2.shape[0] // plan.rows)
+            with torch.cuda.stream(side):
+                launcher(x2, delta, tok, tile_slot, tiles, self.total_out)
         w_t = self.w_cat_t if self.w_cat_t is not None else self.members[0].base.weight.t()
         out = torch.mm(x2, w_t)
         main.wait_stream(side)

@@ -206,12 +206,23 @@ _INTERPRETED = textwrap.dedent(
         split(x, two, tok, tile_slot, tiles, 248)
         assert not torch.isnan(two).any(), "unwritten output"
         torch.testing.assert_close(two.float(), fused.float(), atol=tol, rtol=tol)
+        # one row per program (rows with slot 0 read nothing and write zeros)
+        lt.RowLauncher.fill = 264 if fill == 1 else 1
+        by_row = lt.RowLauncher(stack, spots, r=16, device=torch.device("cpu"))
+        assert by_row.plan(300, len(rows))[0] == (3 if fill == 1 else 1)
+        three = torch.full((len(rows), 248), float("nan"), dtype=dtype)
+        by_row(x, three, torch.tensor(rows), 248)
+        assert not torch.isnan(three).any(), "unwritten output"
+        torch.testing.assert_close(three.float(), fused.float(), atol=tol, rtol=tol)
+        assert (three[torch.tensor(rows) == 0] == 0).all()
     print("interpreted ok")
     """
 )
 
 
 def test_padding_tiles_of_a_graph_write_nothing_in_the_triton_interpreter(tmp_path):
+    """Also: the two-launch tile path and the one-row-per-program path equal the fused
+    kernel."""
     pytest.importorskip("triton")
     script = tmp_path / "interp.py"
     script.write_text(_INTERPRETED)

@@ -1,0 +1,156 @@
+"""Graphed decode LoRA kernels on one H200: tiles of 16 tokens (SplitLauncher, the default)
+against one row per program (RowLauncher, Punica's BGMV form), at the layer and end to end.
+
+1. Layer level: each LoRA group of one Llama-3-8B-shaped layer at batch 32 and 1/8/32
+   distinct adapters, as graphed decode steps run it (base GEMM on the main stream, LoRA on a
+   side stream, one add), recorded as a CUDA graph of 10 calls and replayed; beside the bare
+   GEMM of the group. Also each kernel's output against the other's.
+2. End to end: the 32-layer model in our engine, decode tokens/s of base alone and of ours
+   with each kernel at 8, 32 and 1 distinct adapters (the bench_gpu protocol, fewer repeats).
+
+Writes ``gpu_decode_kernels.json`` into ``--out`` after every case (a run cut short keeps
+what it measured). A short run for a small device budget:
+
+    python benchmarks/bench_gpu_decode_kernels.py --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_gpu as bg  # noqa: E402
+
+KERNELS = ("tiles", "rows")
+
+
+def timed_graph(fn, calls: int = 10, replays: int = 20) -> float:
+    """Device microseconds per call of ``fn``, replayed from a CUDA graph of ``calls`` calls."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(True), torch.cuda.Event(True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / (calls * replays)
+
+
+def layer_level(rows: int = 32) -> dict:
+    from loraroute.agents.lora import SlotLayers, StaticPlanBuffers, _Group
+
+    layer = bg.build_model("cuda", torch.bfloat16, num_hidden_layers=1, vocab_size=256)
+    slots = SlotLayers(layer, 65, r_max=bg.RANK, backend="triton")
+    tmpl = bg.template_weights(layer, bg.RANK, seed=1)
+    for s in range(1, 65):
+        slots.write(s, bg.renamed(tmpl, s))
+    torch.cuda.synchronize()
+    slots.context.wait_copies()
+    slots.stack[1:].normal_(0, 0.02)
+    out: dict[str, Any] = {}
+    for distinct in (1, 8, 32):
+        bufs = StaticPlanBuffers(rows, torch.device("cuda"))
+        bufs.write([1 + (i % distinct) for i in range(rows)])
+        plan = bufs.plan(1)
+        res: dict[str, Any] = {}
+        for group in slots.groups:
+            name = "+".join(m.name.rsplit(".", 1)[-1] for m in group.members)
+            x2 = torch.randn(rows, group.in_features, device="cuda", dtype=torch.bfloat16)
+            w_t = group.w_cat_t if group.w_cat_t is not None else group.members[0].base.weight.t()
+            entry = {"gemm": timed_graph(lambda x2=x2, w_t=w_t: torch.mm(x2, w_t))}
+            got = {}
+            for kernel in KERNELS:
+                _Group.decode_kernel = kernel
+
+                def call(group=group, x2=x2, plan=plan):
+                    return group._overlapped(x2, plan)
+
+                entry[kernel] = timed_graph(call)
+                got[kernel] = torch.cat([d.float() for d in call()], 1)
+            ref = got["tiles"]
+            entry["rows_vs_tiles_rel"] = float((got["rows"] - ref).norm() / ref.norm())
+            res[name] = {k: round(v, 2) for k, v in entry.items()}
+        out[f"distinct_{distinct}"] = res
+        bg.log(f"layer, {distinct} distinct: {json.dumps(res)}")
+    _Group.decode_kernel = "tiles"
+    del layer, slots
+    torch.cuda.empty_cache()
+    return out
+
+
+def end_to_end(args, results: dict, save) -> None:
+    from loraroute.agents.lora import _Group
+
+    base_model = bg.build_model("cuda", torch.bfloat16, num_hidden_layers=args.layers)
+    base = bg.new_engine(base_model, args, name="base-alone", max_resident=1, max_cpu_adapters=0)
+    model = bg.build_model("cuda", torch.bfloat16, num_hidden_layers=args.layers)
+    engine = bg.new_engine(model, args, name="ours", max_resident=64, max_cpu_adapters=40)
+    ids = bg.prompts(args.concurrency, args.prompt_len)
+    n = len(ids)
+    for e in (base, engine):
+        bg.run_engine(e, [None] * n, ids, args.new_tokens)
+    tmpl = bg.template_weights(model, bg.RANK, seed=1)
+    engine.add_adapter(bg.renamed(tmpl, 0), name="warm", load=False)
+    for i in range(32):
+        packed = bg.random_packed(engine, tmpl, seed=i)
+        engine.add_adapter(bg.renamed(tmpl, i + 1), name=f"a{i}", load=False, packed=packed)
+    inter = bg.Interleaved(base, ids, args.new_tokens)
+    for distinct in (8, 32, 1):
+        names = [f"a{i % distinct}" for i in range(n)]
+        engine.preload(sorted(set(names)))
+        for kernel in KERNELS:
+            _Group.decode_kernel = kernel
+            engine.slots.context.epoch += 1  # graphs recorded with the other kernel: gone
+            for _ in range(2):
+                bg.run_engine(engine, names, ids, 4)
+            r = inter.pair(engine, [names] * args.reps)
+            results[f"{kernel}_{distinct}"] = r
+            bg.log(
+                f"{kernel} {distinct:>2} distinct: {r['decode_tok_s']:.0f} tok/s {r['reps']}, "
+                f"paired ratio {r['paired_ratio']} (base beside it {r['paired_base']})"
+            )
+            results["base_engine"] = bg.summarize(inter.base_runs)
+            save()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", type=Path, default=bg.RESULTS)
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--reps", type=int, default=2)
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"env": bg.env(), "args": {k: str(v) for k, v in vars(args).items()}}
+
+    def save() -> None:
+        (args.out / "gpu_decode_kernels.json").write_text(json.dumps(result, indent=1))
+
+    result["layer_us"] = layer_level()
+    save()
+    result["end_to_end"] = {}
+    end_to_end(args, result["end_to_end"], save)
+    bg.log("done")
+
+
+if __name__ == "__main__":
+    main()
