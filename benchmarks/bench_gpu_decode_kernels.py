@@ -54,6 +54,7 @@ def timed_graph(fn, calls: int = 10, replays: int = 20) -> float:
 
 
 def layer_level(rows: int = 32) -> dict:
+    from loraroute.agents._lora_triton import RowLauncher
     from loraroute.agents.lora import SlotLayers, StaticPlanBuffers, _Group
 
     layer = bg.build_model("cuda", torch.bfloat16, num_hidden_layers=1, vocab_size=256)
@@ -84,6 +85,14 @@ def layer_level(rows: int = 32) -> dict:
 
                 entry[kernel] = timed_graph(call)
                 got[kernel] = torch.cat([d.float() for d in call()], 1)
+            # rows with wider expand blocks (256 columns a program)
+            _Group.decode_kernel, RowLauncher.block_n = "rows", 256
+            group._row_launcher = None
+            entry["rows_bn256"] = timed_graph(
+                lambda group=group, x2=x2, plan=plan: group._overlapped(x2, plan)
+            )
+            RowLauncher.block_n = 128
+            group._row_launcher = None
             ref = got["tiles"]
             entry["rows_vs_tiles_rel"] = float((got["rows"] - ref).norm() / ref.norm())
             res[name] = {k: round(v, 2) for k, v in entry.items()}
