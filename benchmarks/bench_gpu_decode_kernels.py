@@ -139,6 +139,52 @@ def end_to_end(args, results: dict, save) -> None:
             save()
 
 
+def markdown(result: dict) -> str:
+    env = result["env"]
+    lines = [
+        "# Graphed decode LoRA kernels: 16-token tiles against one row per program (H200)",
+        "",
+        f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}. Command: "
+        "`python benchmarks/bench_gpu_decode_kernels.py --out $OUT`.",
+        "",
+        "## One layer's groups at batch 32, device us per call (graph of 10 calls, replayed)",
+        "",
+        "Each call is what a graphed decode step runs: the group's base GEMM on the main "
+        "stream, the LoRA kernels on a side stream, one add. 'gemm' is the bare GEMM.",
+        "",
+        "| distinct | group | gemm | tiles | rows | rows, 256-column blocks |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, groups in result["layer_us"].items():
+        for name, e in groups.items():
+            lines.append(
+                f"| {key.split('_')[1]} | {name} | {e['gemm']:.1f} | {e['tiles']:.1f} | "
+                f"{e['rows']:.1f} | {e['rows_bn256']:.1f} |"
+            )
+    e2e = result.get("end_to_end", {})
+    base = e2e.get("base_engine")
+    if base:
+        lines += [
+            "",
+            "## End to end, 32 layers, 32 requests, 128 new tokens: decode tokens/s",
+            "",
+            f"Base alone, pooled over the {base['runs']} runs interleaved with ours: "
+            f"{base['decode_tok_s']:,.0f}. 'x base, paired': the mean ratio of each run to the "
+            "base run just before it.",
+            "",
+            "| distinct | tiles | x base, paired | rows | x base, paired |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for d in (1, 8, 32):
+            t, r = e2e.get(f"tiles_{d}"), e2e.get(f"rows_{d}")
+            if t and r:
+                lines.append(
+                    f"| {d} | {t['decode_tok_s']:,.0f} | {t['paired_ratio']:.3f} | "
+                    f"{r['decode_tok_s']:,.0f} | {r['paired_ratio']:.3f} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", type=Path, default=bg.RESULTS)
@@ -147,12 +193,18 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--render", type=Path, help="only write the markdown of this JSON file")
     args = p.parse_args()
+    if args.render:
+        md = markdown(json.loads(args.render.read_text()))
+        args.render.with_suffix(".md").write_text(md)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"env": bg.env(), "args": {k: str(v) for k, v in vars(args).items()}}
 
     def save() -> None:
         (args.out / "gpu_decode_kernels.json").write_text(json.dumps(result, indent=1))
+        (args.out / "gpu_decode_kernels.md").write_text(markdown(result))
 
     result["layer_us"] = layer_level()
     save()

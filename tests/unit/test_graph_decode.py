@@ -235,3 +235,19 @@ def test_padding_tiles_of_a_graph_write_nothing_in_the_triton_interpreter(tmp_pa
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "interpreted ok" in proc.stdout
+
+
+def test_graphed_steps_take_rows_when_most_tile_places_would_be_padding():
+    from loraroute.agents.lora import decode_kernel_for
+
+    # 32 decode rows: 1 and 8 distinct adapters fill 2 and 8 tiles; 32 distinct fill 32
+    assert decode_kernel_for("auto", 32, 32, 2) == "tiles"
+    assert decode_kernel_for("auto", 32, 32, 8) == "tiles"
+    assert decode_kernel_for("auto", 32, 32, 16) == "tiles"
+    assert decode_kernel_for("auto", 32, 32, 32) == "rows"
+    assert decode_kernel_for("auto", 4, 4, 4) == "rows"
+    # prefill-sized inputs (several tokens a row) always use tiles; a forced choice holds
+    assert decode_kernel_for("auto", 64, 32, 32) == "tiles"
+    assert decode_kernel_for("rows", 64, 32, 32) == "tiles"
+    assert decode_kernel_for("rows", 32, 32, 2) == "rows"
+    assert decode_kernel_for("tiles", 32, 32, 32) == "tiles"
