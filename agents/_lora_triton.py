@@ -182,9 +182,10 @@ if triton is not None:
     def _lora_expand_kernel(
         w_ptr, slot_stride, d_ptr, stride_dm, tok_ptr, tile_slot_ptr, block_ptr, part_ptr,
         members, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        SPLIT: tl.constexpr,
+        CHUNK_N: tl.constexpr, SPLIT: tl.constexpr,
     ):  # fmt: skip
-        """``delta[tile, block] = (sum_s part[tile, member, s]) @ B[slot, block]^T``."""
+        """``delta[tile, chunk] = (sum_s part[tile, member, s]) @ B[slot, chunk]^T``, the
+        chunk's ``CHUNK_N`` columns in blocks of ``BLOCK_N``."""
         tile = tl.program_id(0)
         blk = tl.program_id(1)
         slot = tl.load(tile_slot_ptr + tile).to(tl.int64)
@@ -206,7 +207,7 @@ if triton is not None:
         for s in tl.static_range(SPLIT):  # a fixed order: deterministic
             total += tl.load(src + s * (BLOCK_M * R) + offs_t)
         _expand(total, w_ptr + slot * slot_stride, b_off, col0, ncol, dcol, d_ptr, stride_dm,
-                rows64, row_ok, offs_r, R, BLOCK_N, BLOCK_N)  # fmt: skip
+                rows64, row_ok, offs_r, R, BLOCK_N, CHUNK_N)  # fmt: skip
 
     @triton.jit(do_not_specialize=["stride_xm", "slot_stride", "K", "k_per"])
     def _lora_shrink_rows_kernel(
@@ -462,6 +463,9 @@ class SplitLauncher:
     """
 
     block_n = 128
+    # columns per expand program: each program sums its tile's partials once, so wider
+    # chunks re-read them less (16 x r fp32 per slice) at the cost of fewer programs
+    expand_cols = 128
     max_split = 16
     fill = 132  # programs wanted for the shrink (about one per multiprocessor)
 
@@ -478,7 +482,8 @@ class SplitLauncher:
         self.r, self.block_m = r, block_m
         self.members = len(members)
         self.a_offs = torch.tensor([a for a, _, _ in members], dtype=torch.int32).to(device)
-        self.blocks = chunk_table(members, self.block_n, device)
+        self.expand_n = max(self.expand_cols, self.block_n)
+        self.blocks = chunk_table(members, self.expand_n, device)
         self.n_blocks = int(self.blocks.shape[0])
         self._parts: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -516,8 +521,8 @@ class SplitLauncher:
         )  # fmt: skip
         _lora_expand_kernel[(tiles, self.n_blocks)](
             flat, flat.stride(0), delta, total_out, tok, tile_slot, self.blocks, part,
-            self.members, R=self.r, BLOCK_M=self.block_m, BLOCK_N=self.block_n, SPLIT=split,
-            num_warps=4,
+            self.members, R=self.r, BLOCK_M=self.block_m, BLOCK_N=self.block_n,
+            CHUNK_N=self.expand_n, SPLIT=split, num_warps=4,
         )  # fmt: skip
 
 

@@ -27,7 +27,43 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_gpu as bg  # noqa: E402
 
-KERNELS = ("tiles", "rows")
+# name -> (kernel, {family: launcher class attributes}); the default run compares these
+Attrs = dict[str, dict[str, int]]
+VARIANTS: dict[str, tuple[str, Attrs]] = {
+    "tiles": ("tiles", {}),
+    "rows": ("rows", {}),
+    "rows_bn256": ("rows", {"rows": {"block_n": 256}}),
+}
+# --sweep: launch shapes of each kernel (shrink programs wanted, expand columns a program)
+SWEEP: dict[str, tuple[str, Attrs]] = {
+    **{
+        f"tiles_f{f}_c{c}": ("tiles", {"tiles": {"fill": f, "expand_cols": c}})
+        for f in (66, 132, 264)
+        for c in (128, 512)
+    },
+    **{
+        f"rows_f{f}_n{n}": ("rows", {"rows": {"fill": f, "block_n": n}})
+        for f in (132, 264, 528)
+        for n in (64, 128)
+    },
+}
+DEFAULTS = {
+    "tiles": {"fill": 132, "expand_cols": 128, "block_n": 128},
+    "rows": {"fill": 264, "block_n": 128},
+}
+
+
+def use(kernel: str, attrs: Attrs, groups) -> None:
+    """Make ``kernel`` (with these launcher attributes) what graphed steps run from now on."""
+    from loraroute.agents._lora_triton import RowLauncher, SplitLauncher
+    from loraroute.agents.lora import _Group
+
+    _Group.decode_kernel = kernel
+    for family, cls in (("tiles", SplitLauncher), ("rows", RowLauncher)):
+        for key, value in DEFAULTS[family].items():
+            setattr(cls, key, attrs.get(family, {}).get(key, value))
+    for group in groups:  # launchers fix their tables when built
+        group._split_launcher = group._row_launcher = None
 
 
 def timed_graph(fn, calls: int = 10, replays: int = 20) -> float:
@@ -53,9 +89,8 @@ def timed_graph(fn, calls: int = 10, replays: int = 20) -> float:
     return start.elapsed_time(end) * 1e3 / (calls * replays)
 
 
-def layer_level(rows: int = 32) -> dict:
-    from loraroute.agents._lora_triton import RowLauncher
-    from loraroute.agents.lora import SlotLayers, StaticPlanBuffers, _Group
+def layer_level(variants: dict, rows: int = 32, counts=(1, 8, 32)) -> dict:
+    from loraroute.agents.lora import SlotLayers, StaticPlanBuffers
 
     layer = bg.build_model("cuda", torch.bfloat16, num_hidden_layers=1, vocab_size=256)
     slots = SlotLayers(layer, 65, r_max=bg.RANK, backend="triton")
@@ -66,7 +101,7 @@ def layer_level(rows: int = 32) -> dict:
     slots.context.wait_copies()
     slots.stack[1:].normal_(0, 0.02)
     out: dict[str, Any] = {}
-    for distinct in (1, 8, 32):
+    for distinct in counts:
         bufs = StaticPlanBuffers(rows, torch.device("cuda"))
         bufs.write([1 + (i % distinct) for i in range(rows)])
         plan = bufs.plan(1)
@@ -76,37 +111,41 @@ def layer_level(rows: int = 32) -> dict:
             x2 = torch.randn(rows, group.in_features, device="cuda", dtype=torch.bfloat16)
             w_t = group.w_cat_t if group.w_cat_t is not None else group.members[0].base.weight.t()
             entry = {"gemm": timed_graph(lambda x2=x2, w_t=w_t: torch.mm(x2, w_t))}
-            got = {}
-            for kernel in KERNELS:
-                _Group.decode_kernel = kernel
+            ref = None
+            worst = 0.0
+            for label, (kernel, attrs) in variants.items():
+                use(kernel, attrs, [group])
 
                 def call(group=group, x2=x2, plan=plan):
                     return group._overlapped(x2, plan)
 
-                entry[kernel] = timed_graph(call)
-                got[kernel] = torch.cat([d.float() for d in call()], 1)
-            # rows with wider expand blocks (256 columns a program)
-            _Group.decode_kernel, RowLauncher.block_n = "rows", 256
-            group._row_launcher = None
-            entry["rows_bn256"] = timed_graph(
-                lambda group=group, x2=x2, plan=plan: group._overlapped(x2, plan)
-            )
-            RowLauncher.block_n = 128
-            group._row_launcher = None
-            ref = got["tiles"]
-            entry["rows_vs_tiles_rel"] = float((got["rows"] - ref).norm() / ref.norm())
+                entry[label] = timed_graph(call)
+                got = torch.cat([d.float() for d in call()], 1)
+                ref = got if ref is None else ref
+                worst = max(worst, float((got - ref).norm() / ref.norm()))
+            entry["max_rel_diff"] = worst  # every variant against the first
             res[name] = {k: round(v, 2) for k, v in entry.items()}
         out[f"distinct_{distinct}"] = res
         bg.log(f"layer, {distinct} distinct: {json.dumps(res)}")
-    _Group.decode_kernel = "tiles"
+    use("auto", {}, slots.groups)
     del layer, slots
     torch.cuda.empty_cache()
     return out
 
 
-def end_to_end(args, results: dict, save) -> None:
-    from loraroute.agents.lora import _Group
+def best(layer: dict, variants: dict, kernel: str, distinct: int) -> str:
+    """The variant of ``kernel`` with the least time over the GEMMs, summed over the groups."""
+    groups = layer[f"distinct_{distinct}"]
+    over = {
+        label: sum(g[label] - g["gemm"] for g in groups.values())
+        for label, (k, _) in variants.items()
+        if k == kernel
+    }
+    return min(over, key=over.__getitem__)
 
+
+def end_to_end(args, cases: dict, counts, results: dict, save) -> None:
+    """Decode tokens/s of base alone and ours for each case (``name -> (kernel, attrs)``)."""
     base_model = bg.build_model("cuda", torch.bfloat16, num_hidden_layers=args.layers)
     base = bg.new_engine(base_model, args, name="base-alone", max_resident=1, max_cpu_adapters=0)
     model = bg.build_model("cuda", torch.bfloat16, num_hidden_layers=args.layers)
@@ -121,22 +160,23 @@ def end_to_end(args, results: dict, save) -> None:
         packed = bg.random_packed(engine, tmpl, seed=i)
         engine.add_adapter(bg.renamed(tmpl, i + 1), name=f"a{i}", load=False, packed=packed)
     inter = bg.Interleaved(base, ids, args.new_tokens)
-    for distinct in (8, 32, 1):
+    for distinct in counts:
         names = [f"a{i % distinct}" for i in range(n)]
         engine.preload(sorted(set(names)))
-        for kernel in KERNELS:
-            _Group.decode_kernel = kernel
+        for label, (kernel, attrs) in cases.items():
+            use(kernel, attrs, engine.slots.groups)
             engine.slots.context.epoch += 1  # graphs recorded with the other kernel: gone
             for _ in range(2):
                 bg.run_engine(engine, names, ids, 4)
             r = inter.pair(engine, [names] * args.reps)
-            results[f"{kernel}_{distinct}"] = r
+            results[f"{label}_{distinct}"] = r
             bg.log(
-                f"{kernel} {distinct:>2} distinct: {r['decode_tok_s']:.0f} tok/s {r['reps']}, "
+                f"{label} {distinct:>2} distinct: {r['decode_tok_s']:.0f} tok/s {r['reps']}, "
                 f"paired ratio {r['paired_ratio']} (base beside it {r['paired_base']})"
             )
             results["base_engine"] = bg.summarize(inter.base_runs)
             save()
+    use("auto", {}, engine.slots.groups)
 
 
 def markdown(result: dict) -> str:
@@ -152,14 +192,19 @@ def markdown(result: dict) -> str:
         "Each call is what a graphed decode step runs: the group's base GEMM on the main "
         "stream, the LoRA kernels on a side stream, one add. 'gemm' is the bare GEMM.",
         "",
-        "| distinct | group | gemm | tiles | rows | rows, 256-column blocks |",
-        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    first = next(iter(result["layer_us"].values()))
+    labels = [k for k in next(iter(first.values())) if k != "gemm" and not k.endswith("_diff")]
+    lines += [
+        "| distinct | group | gemm | " + " | ".join(labels) + " | max rel. diff |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in labels) + " | --- |",
     ]
     for key, groups in result["layer_us"].items():
         for name, e in groups.items():
+            cells = " | ".join(f"{e[k]:.1f}" for k in labels)
             lines.append(
-                f"| {key.split('_')[1]} | {name} | {e['gemm']:.1f} | {e['tiles']:.1f} | "
-                f"{e['rows']:.1f} | {e['rows_bn256']:.1f} |"
+                f"| {key.split('_')[1]} | {name} | {e['gemm']:.1f} | {cells} | "
+                f"{e.get('max_rel_diff', e.get('rows_vs_tiles_rel', 0.0)):.1e} |"
             )
     e2e = result.get("end_to_end", {})
     base = e2e.get("base_engine")
@@ -172,16 +217,24 @@ def markdown(result: dict) -> str:
             f"{base['decode_tok_s']:,.0f}. 'x base, paired': the mean ratio of each run to the "
             "base run just before it.",
             "",
-            "| distinct | tiles | x base, paired | rows | x base, paired |",
-            "| --- | --- | --- | --- | --- |",
         ]
-        for d in (1, 8, 32):
-            t, r = e2e.get(f"tiles_{d}"), e2e.get(f"rows_{d}")
-            if t and r:
-                lines.append(
-                    f"| {d} | {t['decode_tok_s']:,.0f} | {t['paired_ratio']:.3f} | "
-                    f"{r['decode_tok_s']:,.0f} | {r['paired_ratio']:.3f} |"
+        cases = list(dict.fromkeys(k.rsplit("_", 1)[0] for k in e2e if k != "base_engine"))
+        lines += [
+            "| distinct | " + " | ".join(f"{c} | x base, paired" for c in cases) + " |",
+            "| --- | " + " | ".join("--- | ---" for _ in cases) + " |",
+        ]
+        for d in sorted({int(k.rsplit("_", 1)[1]) for k in e2e if k != "base_engine"}):
+            cells = []
+            for c in cases:
+                r = e2e.get(f"{c}_{d}")
+                cells.append(
+                    f"{r['decode_tok_s']:,.0f} | {r['paired_ratio']:.3f}" if r else "- | -"
                 )
+            lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    if "chosen" in result:
+        lines += ["", f"Sweep: best launch shapes chosen from the layer table: {result['chosen']}."]
+    if result.get("notes"):  # written by hand into the JSON after reading a run
+        lines += ["", "## Reading", "", *result["notes"]]
     return "\n".join(lines) + "\n"
 
 
@@ -193,6 +246,7 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--sweep", action="store_true", help="launch shapes of both kernels first")
     p.add_argument("--render", type=Path, help="only write the markdown of this JSON file")
     args = p.parse_args()
     if args.render:
@@ -206,10 +260,22 @@ def main() -> None:
         (args.out / "gpu_decode_kernels.json").write_text(json.dumps(result, indent=1))
         (args.out / "gpu_decode_kernels.md").write_text(markdown(result))
 
-    result["layer_us"] = layer_level()
+    if args.sweep:
+        variants, counts = SWEEP, (1, 8, 16, 32)
+    else:
+        variants, counts = VARIANTS, (1, 8, 32)
+    result["layer_us"] = layer = layer_level(variants, counts=counts)
     save()
+    cases = {"tiles": VARIANTS["tiles"], "rows": VARIANTS["rows"]}
+    if args.sweep:  # the best shapes of each kernel (tiles at 8 distinct, rows at 32), and auto
+        tiles, rows = best(layer, variants, "tiles", 8), best(layer, variants, "rows", 32)
+        attrs = {**variants[tiles][1], **variants[rows][1]}  # one family each
+        cases = {"tiles": variants[tiles], "rows": variants[rows], "auto": ("auto", attrs)}
+        result["chosen"] = {"tiles": tiles, "rows": rows}
+        bg.log(f"chosen: {result['chosen']}")
     result["end_to_end"] = {}
-    end_to_end(args, result["end_to_end"], save)
+    e2e_counts = (8, 32, 1) if not args.sweep else (8, 32, 16, 1)
+    end_to_end(args, cases, e2e_counts, result["end_to_end"], save)
     bg.log("done")
 
 

@@ -200,6 +200,7 @@ _INTERPRETED = textwrap.dedent(
             x, fused, tok, tile_slot, tiles, 248, None
         )
         lt.SplitLauncher.fill = fill
+        lt.SplitLauncher.expand_cols = 128 if fill == 1 else 256  # 2 blocks a program
         split = lt.SplitLauncher(stack, spots, r=16, block_m=16, device=torch.device("cpu"))
         assert split.plan(300, tiles)[0] == (1 if fill == 1 else 3)
         two = torch.full((len(rows), 248), float("nan"), dtype=dtype)
