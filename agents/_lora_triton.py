@@ -468,6 +468,7 @@ class SplitLauncher:
     expand_cols = 128
     max_split = 16
     fill = 132  # programs wanted for the shrink (about one per multiprocessor)
+    warps = 4  # per program, both kernels
 
     def __init__(
         self,
@@ -517,12 +518,12 @@ class SplitLauncher:
         flat = self.flat
         _lora_shrink_kernel[(tiles, self.members, split)](
             x, x.stride(0), flat, flat.stride(0), tok, tile_slot, self.a_offs, part, K, k_per,
-            R=self.r, BLOCK_M=self.block_m, BLOCK_K=block_k, SPLIT=split, num_warps=4,
+            R=self.r, BLOCK_M=self.block_m, BLOCK_K=block_k, SPLIT=split, num_warps=self.warps,
         )  # fmt: skip
         _lora_expand_kernel[(tiles, self.n_blocks)](
             flat, flat.stride(0), delta, total_out, tok, tile_slot, self.blocks, part,
             self.members, R=self.r, BLOCK_M=self.block_m, BLOCK_N=self.block_n,
-            CHUNK_N=self.expand_n, SPLIT=split, num_warps=4,
+            CHUNK_N=self.expand_n, SPLIT=split, num_warps=self.warps,
         )  # fmt: skip
 
 
@@ -542,6 +543,7 @@ class RowLauncher:
     block_n = int(os.environ.get("LORAROUTE_ROWS_BLOCK_N", "128"))
     max_split = 16
     fill = 264  # programs wanted for the shrink (two per multiprocessor)
+    warps = 4
 
     def __init__(
         self, flat: torch.Tensor, members: list[tuple[int, int, int]], *, r: int,
@@ -579,11 +581,11 @@ class RowLauncher:
         flat = self.flat
         _lora_shrink_rows_kernel[(rows, self.members, split)](
             x, x.stride(0), flat, flat.stride(0), idx, self.a_offs, part, K, k_per,
-            R=self.r, BLOCK_K=block_k, SPLIT=split, num_warps=4,
+            R=self.r, BLOCK_K=block_k, SPLIT=split, num_warps=self.warps,
         )  # fmt: skip
         _lora_expand_rows_kernel[(rows, self.n_blocks)](
             flat, flat.stride(0), delta, total_out, idx, self.blocks, part, self.members,
-            R=self.r, BLOCK_N=self.block_n, SPLIT=split, num_warps=4,
+            R=self.r, BLOCK_N=self.block_n, SPLIT=split, num_warps=self.warps,
         )  # fmt: skip
 
 

@@ -34,22 +34,25 @@ VARIANTS: dict[str, tuple[str, Attrs]] = {
     "rows": ("rows", {}),
     "rows_bn256": ("rows", {"rows": {"block_n": 256}}),
 }
-# --sweep: launch shapes of each kernel (shrink programs wanted, expand columns a program)
+# --sweep: launch shapes of each kernel (shrink programs wanted, expand columns a program,
+# warps a program)
 SWEEP: dict[str, tuple[str, Attrs]] = {
     **{
-        f"tiles_f{f}_c{c}": ("tiles", {"tiles": {"fill": f, "expand_cols": c}})
+        f"tiles_f{f}_c{c}_w{w}": ("tiles", {"tiles": {"fill": f, "expand_cols": c, "warps": w}})
         for f in (66, 132, 264)
         for c in (128, 512)
+        for w in (2, 4, 8)
     },
     **{
-        f"rows_f{f}_n{n}": ("rows", {"rows": {"fill": f, "block_n": n}})
+        f"rows_f{f}_n{n}_w{w}": ("rows", {"rows": {"fill": f, "block_n": n, "warps": w}})
         for f in (132, 264, 528)
         for n in (64, 128)
+        for w in (2, 4, 8)
     },
 }
 DEFAULTS = {
-    "tiles": {"fill": 132, "expand_cols": 128, "block_n": 128},
-    "rows": {"fill": 264, "block_n": 128},
+    "tiles": {"fill": 132, "expand_cols": 128, "block_n": 128, "warps": 4},
+    "rows": {"fill": 264, "block_n": 128, "warps": 4},
 }
 
 
