@@ -37,6 +37,23 @@ _MIB = 1024 * 1024
 @click.option("--max-batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--max-resident", default=16, show_default=True, type=click.IntRange(1))
 @click.option(
+    "--max-cpu-adapters",
+    default=None,
+    type=click.IntRange(0),
+    help="Adapters kept in pinned host memory behind the device slots "
+    "(default: 4 x --max-resident on CUDA, none on CPU).",
+)
+@click.option(
+    "--lora-backend",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "triton", "torch"]),
+    help="Mixed-adapter LoRA kernels: Triton on CUDA when installed (auto), or PyTorch.",
+)
+@click.option(
+    "--no-cuda-graphs", is_flag=True, help="Run decode steps eagerly on CUDA (no graph replay)."
+)
+@click.option(
     "--max-queue",
     default=64,
     show_default=True,
@@ -98,6 +115,9 @@ def serve_cmd(
     cors_allow_credentials: bool,
     max_batch_size: int,
     max_resident: int,
+    max_cpu_adapters: int | None,
+    lora_backend: str,
+    no_cuda_graphs: bool,
     max_queue: int,
     max_concurrency: int | None,
     request_timeout: float,
@@ -119,6 +139,7 @@ def serve_cmd(
       adapters serve                                  # 127.0.0.1:8000, no key needed
       adapters serve --host 0.0.0.0 --api-key "$KEY"  # reachable from elsewhere: key required
       adapters serve --engine-url http://gpu-1:8000   # route here, generate on vLLM
+      adapters serve --device cuda --max-batch-size 32 --max-resident 64
     """
     import os
 
@@ -172,11 +193,31 @@ def serve_cmd(
             raise click.BadParameter(str(exc), param_hint="--engine-url") from exc
         if preload:
             raise click.UsageError("--preload needs the in-process engine, not --engine-url")
+        engine_only = {
+            "--max-cpu-adapters": max_cpu_adapters is not None,
+            "--lora-backend": lora_backend != "auto",
+            "--no-cuda-graphs": no_cuda_graphs,
+        }
+        given = [name for name, on in engine_only.items() if on]
+        if given:
+            raise click.UsageError(
+                f"{', '.join(given)}: the in-process engine's options; the engine at "
+                f"--engine-url has its own settings"
+            )
     else:
         from .engine import Engine
         from .errors import AgentError
         from .server import LocalBackend
 
+        if lora_backend == "triton":  # say so before loading the model, not after
+            import torch
+
+            from .lora import resolve_backend
+
+            try:
+                resolve_backend(lora_backend, torch.device(device or settings.torch_device()))
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--lora-backend") from exc
         click.echo(f"loading base model {base_model or settings.base_model} ...", err=True)
         engine = Engine(
             base_model,
@@ -185,6 +226,9 @@ def serve_cmd(
             device=device,
             max_resident=max_resident,
             max_batch_size=max_batch_size,
+            max_cpu_adapters=max_cpu_adapters,
+            lora_backend=lora_backend,
+            cuda_graphs=not no_cuda_graphs,
         )
         try:
             for ref in preload:

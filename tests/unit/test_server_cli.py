@@ -21,6 +21,22 @@ def test_serve_help_lists_the_main_options():
     assert result.exit_code == 0
     for option in ("--api-key", "--engine-url", "--max-queue", "--cors-origin", "--preload"):
         assert option in result.output
+    for option in ("--max-cpu-adapters", "--lora-backend", "--no-cuda-graphs"):
+        assert option in result.output
+
+
+def test_gpu_options_are_checked_before_loading_anything(monkeypatch):
+    from loraroute.agents import _lora_triton
+
+    # a machine without CUDA (or without Triton) cannot run the Triton kernels
+    monkeypatch.setattr(_lora_triton, "INTERPRET", False)
+    result = CliRunner().invoke(main, ["serve", "--device", "cpu", "--lora-backend", "triton"])
+    assert result.exit_code == 2 and "not available" in result.output
+    assert "loading base model" not in result.output
+    result = CliRunner().invoke(
+        main, ["serve", "--engine-url", "http://gpu-1:8000", "--no-cuda-graphs"]
+    )
+    assert result.exit_code == 2 and "--no-cuda-graphs" in result.output
 
 
 def test_non_loopback_without_keys_is_refused_before_loading_anything(monkeypatch):
@@ -54,6 +70,7 @@ def test_serve_runs_with_a_key_and_a_preloaded_adapter(lr_home, tiny_base, tiny_
     cmd = [sys.executable, "-m", "loraroute.cli", "serve", "--base-model", str(tiny_base)]
     cmd += ["--device", "cpu", "--port", str(port), "--api-key", "k1", "--preload", "legal"]
     cmd += ["--no-router", "--log-level", "warning"]
+    cmd += ["--max-cpu-adapters", "2", "--lora-backend", "torch", "--no-cuda-graphs"]
     proc = subprocess.Popen(
         cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
