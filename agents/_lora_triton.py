@@ -447,7 +447,46 @@ class GroupLauncher:
         return plain
 
 
-class SplitLauncher:
+class _TwoLaunch:
+    """What the two-launch decode paths share: the group's A offsets, its expand column
+    blocks, fp32 partial buffers kept for the launcher's life (a recorded graph reads them),
+    and how many input slices the shrink is cut into."""
+
+    max_split = 16
+    fill = 132  # shrink programs wanted
+    warps = 4  # per program, both kernels
+
+    def __init__(
+        self, flat: torch.Tensor, members: list[tuple[int, int, int]], *, r: int, cols: int,
+        device: torch.device,
+    ) -> None:  # fmt: skip
+        self.flat = flat
+        self.r = r
+        self.members = len(members)
+        self.a_offs = torch.tensor([a for a, _, _ in members], dtype=torch.int32).to(device)
+        self.blocks = chunk_table(members, cols, device)
+        self.n_blocks = int(self.blocks.shape[0])
+        self._parts: dict[tuple[int, int], torch.Tensor] = {}
+
+    def plan(self, K: int, units: int) -> tuple[int, int, int]:
+        """``(split, block_k, k_per)`` for a ``K``-wide input over ``units`` tiles or rows."""
+        block_k = 128 if K >= 128 else max(16, 1 << (K - 1).bit_length())
+        want = _ceil_div(self.fill, units * self.members)
+        split = max(1, min(self.max_split, want, _ceil_div(K, block_k)))
+        k_per = _ceil_div(_ceil_div(K, split), block_k) * block_k
+        return _ceil_div(K, k_per), block_k, k_per
+
+    def _part(self, units: int, split: int, per_unit: int, device: torch.device) -> torch.Tensor:
+        part = self._parts.get((units, split))
+        if part is None:
+            numel = units * self.members * split * per_unit
+            part = self._parts[(units, split)] = torch.empty(
+                numel, dtype=torch.float32, device=device
+            )
+        return part
+
+
+class SplitLauncher(_TwoLaunch):
     """The group's LoRA as two launches, shrink then expand, for decode steps replayed as
     CUDA graphs (where a launch costs no host time).
 
@@ -466,9 +505,7 @@ class SplitLauncher:
     # columns per expand program: each program sums its tile's partials once, so wider
     # chunks re-read them less (16 x r fp32 per slice) at the cost of fewer programs
     expand_cols = 128
-    max_split = 16
     fill = 132  # programs wanted for the shrink (about one per multiprocessor)
-    warps = 4  # per program, both kernels
 
     def __init__(
         self,
@@ -479,22 +516,9 @@ class SplitLauncher:
         block_m: int,
         device: torch.device,
     ) -> None:
-        self.flat = flat
-        self.r, self.block_m = r, block_m
-        self.members = len(members)
-        self.a_offs = torch.tensor([a for a, _, _ in members], dtype=torch.int32).to(device)
+        self.block_m = block_m
         self.expand_n = max(self.expand_cols, self.block_n)
-        self.blocks = chunk_table(members, self.expand_n, device)
-        self.n_blocks = int(self.blocks.shape[0])
-        self._parts: dict[tuple[int, int], torch.Tensor] = {}
-
-    def plan(self, K: int, tiles: int) -> tuple[int, int, int]:
-        """``(split, block_k, k_per)`` for a ``K``-wide input and ``tiles`` tiles."""
-        block_k = 128 if K >= 128 else max(16, 1 << (K - 1).bit_length())
-        want = _ceil_div(self.fill, tiles * self.members)
-        split = max(1, min(self.max_split, want, _ceil_div(K, block_k)))
-        k_per = _ceil_div(_ceil_div(K, split), block_k) * block_k
-        return _ceil_div(K, k_per), block_k, k_per
+        super().__init__(flat, members, r=r, cols=self.expand_n, device=device)
 
     def __call__(
         self,
@@ -509,12 +533,7 @@ class SplitLauncher:
         on the current stream."""
         K = x.shape[1]
         split, block_k, k_per = self.plan(K, tiles)
-        part = self._parts.get((tiles, split))
-        if part is None:
-            numel = tiles * self.members * split * self.block_m * self.r
-            part = self._parts[(tiles, split)] = torch.empty(
-                numel, dtype=torch.float32, device=x.device
-            )
+        part = self._part(tiles, split, self.block_m * self.r, x.device)
         flat = self.flat
         _lora_shrink_kernel[(tiles, self.members, split)](
             x, x.stride(0), flat, flat.stride(0), tok, tile_slot, self.a_offs, part, K, k_per,
@@ -527,7 +546,7 @@ class SplitLauncher:
         )  # fmt: skip
 
 
-class RowLauncher:
+class RowLauncher(_TwoLaunch):
     """The group's LoRA as two launches for decode steps replayed as CUDA graphs, one row
     per program (``rows`` ordered by slot index, no tiles): the BGMV form of Punica.
 
@@ -540,30 +559,14 @@ class RowLauncher:
     are the same; rows that share an adapter re-read them, mostly from L2.
     """
 
-    block_n = int(os.environ.get("LORAROUTE_ROWS_BLOCK_N", "128"))
-    max_split = 16
+    block_n = 128
     fill = 264  # programs wanted for the shrink (two per multiprocessor)
-    warps = 4
 
     def __init__(
         self, flat: torch.Tensor, members: list[tuple[int, int, int]], *, r: int,
         device: torch.device,
     ) -> None:  # fmt: skip
-        self.flat = flat
-        self.r = r
-        self.members = len(members)
-        self.a_offs = torch.tensor([a for a, _, _ in members], dtype=torch.int32).to(device)
-        self.blocks = chunk_table(members, self.block_n, device)
-        self.n_blocks = int(self.blocks.shape[0])
-        self._parts: dict[tuple[int, int], torch.Tensor] = {}
-
-    def plan(self, K: int, rows: int) -> tuple[int, int, int]:
-        """``(split, block_k, k_per)`` for a ``K``-wide input and ``rows`` rows."""
-        block_k = 128 if K >= 128 else max(16, 1 << (K - 1).bit_length())
-        want = _ceil_div(self.fill, rows * self.members)
-        split = max(1, min(self.max_split, want, _ceil_div(K, block_k)))
-        k_per = _ceil_div(_ceil_div(K, split), block_k) * block_k
-        return _ceil_div(K, k_per), block_k, k_per
+        super().__init__(flat, members, r=r, cols=self.block_n, device=device)
 
     def __call__(
         self, x: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor, total_out: int
@@ -572,12 +575,7 @@ class RowLauncher:
         slots) into ``delta`` on the current stream."""
         rows, K = x.shape
         split, block_k, k_per = self.plan(K, rows)
-        part = self._parts.get((rows, split))
-        if part is None:
-            numel = rows * self.members * split * self.r
-            part = self._parts[(rows, split)] = torch.empty(
-                numel, dtype=torch.float32, device=x.device
-            )
+        part = self._part(rows, split, self.r, x.device)
         flat = self.flat
         _lora_shrink_rows_kernel[(rows, self.members, split)](
             x, x.stride(0), flat, flat.stride(0), idx, self.a_offs, part, K, k_per,
