@@ -1094,8 +1094,10 @@ def main() -> None:
         f"{step_ms:.1f} ms (transformers' Llama runs about 30 small kernels a layer beside "
         "its GEMMs, and batch-32 GEMMs reach 2-3.7 TB/s). At decode sizes the LoRA is "
         "latency-bound, not bandwidth-bound: in a graphed step each group's LoRA runs as two "
-        "short launches (shrink, then expand; SplitLauncher) on a side stream beside the base "
-        "GEMM, which hides most of it at 1 distinct adapter; with more distinct adapters "
+        "short launches (shrink, then expand) on a side stream beside the base GEMM, on "
+        "16-token tiles per adapter or, when most tile places would be padding, one row per "
+        "program (decode_kernel_for; gpu_decode_kernels.md compares the two). This "
+        "hides most of it at 1 distinct adapter; with more distinct adapters "
         "the kernels read more adapter bytes and outlast the GEMM. The kernel table above "
         "times the fused one-launch kernel that eager steps use.",
     ]

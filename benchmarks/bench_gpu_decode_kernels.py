@@ -1,5 +1,6 @@
-"""Graphed decode LoRA kernels on one H200: tiles of 16 tokens (SplitLauncher, the default)
-against one row per program (RowLauncher, Punica's BGMV form), at the layer and end to end.
+"""Graphed decode LoRA kernels on one H200: tiles of 16 tokens (SplitLauncher) against one
+row per program (RowLauncher, Punica's BGMV form), at the layer and end to end. The engine's
+default, ``auto``, picks one of the two per recorded graph (``decode_kernel_for``).
 
 1. Layer level: each LoRA group of one Llama-3-8B-shaped layer at batch 32 and 1/8/32
    distinct adapters, as graphed decode steps run it (base GEMM on the main stream, LoRA on a
