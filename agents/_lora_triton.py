@@ -548,7 +548,8 @@ class SplitLauncher(_TwoLaunch):
 
 class RowLauncher(_TwoLaunch):
     """The group's LoRA as two launches for decode steps replayed as CUDA graphs, one row
-    per program (``rows`` ordered by slot index, no tiles): the BGMV form of Punica.
+    per program (rows in batch order, each reading its own slot; no tiles): the BGMV form of
+    Punica.
 
     :class:`SplitLauncher` computes on tiles of 16 tokens that share an adapter, so with
     many distinct adapters in a decode batch most of each tile is padding, and every
