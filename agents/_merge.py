@@ -102,8 +102,8 @@ def merge_from_registry(
     with tempfile.TemporaryDirectory() as tmp:
         out = merge_adapters(
             base.path,
-            reg.local_path(a.ref),
-            reg.local_path(b.ref),
+            reg.local_path(a),
+            reg.local_path(b),
             Path(tmp) / name,
             weights=weights,
             combination=combination,

@@ -302,7 +302,7 @@ def _parent_folder(
             f"parent {version.ref} was trained on base {version.base_fingerprint}, not on "
             f"{base.name} ({have}); pass --base-model {version.base_model_id}"
         )
-    return version.ref, str(reg.local_path(version.ref))
+    return version.ref, str(reg.local_path(version))
 
 
 def _train_with_progress(

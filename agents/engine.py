@@ -497,7 +497,7 @@ class Engine:
             entry = self._from_host(version.digest)
             if entry is not None:
                 return entry
-        folder = Path(registry.local_path(version.ref))
+        folder = Path(registry.local_path(version))
         weights = read_adapter(folder, digest=version.digest)
         return self._install(
             weights, ref=version.ref, recorded_fingerprint=version.base_fingerprint

@@ -240,7 +240,7 @@ class ProxyBackend:
                 await self._engine_models()
                 if name in self._loaded:
                     return
-            folder = await _run(self.registry.local_path, version.ref)
+            folder = await _run(self.registry.local_path, version)
             resp = await self._post(
                 "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(folder)}
             )

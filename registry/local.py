@@ -444,9 +444,10 @@ class Registry:
 
     export = pull
 
-    def local_path(self, ref: str) -> Path:
-        """A verified folder holding ``ref``'s files, cached by manifest digest."""
-        v = self.resolve(ref)
+    def local_path(self, ref: str | AdapterVersion) -> Path:
+        """A verified folder holding ``ref``'s files, cached by manifest digest (``ref`` may
+        be a version already resolved: no second lookup)."""
+        v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
         dest = self.checkout_dir / v.digest.split(":", 1)[1]
         if dest.is_dir():
             if checkout_ok(v, dest):

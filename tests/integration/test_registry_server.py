@@ -101,6 +101,10 @@ def test_push_pull_roundtrip_and_same_verbs(server, store, tiny_adapter, tmp_pat
     for f in v.files:
         assert (out / f.path).read_bytes() == (tiny_adapter / f.path).read_bytes()
     assert w.local_path("legal@1").is_dir()
+    folder = w.local_path("legal@1")
+    w.resolve = None  # a version already resolved needs no second request
+    assert w.local_path(v) == folder
+    del w.resolve
     assert w.alias_set("legal", "prod", 1).aliases == ["prod"]
     assert [x.ref for x in w.list(tag="t=1")] == ["legal@1"]
     assert [x.ref for x in w.serving()] == ["legal@1"]

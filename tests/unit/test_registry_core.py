@@ -175,6 +175,12 @@ def test_pull_export_local_path(reg, tiny_adapter, tmp_path):
         reg.pull("legal", out)
     lp = reg.local_path("legal@1")
     assert lp == reg.local_path(v.digest_ref) and (lp / "adapter_config.json").is_file()
+    # a version already resolved is not looked up again
+    resolve, reg.resolve = reg.resolve, None
+    try:
+        assert reg.local_path(v) == lp
+    finally:
+        reg.resolve = resolve
     exported = reg.export("legal", tmp_path / "peft")
     cfg = json.loads((exported / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA"
