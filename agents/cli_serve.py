@@ -98,6 +98,12 @@ _MIB = 1024 * 1024
 @click.option("--engine-api-key", default=None, envvar="LORAROUTE_ENGINE_API_KEY")
 @click.option("--engine-base-model", default=None, help="The engine's name for its base model.")
 @click.option(
+    "--engine-adapter-dir",
+    default=None,
+    help="Where the engine's host sees this registry's checkout folder (shared storage "
+    "mounted elsewhere); default: the same path as here.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -130,6 +136,7 @@ def serve_cmd(
     engine_url: str | None,
     engine_api_key: str | None,
     engine_base_model: str | None,
+    engine_adapter_dir: str | None,
     log_level: str,
 ) -> None:
     """Serve an OpenAI-compatible chat API with model="auto" routing.
@@ -188,6 +195,7 @@ def serve_cmd(
                 base_model=engine_base_model,
                 concurrency=max_concurrency or 64,
                 timeout=request_timeout + 30,
+                adapter_dir=engine_adapter_dir,
             )
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--engine-url") from exc
@@ -205,6 +213,8 @@ def serve_cmd(
                 f"--engine-url has its own settings"
             )
     else:
+        if engine_adapter_dir:
+            raise click.UsageError("--engine-adapter-dir goes with --engine-url")
         from .engine import Engine
         from .errors import AgentError
         from .server import LocalBackend

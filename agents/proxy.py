@@ -9,7 +9,10 @@ through the engine's ``POST /v1/load_lora_adapter``. The engine sees immutable v
 for a name we loaded (it was evicted or the engine restarted), the adapter is loaded again and
 the request retried once.
 
-The adapter folder path must be readable by the engine (same host or shared storage).
+The engine must be able to read the adapter folder: on the same host, the path is passed as
+it is; on another host, put the registry's checkouts on shared storage and pass
+``adapter_dir`` (``--engine-adapter-dir``), the folder where the engine sees them: the engine
+is then told ``adapter_dir/<digest folder>``.
 
 Example::
 
@@ -23,6 +26,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import PurePosixPath
 from typing import Any
 
 import httpx
@@ -153,6 +157,7 @@ class ProxyBackend:
         concurrency: int = 64,
         timeout: float = 600.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        adapter_dir: str | None = None,
     ):
         url = url.rstrip("/")
         if url.endswith("/v1"):
@@ -161,6 +166,7 @@ class ProxyBackend:
             raise ValueError(f"engine url must start with http:// or https://, got {url!r}")
         self.url = url
         self._registry = registry
+        self.adapter_dir = adapter_dir
         self.concurrency = concurrency
         self.max_context: int | None = None  # the engine enforces its own limit
         self._base_model = base_model
@@ -241,14 +247,17 @@ class ProxyBackend:
                 if name in self._loaded:
                     return
             folder = await _run(self.registry.local_path, version)
+            lora_path = str(folder)
+            if self.adapter_dir:  # the same checkout, as the engine's host mounts it
+                lora_path = str(PurePosixPath(self.adapter_dir) / folder.name)
             resp = await self._post(
-                "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(folder)}
+                "/v1/load_lora_adapter", {"lora_name": name, "lora_path": lora_path}
             )
             text = resp.text
             if resp.status_code >= 400 and "already" not in text.lower():
                 raise APIError(
                     502,
-                    f"the engine refused to load adapter {name!r} from {folder}: "
+                    f"the engine refused to load adapter {name!r} from {lora_path}: "
                     f"{resp.status_code} {_upstream_message(resp, text)}",
                     code="engine_load_failed",
                 )

@@ -177,6 +177,31 @@ def test_proxy_routes_pushes_adapters_and_forwards(stack, engine_server):
         assert httpx.get(front.url + "/ready").json()["status"] == "ready"
 
 
+def test_proxy_tells_an_engine_on_another_mount_where_the_adapter_is(
+    stack, engine_server, tmp_path
+):
+    """--engine-adapter-dir: the engine sees the registry's checkouts under another path."""
+    from loraroute.agents.proxy import ProxyBackend
+
+    folder = stack.registry.local_path("legal:prod")
+    mount = tmp_path / "engine-mount"
+    mount.symlink_to(folder.parent, target_is_directory=True)  # the same files, another path
+    for adapter_dir, status in ((str(mount), 200), (str(tmp_path / "not-mounted"), 502)):
+        if any(e["ref"] == "legal@1" for e in engine_server.engine.resident()):
+            engine_server.engine.evict("legal@1")  # so that the proxy pushes it again
+        backend = ProxyBackend(engine_server.url, registry=stack.registry, adapter_dir=adapter_dir)
+        with BackgroundServer(create_app(backend, open_router=False)) as front:
+            r = httpx.post(
+                front.url + "/v1/chat/completions",
+                json={"model": "legal:prod", "messages": USER, "max_tokens": 1},
+                timeout=60,
+            )
+        assert r.status_code == status, r.text
+        if status == 502:
+            message = r.json()["error"]["message"]
+            assert f"{adapter_dir}/{folder.name}" in message
+
+
 def test_proxy_reports_an_unreachable_engine(stack):
     from loraroute.agents.proxy import ProxyBackend
 

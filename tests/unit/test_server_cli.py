@@ -25,7 +25,7 @@ def test_serve_help_lists_the_main_options():
         assert option in result.output
 
 
-def test_gpu_options_are_checked_before_loading_anything(monkeypatch):
+def test_engine_options_are_checked_before_loading_anything(monkeypatch):
     from loraroute.agents import _lora_triton
 
     # a machine without CUDA (or without Triton) cannot run the Triton kernels
@@ -37,6 +37,9 @@ def test_gpu_options_are_checked_before_loading_anything(monkeypatch):
         main, ["serve", "--engine-url", "http://gpu-1:8000", "--no-cuda-graphs"]
     )
     assert result.exit_code == 2 and "--no-cuda-graphs" in result.output
+    # and the proxy's option without a proxy
+    result = CliRunner().invoke(main, ["serve", "--engine-adapter-dir", "/mnt/checkouts"])
+    assert result.exit_code == 2 and "--engine-url" in result.output
 
 
 def test_non_loopback_without_keys_is_refused_before_loading_anything(monkeypatch):
