@@ -48,9 +48,10 @@ if triton is not None:
     @triton.jit
     def _expand(
         acc, base, b_off, col0, ncol, dcol, d_ptr, stride_dm, rows64, row_ok, offs_r,
-        R: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_N: tl.constexpr,
+        R: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_N: tl.constexpr, ADD: tl.constexpr,
     ):  # fmt: skip
-        """``delta[rows, chunk] = t @ B[chunk]^T`` with ``t`` rounded to the weight dtype."""
+        """``delta[rows, chunk] = t @ B[chunk]^T`` with ``t`` rounded to the weight dtype
+        (``ADD``: ``+=``, onto the base product already there)."""
         t = acc.to(base.dtype.element_ty)
         offs_n = tl.arange(0, BLOCK_N)
         for n0 in tl.static_range(0, CHUNK_N, BLOCK_N):
@@ -63,11 +64,11 @@ if triton is not None:
                 other=0.0,
             )
             out = tl.dot(t, tl.trans(bt))
-            tl.store(
-                d_ptr + rows64[:, None] * stride_dm + (dcol + mcols)[None, :],
-                out.to(d_ptr.dtype.element_ty),
-                mask=row_ok[:, None] & c_ok[None, :],
-            )
+            dst = d_ptr + rows64[:, None] * stride_dm + (dcol + mcols)[None, :]
+            mask = row_ok[:, None] & c_ok[None, :]
+            if ADD:
+                out += tl.load(dst, mask=mask, other=0.0).to(tl.float32)
+            tl.store(dst, out.to(d_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _shrink(x_ptr, stride_xm, a_ptr, rows64, row_ok, k_lo, k_hi, K, R: tl.constexpr,
@@ -136,7 +137,7 @@ if triton is not None:
                       BLOCK_M, BLOCK_K)  # fmt: skip
         if SPLIT == 1:
             _expand(acc, base, b_off, col0, ncol, dcol, d_ptr, stride_dm, rows64, row_ok,
-                    offs_r, R, BLOCK_N, CHUNK_N)  # fmt: skip
+                    offs_r, R, BLOCK_N, CHUNK_N, False)  # fmt: skip
         else:
             # each slice stores its partial sum; the last slice of this (tile, chunk) to
             # finish adds them up in a fixed order (deterministic) and does the expand
@@ -151,41 +152,43 @@ if triton is not None:
                 for s in tl.static_range(SPLIT):
                     total += tl.load(tile_part + s * (BLOCK_M * R) + offs_t, cache_modifier=".cg")
                 _expand(total, base, b_off, col0, ncol, dcol, d_ptr, stride_dm, rows64,
-                        row_ok, offs_r, R, BLOCK_N, CHUNK_N)  # fmt: skip
+                        row_ok, offs_r, R, BLOCK_N, CHUNK_N, False)  # fmt: skip
 
     @triton.jit(do_not_specialize=["stride_xm", "slot_stride", "K", "k_per"])
     def _lora_shrink_kernel(
         x_ptr, stride_xm, w_ptr, slot_stride, tok_ptr, tile_slot_ptr, a_off_ptr, part_ptr, K,
         k_per, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-        SPLIT: tl.constexpr,
     ):  # fmt: skip
-        """``part[tile, member, s] = x[tile, slice s] @ A[slot, member, :, slice s]^T`` (fp32)."""
+        """``part[tile, member, s] = x[tile, slice s] @ A[slot, member, :, slice s]^T`` (fp32;
+        zeros for padding tiles and slot 0, which read nothing)."""
         tile = tl.program_id(0)
         member = tl.program_id(1)
         s = tl.program_id(2)
+        split = tl.num_programs(2)
         slot = tl.load(tile_slot_ptr + tile).to(tl.int64)
         offs_m = tl.arange(0, BLOCK_M)
         rows = tl.load(tok_ptr + tile * BLOCK_M + offs_m)
         row_ok = rows >= 0
         rows64 = tl.where(row_ok, rows, 0).to(tl.int64)
-        live = tl.load(tok_ptr + tile * BLOCK_M) >= 0  # padding tiles: no shrink steps
+        live = (tl.load(tok_ptr + tile * BLOCK_M) >= 0) & (slot != 0)
         base = w_ptr + slot * slot_stride + tl.load(a_off_ptr + member).to(tl.int64)
         offs_r = tl.arange(0, R)
         k_lo = s * k_per
         k_hi = tl.where(live, tl.minimum(k_lo + k_per, K), k_lo)
         acc = _shrink(x_ptr, stride_xm, base, rows64, row_ok, k_lo, k_hi, K, R, BLOCK_M, BLOCK_K)
         job = (tile * tl.num_programs(1) + member).to(tl.int64)
-        dst = part_ptr + (job * SPLIT + s) * (BLOCK_M * R)
+        dst = part_ptr + (job * split + s) * (BLOCK_M * R)
         tl.store(dst + offs_m[:, None] * R + offs_r[None, :], acc)
 
-    @triton.jit(do_not_specialize=["slot_stride", "stride_dm", "members"])
+    @triton.jit(do_not_specialize=["slot_stride", "stride_dm", "members", "split"])
     def _lora_expand_kernel(
         w_ptr, slot_stride, d_ptr, stride_dm, tok_ptr, tile_slot_ptr, block_ptr, part_ptr,
-        members, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        CHUNK_N: tl.constexpr, SPLIT: tl.constexpr,
+        members, split, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        CHUNK_N: tl.constexpr, ADD: tl.constexpr,
     ):  # fmt: skip
         """``delta[tile, chunk] = (sum_s part[tile, member, s]) @ B[slot, chunk]^T``, the
-        chunk's ``CHUNK_N`` columns in blocks of ``BLOCK_N``."""
+        chunk's ``CHUNK_N`` columns in blocks of ``BLOCK_N`` (``ADD``: ``+=`` onto the base
+        product, and tiles of slot 0 touch nothing)."""
         tile = tl.program_id(0)
         blk = tl.program_id(1)
         slot = tl.load(tile_slot_ptr + tile).to(tl.int64)
@@ -194,6 +197,8 @@ if triton is not None:
         row_ok = rows >= 0
         rows64 = tl.where(row_ok, rows, 0).to(tl.int64)
         live = tl.load(tok_ptr + tile * BLOCK_M) >= 0
+        if ADD:
+            live = live & (slot != 0)
         crow = block_ptr + blk * 6
         b_off = tl.load(crow + 1).to(tl.int64)
         col0 = tl.load(crow + 2)
@@ -202,23 +207,24 @@ if triton is not None:
         member = tl.load(crow + 5)
         offs_r = tl.arange(0, R)
         offs_t = offs_m[:, None] * R + offs_r[None, :]
-        src = part_ptr + (tile * members + member).to(tl.int64) * (SPLIT * BLOCK_M * R)
+        src = part_ptr + (tile * members + member).to(tl.int64) * (split * BLOCK_M * R)
         total = tl.zeros((BLOCK_M, R), dtype=tl.float32)
-        for s in tl.static_range(SPLIT):  # a fixed order: deterministic
+        for s in range(0, tl.where(live, split, 0)):  # a fixed order: deterministic
             total += tl.load(src + s * (BLOCK_M * R) + offs_t)
         _expand(total, w_ptr + slot * slot_stride, b_off, col0, ncol, dcol, d_ptr, stride_dm,
-                rows64, row_ok, offs_r, R, BLOCK_N, CHUNK_N)  # fmt: skip
+                rows64, row_ok, offs_r, R, BLOCK_N, CHUNK_N, ADD)  # fmt: skip
 
     @triton.jit(do_not_specialize=["stride_xm", "slot_stride", "K", "k_per"])
     def _lora_shrink_rows_kernel(
         x_ptr, stride_xm, w_ptr, slot_stride, idx_ptr, a_off_ptr, part_ptr, K, k_per,
-        R: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
+        R: tl.constexpr, BLOCK_K: tl.constexpr,
     ):  # fmt: skip
         """``part[row, member, s] = x[row, slice s] @ A[slot(row), member, :, slice s]^T``: one
         row per program, no tiles (a GEMV, as Punica's BGMV); slot 0 (no adapter) does no work."""
         row = tl.program_id(0)
         member = tl.program_id(1)
         s = tl.program_id(2)
+        split = tl.num_programs(2)
         slot = tl.load(idx_ptr + row).to(tl.int64)
         base = w_ptr + slot * slot_stride + tl.load(a_off_ptr + member).to(tl.int64)
         offs_r = tl.arange(0, R)
@@ -234,14 +240,15 @@ if triton is not None:
             at = tl.load(base + offs_r[:, None] * K + kk[None, :], mask=k_ok[None, :], other=0.0)
             acc += at.to(tl.float32) * xv[None, :]
         job = (row * tl.num_programs(1) + member).to(tl.int64)
-        tl.store(part_ptr + (job * SPLIT + s) * R + offs_r, tl.sum(acc, axis=1))
+        tl.store(part_ptr + (job * split + s) * R + offs_r, tl.sum(acc, axis=1))
 
-    @triton.jit(do_not_specialize=["slot_stride", "stride_dm", "members"])
+    @triton.jit(do_not_specialize=["slot_stride", "stride_dm", "members", "split"])
     def _lora_expand_rows_kernel(
-        w_ptr, slot_stride, d_ptr, stride_dm, idx_ptr, block_ptr, part_ptr, members,
-        R: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
+        w_ptr, slot_stride, d_ptr, stride_dm, idx_ptr, block_ptr, part_ptr, members, split,
+        R: tl.constexpr, BLOCK_N: tl.constexpr, ADD: tl.constexpr,
     ):  # fmt: skip
-        """``delta[row, block] = (sum_s part[row, member, s]) @ B[slot(row), block]^T``."""
+        """``delta[row, block] = (sum_s part[row, member, s]) @ B[slot(row), block]^T``
+        (``ADD``: ``+=`` onto the base product, and rows of slot 0 touch nothing)."""
         row = tl.program_id(0)
         blk = tl.program_id(1)
         slot = tl.load(idx_ptr + row).to(tl.int64)
@@ -252,15 +259,15 @@ if triton is not None:
         dcol = tl.load(crow + 4)
         member = tl.load(crow + 5)
         offs_r = tl.arange(0, R)
-        src = part_ptr + (row * members + member).to(tl.int64) * (SPLIT * R)
+        src = part_ptr + (row * members + member).to(tl.int64) * (split * R)
         t = tl.zeros((R,), dtype=tl.float32)
-        for s in tl.static_range(SPLIT):  # a fixed order: deterministic
+        for s in range(0, tl.where(slot != 0, split, 0)):  # a fixed order: deterministic
             t += tl.load(src + s * R + offs_r)
         base = w_ptr + slot * slot_stride
         t = t.to(base.dtype.element_ty).to(tl.float32)  # rounded to the weight dtype, as PEFT
         offs_n = tl.arange(0, BLOCK_N)
         c_ok = offs_n < ncol
-        b_ok = offs_n < tl.where(slot != 0, ncol, 0)  # slot 0: no weights read, zeros out
+        b_ok = offs_n < tl.where(slot != 0, ncol, 0)  # slot 0: no weights read
         mcols = col0 + offs_n
         bt = tl.load(
             base + b_off + mcols[:, None].to(tl.int64) * R + offs_r[None, :],
@@ -268,11 +275,12 @@ if triton is not None:
             other=0.0,
         )
         out = tl.sum(bt.to(tl.float32) * t[None, :], axis=1)
-        tl.store(
-            d_ptr + row.to(tl.int64) * stride_dm + dcol + mcols,
-            out.to(d_ptr.dtype.element_ty),
-            mask=c_ok,
-        )
+        dst = d_ptr + row.to(tl.int64) * stride_dm + dcol + mcols
+        if ADD:
+            out += tl.load(dst, mask=b_ok, other=0.0).to(tl.float32)
+            tl.store(dst, out.to(d_ptr.dtype.element_ty), mask=b_ok)
+        else:  # zeros for slot 0
+            tl.store(dst, out.to(d_ptr.dtype.element_ty), mask=c_ok)
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -450,11 +458,22 @@ class GroupLauncher:
 class _TwoLaunch:
     """What the two-launch decode paths share: the group's A offsets, its expand column
     blocks, fp32 partial buffers kept for the launcher's life (a recorded graph reads them),
-    and how many input slices the shrink is cut into."""
+    and how many input slices the shrink is cut into.
+
+    The shrink and the expand are separate calls, so that a graphed step can run the
+    shrink beside the base GEMM and the expand after it, adding onto the base product
+    (``add=True``: no delta buffer and no separate add).
+    """
 
     max_split = 16
     fill = 132  # shrink programs wanted
+    block_k = 128  # input columns a shrink program reads per step
     warps = 4  # per program, both kernels
+    # where the expand of a graphed step goes: beside the base GEMM into a delta buffer,
+    # then one add (the default); or after the GEMM, adding onto its product (no buffer, no
+    # add, but the expand waits for the GEMM: 8 us a layer slower on an H200, see
+    # benchmarks/results/gpu_decode_kernels_shapes.md)
+    adds = os.environ.get("LORAROUTE_LORA_EXPAND_ADDS", "0") == "1"
 
     def __init__(
         self, flat: torch.Tensor, members: list[tuple[int, int, int]], *, r: int, cols: int,
@@ -470,7 +489,7 @@ class _TwoLaunch:
 
     def plan(self, K: int, units: int) -> tuple[int, int, int]:
         """``(split, block_k, k_per)`` for a ``K``-wide input over ``units`` tiles or rows."""
-        block_k = 128 if K >= 128 else max(16, 1 << (K - 1).bit_length())
+        block_k = min(self.block_k, max(16, 1 << (K - 1).bit_length()))
         want = _ceil_div(self.fill, units * self.members)
         split = max(1, min(self.max_split, want, _ceil_div(K, block_k)))
         k_per = _ceil_div(_ceil_div(K, split), block_k) * block_k
@@ -505,7 +524,7 @@ class SplitLauncher(_TwoLaunch):
     # columns per expand program: each program sums its tile's partials once, so wider
     # chunks re-read them less (16 x r fp32 per slice) at the cost of fewer programs
     expand_cols = 128
-    fill = 132  # programs wanted for the shrink (about one per multiprocessor)
+    fill = 528  # programs wanted for the shrink (four per multiprocessor)
 
     def __init__(
         self,
@@ -520,30 +539,41 @@ class SplitLauncher(_TwoLaunch):
         self.expand_n = max(self.expand_cols, self.block_n)
         super().__init__(flat, members, r=r, cols=self.expand_n, device=device)
 
-    def __call__(
-        self,
-        x: torch.Tensor,
-        delta: torch.Tensor,
-        tok: torch.Tensor,
-        tile_slot: torch.Tensor,
-        tiles: int,
-        total_out: int,
-    ) -> None:
-        """Write the group's deltas of ``x`` (``[tokens, K]``, contiguous) into ``delta``
-        on the current stream."""
+    def shrink(
+        self, x: torch.Tensor, tok: torch.Tensor, tile_slot: torch.Tensor, tiles: int
+    ) -> tuple[torch.Tensor, int]:
+        """``(partials, slices)`` of ``x`` (``[tokens, K]``, contiguous), on the current
+        stream; :meth:`expand` takes them."""
         K = x.shape[1]
         split, block_k, k_per = self.plan(K, tiles)
         part = self._part(tiles, split, self.block_m * self.r, x.device)
         flat = self.flat
         _lora_shrink_kernel[(tiles, self.members, split)](
             x, x.stride(0), flat, flat.stride(0), tok, tile_slot, self.a_offs, part, K, k_per,
-            R=self.r, BLOCK_M=self.block_m, BLOCK_K=block_k, SPLIT=split, num_warps=self.warps,
+            R=self.r, BLOCK_M=self.block_m, BLOCK_K=block_k, num_warps=self.warps,
         )  # fmt: skip
+        return part, split
+
+    def expand(
+        self, out: torch.Tensor, part: torch.Tensor, split: int, tok: torch.Tensor,
+        tile_slot: torch.Tensor, tiles: int, *, add: bool = False,
+    ) -> None:  # fmt: skip
+        """Write (``add``: add) the group's deltas into ``out`` (``[tokens, total_out]``,
+        contiguous) on the current stream."""
+        flat = self.flat
         _lora_expand_kernel[(tiles, self.n_blocks)](
-            flat, flat.stride(0), delta, total_out, tok, tile_slot, self.blocks, part,
-            self.members, R=self.r, BLOCK_M=self.block_m, BLOCK_N=self.block_n,
-            CHUNK_N=self.expand_n, SPLIT=split, num_warps=self.warps,
+            flat, flat.stride(0), out, out.stride(0), tok, tile_slot, self.blocks, part,
+            self.members, split, R=self.r, BLOCK_M=self.block_m, BLOCK_N=self.block_n,
+            CHUNK_N=self.expand_n, ADD=add, num_warps=self.warps,
         )  # fmt: skip
+
+    def __call__(
+        self, x: torch.Tensor, delta: torch.Tensor, tok: torch.Tensor, tile_slot: torch.Tensor,
+        tiles: int, *, add: bool = False,
+    ) -> None:  # fmt: skip
+        """Both launches: the group's deltas of ``x`` into ``delta``."""
+        part, split = self.shrink(x, tok, tile_slot, tiles)
+        self.expand(delta, part, split, tok, tile_slot, tiles, add=add)
 
 
 class RowLauncher(_TwoLaunch):
@@ -556,12 +586,16 @@ class RowLauncher(_TwoLaunch):
     expand program re-reads its tile's ``[16, r]`` fp32 partials. Here a shrink program
     reduces one row's input slice against its adapter's A (``[r, slice]``) to ``r`` fp32
     values, and an expand program multiplies them by one block of B. Rows with slot 0 (no
-    adapter, graph padding) read no weights and write zeros. The bytes of adapter weights
-    are the same; rows that share an adapter re-read them, mostly from L2.
+    adapter, graph padding) read no weights. The bytes of adapter weights are the same;
+    rows that share an adapter re-read them, mostly from L2.
     """
 
     block_n = 128
-    fill = 264  # programs wanted for the shrink (two per multiprocessor)
+    # shrink: one step of 512 inputs a program (the slices stay within max_split): a
+    # program that loops over its slice waits on each load in turn (latency-bound: 128
+    # inputs a step cost 20 us a layer more on an H200)
+    block_k = 512
+    fill = 1056  # programs wanted for the shrink
 
     def __init__(
         self, flat: torch.Tensor, members: list[tuple[int, int, int]], *, r: int,
@@ -569,23 +603,37 @@ class RowLauncher(_TwoLaunch):
     ) -> None:  # fmt: skip
         super().__init__(flat, members, r=r, cols=self.block_n, device=device)
 
-    def __call__(
-        self, x: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor, total_out: int
-    ) -> None:
-        """Write the group's deltas of ``x`` (``[rows, K]``, contiguous; ``idx``: ``[rows]``
-        slots) into ``delta`` on the current stream."""
+    def shrink(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``(partials, slices)`` of ``x`` (``[rows, K]``, contiguous; ``idx``: ``[rows]``
+        slots), on the current stream; :meth:`expand` takes them."""
         rows, K = x.shape
         split, block_k, k_per = self.plan(K, rows)
         part = self._part(rows, split, self.r, x.device)
         flat = self.flat
         _lora_shrink_rows_kernel[(rows, self.members, split)](
             x, x.stride(0), flat, flat.stride(0), idx, self.a_offs, part, K, k_per,
-            R=self.r, BLOCK_K=block_k, SPLIT=split, num_warps=self.warps,
+            R=self.r, BLOCK_K=block_k, num_warps=self.warps,
         )  # fmt: skip
-        _lora_expand_rows_kernel[(rows, self.n_blocks)](
-            flat, flat.stride(0), delta, total_out, idx, self.blocks, part, self.members,
-            R=self.r, BLOCK_N=self.block_n, SPLIT=split, num_warps=self.warps,
+        return part, split
+
+    def expand(
+        self, out: torch.Tensor, part: torch.Tensor, split: int, idx: torch.Tensor, *,
+        add: bool = False,
+    ) -> None:  # fmt: skip
+        """Write (``add``: add) the group's deltas into ``out`` (``[rows, total_out]``,
+        contiguous) on the current stream; without ``add``, rows of slot 0 get zeros."""
+        flat = self.flat
+        _lora_expand_rows_kernel[(out.shape[0], self.n_blocks)](
+            flat, flat.stride(0), out, out.stride(0), idx, self.blocks, part, self.members,
+            split, R=self.r, BLOCK_N=self.block_n, ADD=add, num_warps=self.warps,
         )  # fmt: skip
+
+    def __call__(
+        self, x: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor, *, add: bool = False
+    ) -> None:
+        """Both launches: the group's deltas of ``x`` into ``delta``."""
+        part, split = self.shrink(x, idx)
+        self.expand(delta, part, split, idx, add=add)
 
 
 def _ceil_div(a: int, b: int) -> int:

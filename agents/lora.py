@@ -354,29 +354,29 @@ class SlotLoraLinear(nn.Module):
 def decode_kernel_for(choice: str, tokens: int, rows: int, tiles: int) -> str:
     """The LoRA kernel pair of a graphed step: ``"tiles"`` or ``"rows"``.
 
-    ``"auto"`` takes rows when most of the tiles' token places would be padding, that is
-    when there are more tiles than half the rows (one token per row: decode). Measured on
-    an H200 at batch 32, Llama-3-8B shapes (benchmarks/results/gpu_decode_kernels.json):
-    tiles cost less with 1 and 8 distinct adapters (8: 0.89x base alone against 0.81x),
-    rows with 32 (0.80x against 0.74x), in every group but 8-distinct o_proj. Tiles keep
-    the tensor cores and read each adapter once; rows waste nothing on padding.
+    ``"auto"`` takes rows when at least half of the tiles' token places would be padding,
+    that is when there are at least half as many tiles as rows (one token per row: decode).
+    Measured on an H200 at batch 32, Llama-3-8B shapes
+    (benchmarks/results/gpu_decode_kernels.json): tiles cost less with 1 and 8 distinct
+    adapters, rows with 16 and 32. Tiles keep the tensor cores and read each adapter once;
+    rows waste nothing on padding.
     """
     if choice == "tiles" or tokens != rows:
         return "tiles"
     if choice == "rows":
         return "rows"
-    return "rows" if 2 * tiles > rows else "tiles"
+    return "rows" if 2 * tiles >= rows else "tiles"
 
 
 class _Group:
     """Modules that read the same input: their deltas are computed together, once per input.
 
-    With a side stream in the plan (decode steps replayed as CUDA graphs), the Triton deltas
-    run on that stream as two launches, shrink then expand (on tiles,
-    :class:`~loraroute.agents._lora_triton.SplitLauncher`, or one row per program,
-    :class:`~loraroute.agents._lora_triton.RowLauncher`: :func:`decode_kernel_for`), while
-    the base GEMM runs on the main one, and one add joins them: at decode sizes the LoRA is
-    latency-bound, and its latency then hides behind the base GEMM's
+    With a side stream in the plan (decode steps replayed as CUDA graphs), the Triton LoRA
+    runs as two launches (on tiles, :class:`~loraroute.agents._lora_triton.SplitLauncher`,
+    or one row per program, :class:`~loraroute.agents._lora_triton.RowLauncher`:
+    :func:`decode_kernel_for`): the shrink on that stream while the base GEMM runs on the
+    main one, then the expand, which adds onto the GEMM's product. At decode sizes the LoRA
+    is latency-bound, and the shrink's latency then hides behind the base GEMM's
     (``LORAROUTE_LORA_OVERLAP=0`` turns this off: the fused kernel runs before the GEMM, as
     in eager steps).
     """
@@ -584,8 +584,12 @@ class _Group:
         return out
 
     def _overlapped(self, x2: torch.Tensor, plan: _Plan) -> list[Any]:
-        """Base product (main stream) plus Triton deltas (side stream), joined by one add;
-        returns each member's columns of the sum."""
+        """Base product (main stream) plus Triton deltas (shrink on the side stream); returns
+        each member's columns of the sum.
+
+        When the launcher ``adds`` (the default), the expand runs on the main stream after
+        the GEMM and adds onto its product; otherwise it writes a delta buffer on the side
+        stream, and one add joins the two."""
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         stack = self.layers.stack
@@ -593,31 +597,38 @@ class _Group:
             raise RuntimeError("the Triton LoRA backend needs triton and a slot stack")
         main = torch.cuda.current_stream(x2.device)
         side = plan.side
-        delta = torch.empty(x2.shape[0], self.total_out, dtype=x2.dtype, device=x2.device)
         side.wait_stream(main)
         tok, tile_slot, tiles = plan.tiles(x2.shape[0] // plan.rows)
         kernel = decode_kernel_for(self.decode_kernel, x2.shape[0], plan.rows, tiles)
+        launcher: Any
         if kernel == "rows":
-            rows = self._row_launcher
-            if rows is None:
-                rows = self._row_launcher = _lora_triton.RowLauncher(
+            launcher = self._row_launcher
+            if launcher is None:
+                launcher = self._row_launcher = _lora_triton.RowLauncher(
                     stack, self._spots, r=self.r, device=x2.device
                 )
-            idx = plan.idx()
-            with torch.cuda.stream(side):
-                rows(x2, delta, idx, self.total_out)
+            where: tuple = (plan.idx(),)
         else:
             launcher = self._split_launcher
             if launcher is None:
                 launcher = self._split_launcher = _lora_triton.SplitLauncher(
                     stack, self._spots, r=self.r, block_m=TILE_M, device=x2.device
                 )
-            with torch.cuda.stream(side):
-                launcher(x2, delta, tok, tile_slot, tiles, self.total_out)
+            where = (tok, tile_slot, tiles)
+        delta = None  # launcher.adds: the expand adds onto the GEMM's product
+        if not launcher.adds:
+            delta = torch.empty(x2.shape[0], self.total_out, dtype=x2.dtype, device=x2.device)
+        with torch.cuda.stream(side):
+            part, split = launcher.shrink(x2, *where)
+            if delta is not None:
+                launcher.expand(delta, part, split, *where)
         w_t = self.w_cat_t if self.w_cat_t is not None else self.members[0].base.weight.t()
         out = torch.mm(x2, w_t)
         main.wait_stream(side)
-        out.add_(delta)
+        if delta is None:
+            launcher.expand(out, part, split, *where, add=True)
+        else:
+            out.add_(delta)
         self._full = out
         self.based = True
         return [out[:, col : col + width] for col, width in zip(self._cols, self.outs, strict=True)]

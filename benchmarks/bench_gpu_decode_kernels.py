@@ -3,20 +3,23 @@ row per program (RowLauncher, Punica's BGMV form), at the layer and end to end. 
 default, ``auto``, picks one of the two per recorded graph (``decode_kernel_for``).
 
 1. Layer level: each LoRA group of one Llama-3-8B-shaped layer at batch 32 and 1/8/32
-   distinct adapters, as graphed decode steps run it (base GEMM on the main stream, LoRA on a
-   side stream, one add), recorded as a CUDA graph of 10 calls and replayed; beside the bare
-   GEMM of the group. Also each kernel's output against the other's.
+   distinct adapters, as graphed decode steps run it (base GEMM on the main stream, LoRA
+   shrink and expand on a side stream, one add; or the expand after the GEMM, adding onto
+   its product), recorded as a CUDA graph of 10 calls and replayed; beside the bare GEMM of
+   the group. Also each variant's LoRA part against an fp32 reference.
 2. End to end: the 32-layer model in our engine, decode tokens/s of base alone and of ours
    with each kernel at 8, 32 and 1 distinct adapters (the bench_gpu protocol, fewer repeats).
 
-``--sweep`` first tries each kernel's launch shapes (shrink programs wanted, expand columns
-and warps a program) at the layer level, at 8 distinct adapters for tiles and 32 for rows,
-then times the best of each and ``auto`` end to end at 8, 32, 16 and 1 distinct.
+``--sweep shapes|fine`` first tries a grid of each kernel's launch shapes at the layer
+level, then times the best of each (tiles over 1 and 8 distinct, rows over 8 and 32) and
+``auto`` end to end at 8, 32, 16 and 1 distinct. ``shapes`` is the grid that chose the
+launchers' defaults (shrink programs wanted, input slices, expand columns, inputs a shrink
+step, where the expand goes); ``fine`` varies columns, warps and steps around them.
 
-Writes ``gpu_decode_kernels.json`` and ``.md`` into ``--out`` after every case (a run cut
-short keeps what it measured). A short run for a small device budget:
+Writes ``<name>.json`` and ``.md`` (``--name``, default ``gpu_decode_kernels``) into
+``--out`` after every case (a run cut short keeps what it measured):
 
-    python benchmarks/bench_gpu_decode_kernels.py [--sweep] --out DIR
+    python benchmarks/bench_gpu_decode_kernels.py [--sweep shapes|fine] --out DIR
 """
 
 from __future__ import annotations
@@ -37,28 +40,62 @@ Attrs = dict[str, dict[str, int]]
 VARIANTS: dict[str, tuple[str, Attrs]] = {
     "tiles": ("tiles", {}),
     "rows": ("rows", {}),
-    "rows_bn256": ("rows", {"rows": {"block_n": 256}}),
+    "tiles_delta": ("tiles", {"tiles": {"adds": 0}}),
+    "rows_delta": ("rows", {"rows": {"adds": 0}}),
 }
-# --sweep: launch shapes of each kernel (shrink programs wanted, expand columns a program,
-# warps a program)
-SWEEP: dict[str, tuple[str, Attrs]] = {
+# --sweep shapes: launch shapes of each kernel (shrink programs wanted, most input slices,
+# expand columns or input columns a step) and where the expand goes (adds onto the GEMM's
+# product, or a delta buffer joined by an add)
+SHAPES: dict[str, tuple[str, Attrs]] = {
     **{
-        f"tiles_f{f}_c{c}_w{w}": ("tiles", {"tiles": {"fill": f, "expand_cols": c, "warps": w}})
-        for f in (66, 132, 264)
+        f"tiles_f{f}_s{m}_c{c}_a{a}": (
+            "tiles",
+            {"tiles": {"fill": f, "max_split": m, "expand_cols": c, "adds": a}},
+        )
+        for f in (132, 528, 2112)
+        for m in (16, 64)
         for c in (128, 512)
+        for a in (1, 0)
+    },
+    **{
+        f"rows_f{f}_s{m}_k{k}_a{a}": (
+            "rows",
+            {"rows": {"fill": f, "max_split": m, "block_k": k, "adds": a}},
+        )
+        for f in (264, 1056, 4224)
+        for m in (16, 64)
+        for k in (128, 512)
+        for a in (1, 0)
+    },
+}
+# --sweep fine: around the defaults that the first grid chose (columns a dot or a row
+# program, warps, expand columns, inputs a shrink step)
+FINE: dict[str, tuple[str, Attrs]] = {
+    **{
+        f"tiles_n{n}_c{c}_w{w}": (
+            "tiles", {"tiles": {"block_n": n, "expand_cols": max(c, n), "warps": w}}
+        )
+        for n in (64, 128)
+        for c in (128, 256)
         for w in (2, 4, 8)
     },
     **{
-        f"rows_f{f}_n{n}_w{w}": ("rows", {"rows": {"fill": f, "block_n": n, "warps": w}})
-        for f in (132, 264, 528)
-        for n in (64, 128)
+        f"rows_n{n}_k{k}_w{w}": ("rows", {"rows": {"block_n": n, "block_k": k, "warps": w}})
+        for n in (128, 256, 512)
+        for k in (512, 1024)
         for w in (2, 4, 8)
     },
-}
+}  # fmt: skip
+SWEEPS = {"shapes": SHAPES, "fine": FINE}
 DEFAULTS = {
-    "tiles": {"fill": 132, "expand_cols": 128, "block_n": 128, "warps": 4},
-    "rows": {"fill": 264, "block_n": 128, "warps": 4},
-}
+    "tiles": {
+        "fill": 528, "max_split": 16, "expand_cols": 128, "block_n": 128, "block_k": 128,
+        "warps": 4, "adds": 0,
+    },
+    "rows": {
+        "fill": 1056, "max_split": 16, "block_n": 128, "block_k": 512, "warps": 4, "adds": 0,
+    },
+}  # the launchers' own defaults  # fmt: skip
 
 
 def use(kernel: str, attrs: Attrs, groups) -> None:
@@ -69,7 +106,8 @@ def use(kernel: str, attrs: Attrs, groups) -> None:
     _Group.decode_kernel = kernel
     for family, cls in (("tiles", SplitLauncher), ("rows", RowLauncher)):
         for key, value in DEFAULTS[family].items():
-            setattr(cls, key, attrs.get(family, {}).get(key, value))
+            value = attrs.get(family, {}).get(key, value)
+            setattr(cls, key, bool(value) if key == "adds" else value)
     for group in groups:  # launchers fix their tables when built
         group._split_launcher = group._row_launcher = None
 
@@ -119,20 +157,42 @@ def layer_level(variants: dict, rows: int = 32, counts=(1, 8, 32)) -> dict:
             x2 = torch.randn(rows, group.in_features, device="cuda", dtype=torch.bfloat16)
             w_t = group.w_cat_t if group.w_cat_t is not None else group.members[0].base.weight.t()
             entry = {"gemm": timed_graph(lambda x2=x2, w_t=w_t: torch.mm(x2, w_t))}
-            ref = None
+            # the LoRA part in fp32 from the slot stack, per row (gather), as a reference
+            idx = plan.idx()
+            xf = x2.float()[:, None, :]
+            t = torch.bmm(xf, group.a.index_select(0, idx).float().transpose(1, 2))[:, 0]
+            r = group.r
+            want = torch.cat(
+                [
+                    torch.bmm(t[:, None, i * r : (i + 1) * r],
+                              b.index_select(0, idx).float().transpose(1, 2))[:, 0]
+                    for i, b in enumerate(group.b)
+                ],
+                1,
+            )  # fmt: skip
+            base_f = x2.float() @ w_t.float()
             worst = 0.0
             for label, (kernel, attrs) in variants.items():
                 use(kernel, attrs, [group])
 
-                def call(group=group, x2=x2, plan=plan):
-                    return group._overlapped(x2, plan)
+                one_stream = attrs.get("group", {}).get("one_stream", 0)
+
+                def call(group=group, x2=x2, plan=plan, one_stream=one_stream):
+                    side = plan.side
+                    if one_stream:  # the shrink on the GEMM's stream, before it
+                        plan.side = torch.cuda.current_stream()
+                    try:
+                        return group._overlapped(x2, plan)
+                    finally:
+                        plan.side = side
 
                 entry[label] = timed_graph(call)
-                got = torch.cat([d.float() for d in call()], 1)
-                ref = got if ref is None else ref
-                worst = max(worst, float((got - ref).norm() / ref.norm()))
-            entry["max_rel_diff"] = worst  # every variant against the first
+                got = torch.cat([d.float() for d in call()], 1) - base_f
+                worst = max(worst, float((got - want).norm() / want.norm()))
             res[name] = {k: round(v, 2) for k, v in entry.items()}
+            # every variant's LoRA part (its output less the fp32 base product) against the
+            # fp32 reference: bf16 rounding of the output shows here, about 1e-2
+            res[name]["max_rel_diff"] = float(f"{worst:.3g}")
         out[f"distinct_{distinct}"] = res
         bg.log(f"layer, {distinct} distinct: {json.dumps(res)}")
     use("auto", {}, slots.groups)
@@ -141,11 +201,31 @@ def layer_level(variants: dict, rows: int = 32, counts=(1, 8, 32)) -> dict:
     return out
 
 
-def best(layer: dict, variants: dict, kernel: str, distinct: int) -> str:
-    """The variant of ``kernel`` with the least time over the GEMMs, summed over the groups."""
-    groups = layer[f"distinct_{distinct}"]
+def over_gemm(layer: dict, label: str, distinct: int) -> float:
+    """Microseconds ``label`` adds to one layer's GEMMs at ``distinct`` adapters."""
+    return sum(g[label] - g["gemm"] for g in layer[f"distinct_{distinct}"].values())
+
+
+def overhead_table(layer: dict) -> list[str]:
+    """Markdown rows: each variant's :func:`over_gemm` at each count."""
+    first = next(iter(layer.values()))
+    labels = [k for k in next(iter(first.values())) if k != "gemm" and not k.endswith("_diff")]
+    counts = [int(k.split("_")[1]) for k in layer]
+    lines = [
+        "| variant | " + " | ".join(f"{d} distinct" for d in counts) + " |",
+        "| --- | " + " | ".join("---" for _ in counts) + " |",
+    ]
+    for label in labels:
+        cells = " | ".join(f"{over_gemm(layer, label, d):.1f}" for d in counts)
+        lines.append(f"| {label} | {cells} |")
+    return lines
+
+
+def best(layer: dict, variants: dict, kernel: str, counts) -> str:
+    """The variant of ``kernel`` with the least time over the GEMMs, summed over the groups
+    and ``counts``."""
     over = {
-        label: sum(g[label] - g["gemm"] for g in groups.values())
+        label: sum(over_gemm(layer, label, d) for d in counts)
         for label, (k, _) in variants.items()
         if k == kernel
     }
@@ -187,33 +267,71 @@ def end_to_end(args, cases: dict, counts, results: dict, save) -> None:
     use("auto", {}, engine.slots.groups)
 
 
+def command_flags(result: dict) -> str:
+    """The flags of the run that wrote ``result`` (other than ``--out``)."""
+    args = result.get("args", {})
+    flags = ""
+    if args.get("sweep") not in (None, "None"):
+        flags += f" --sweep {args['sweep']}"
+    if args.get("name") not in (None, "gpu_decode_kernels"):
+        flags += f" --name {args['name']}"
+    return flags
+
+
 def markdown(result: dict) -> str:
     env = result["env"]
     lines = [
         "# Graphed decode LoRA kernels: 16-token tiles against one row per program (H200)",
         "",
         f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}. Command: "
-        "`python benchmarks/bench_gpu_decode_kernels.py --out $OUT`.",
+        f"`python benchmarks/bench_gpu_decode_kernels.py{command_flags(result)} --out $OUT`.",
         "",
         "## One layer's groups at batch 32, device us per call (graph of 10 calls, replayed)",
         "",
         "Each call is what a graphed decode step runs: the group's base GEMM on the main "
-        "stream, the LoRA kernels on a side stream, one add. 'gemm' is the bare GEMM.",
+        "stream and the LoRA shrink on a side stream, then the expand, adding onto the GEMM's "
+        "product (variants marked `delta` or `_a0`: the expand writes a delta buffer on the "
+        "side stream, and one add joins them). 'gemm' is the bare GEMM.",
         "",
     ]
-    first = next(iter(result["layer_us"].values()))
+    layer = result["layer_us"]
+    first = next(iter(layer.values()))
     labels = [k for k in next(iter(first.values())) if k != "gemm" and not k.endswith("_diff")]
     lines += [
-        "| distinct | group | gemm | " + " | ".join(labels) + " | max rel. diff |",
-        "| --- | --- | --- | " + " | ".join("---" for _ in labels) + " | --- |",
+        "Microseconds each variant adds to one layer's GEMMs (its 4 groups summed):",
+        "",
+        *overhead_table(layer),
     ]
-    for key, groups in result["layer_us"].items():
-        for name, e in groups.items():
-            cells = " | ".join(f"{e[k]:.1f}" for k in labels)
-            lines.append(
-                f"| {key.split('_')[1]} | {name} | {e['gemm']:.1f} | {cells} | "
-                f"{e.get('max_rel_diff', e.get('rows_vs_tiles_rel', 0.0)):.1e} |"
-            )
+    if len(labels) <= 6:
+        lines += [
+            "",
+            "Per group:",
+            "",
+            "| distinct | group | gemm | " + " | ".join(labels) + " | LoRA rel. err. |",
+            "| --- | --- | --- | " + " | ".join("---" for _ in labels) + " | --- |",
+        ]
+        for key, groups in layer.items():
+            for name, e in groups.items():
+                cells = " | ".join(f"{e[k]:.1f}" for k in labels)
+                lines.append(
+                    f"| {key.split('_')[1]} | {name} | {e['gemm']:.1f} | {cells} | "
+                    f"{e.get('max_rel_diff', e.get('rows_vs_tiles_rel', 0.0)):.1e} |"
+                )
+    else:
+        worst = max(e.get("max_rel_diff", 0.0) for g in layer.values() for e in g.values())
+        lines += [
+            "",
+            f"Largest relative error of any variant's LoRA part against an fp32 reference: "
+            f"{worst:.1e}.",
+        ]
+    if "layer_us_streams" in result:
+        lines += [
+            "",
+            "The chosen shapes again, and with the shrink on the GEMM's stream before it "
+            "(`_1stream`: no second stream, no fork and join):",
+            "",
+            *overhead_table(result["layer_us_streams"]),
+        ]
     e2e = result.get("end_to_end", {})
     base = e2e.get("base_engine")
     if base:
@@ -254,7 +372,10 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--sweep", action="store_true", help="launch shapes of both kernels first")
+    p.add_argument(
+        "--sweep", choices=sorted(SWEEPS), help="a grid of launch shapes of both kernels first"
+    )
+    p.add_argument("--name", default="gpu_decode_kernels", help="stem of the files written")
     p.add_argument("--render", type=Path, help="only write the markdown of this JSON file")
     args = p.parse_args()
     if args.render:
@@ -265,18 +386,23 @@ def main() -> None:
     result: dict[str, Any] = {"env": bg.env(), "args": {k: str(v) for k, v in vars(args).items()}}
 
     def save() -> None:
-        (args.out / "gpu_decode_kernels.json").write_text(json.dumps(result, indent=1))
-        (args.out / "gpu_decode_kernels.md").write_text(markdown(result))
+        (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+        (args.out / f"{args.name}.md").write_text(markdown(result))
 
-    if args.sweep:
-        variants, counts = SWEEP, (8, 32)  # where each kernel is chosen from
-    else:
-        variants, counts = VARIANTS, (1, 8, 32)
-    result["layer_us"] = layer = layer_level(variants, counts=counts)
+    variants = SWEEPS[args.sweep] if args.sweep else VARIANTS
+    result["layer_us"] = layer = layer_level(variants)
     save()
     cases = {"tiles": VARIANTS["tiles"], "rows": VARIANTS["rows"]}
-    if args.sweep:  # the best shapes of each kernel (tiles at 8 distinct, rows at 32), and auto
-        tiles, rows = best(layer, variants, "tiles", 8), best(layer, variants, "rows", 32)
+    if args.sweep:  # the best shapes of each kernel (tiles at 1-8 distinct, rows at 8-32), and auto
+        tiles = best(layer, variants, "tiles", (1, 8))
+        rows = best(layer, variants, "rows", (8, 32))
+        # those two with the shrink on the GEMM's stream, before it (no fork and join)
+        again = {label: variants[label] for label in (tiles, rows)}
+        for label in (tiles, rows):
+            kernel, attrs = variants[label]
+            again[f"{label}_1stream"] = (kernel, {**attrs, "group": {"one_stream": 1}})
+        result["layer_us_streams"] = layer_level(again)
+        save()
         attrs = {**variants[tiles][1], **variants[rows][1]}  # one family each
         cases = {"tiles": variants[tiles], "rows": variants[rows], "auto": ("auto", attrs)}
         result["chosen"] = {"tiles": tiles, "rows": rows}

@@ -204,18 +204,30 @@ _INTERPRETED = textwrap.dedent(
         split = lt.SplitLauncher(stack, spots, r=16, block_m=16, device=torch.device("cpu"))
         assert split.plan(300, tiles)[0] == (1 if fill == 1 else 3)
         two = torch.full((len(rows), 248), float("nan"), dtype=dtype)
-        split(x, two, tok, tile_slot, tiles, 248)
+        split(x, two, tok, tile_slot, tiles)
         assert not torch.isnan(two).any(), "unwritten output"
         torch.testing.assert_close(two.float(), fused.float(), atol=tol, rtol=tol)
+        # added onto a base product: rows without an adapter keep it unchanged
+        base = torch.randn(len(rows), 248).to(dtype)
+        summed = base.clone()
+        split(x, summed, tok, tile_slot, tiles, add=True)
+        torch.testing.assert_close(summed.float(), (base + fused).float(), atol=tol, rtol=tol)
+        no_adapter = torch.tensor(rows) == 0
+        assert torch.equal(summed[no_adapter], base[no_adapter])
         # one row per program (rows with slot 0 read nothing and write zeros)
         lt.RowLauncher.fill = 264 if fill == 1 else 1
+        lt.RowLauncher.block_k = 128 if fill == 1 else 512  # 3 slices, or 1 step of 512
         by_row = lt.RowLauncher(stack, spots, r=16, device=torch.device("cpu"))
         assert by_row.plan(300, len(rows))[0] == (3 if fill == 1 else 1)
         three = torch.full((len(rows), 248), float("nan"), dtype=dtype)
-        by_row(x, three, torch.tensor(rows), 248)
+        by_row(x, three, torch.tensor(rows))
         assert not torch.isnan(three).any(), "unwritten output"
         torch.testing.assert_close(three.float(), fused.float(), atol=tol, rtol=tol)
-        assert (three[torch.tensor(rows) == 0] == 0).all()
+        assert (three[no_adapter] == 0).all()
+        summed = base.clone()
+        by_row(x, summed, torch.tensor(rows), add=True)
+        torch.testing.assert_close(summed.float(), (base + fused).float(), atol=tol, rtol=tol)
+        assert torch.equal(summed[no_adapter], base[no_adapter])
     print("interpreted ok")
     """
 )
@@ -241,10 +253,10 @@ def test_padding_tiles_of_a_graph_write_nothing_in_the_triton_interpreter(tmp_pa
 def test_graphed_steps_take_rows_when_most_tile_places_would_be_padding():
     from loraroute.agents.lora import decode_kernel_for
 
-    # 32 decode rows: 1 and 8 distinct adapters fill 2 and 8 tiles; 32 distinct fill 32
+    # 32 decode rows: 1 and 8 distinct adapters fill 2 and 8 tiles; 9-16 distinct fill 16
     assert decode_kernel_for("auto", 32, 32, 2) == "tiles"
     assert decode_kernel_for("auto", 32, 32, 8) == "tiles"
-    assert decode_kernel_for("auto", 32, 32, 16) == "tiles"
+    assert decode_kernel_for("auto", 32, 32, 16) == "rows"
     assert decode_kernel_for("auto", 32, 32, 32) == "rows"
     assert decode_kernel_for("auto", 4, 4, 4) == "rows"
     # prefill-sized inputs (several tokens a row) always use tiles; a forced choice holds
