@@ -523,8 +523,9 @@ class SplitLauncher(_TwoLaunch):
     block_n = 128
     # columns per expand program: each program sums its tile's partials once, so wider
     # chunks re-read them less (16 x r fp32 per slice) at the cost of fewer programs
-    expand_cols = 128
+    expand_cols = 256
     fill = 528  # programs wanted for the shrink (four per multiprocessor)
+    warps = 8
 
     def __init__(
         self,
@@ -590,11 +591,12 @@ class RowLauncher(_TwoLaunch):
     rows that share an adapter re-read them, mostly from L2.
     """
 
-    block_n = 128
-    # shrink: one step of 512 inputs a program (the slices stay within max_split): a
-    # program that loops over its slice waits on each load in turn (latency-bound: 128
-    # inputs a step cost 20 us a layer more on an H200)
-    block_k = 512
+    block_n = 256
+    # shrink: one step of up to 1,024 inputs a program (max_split slices allowing): a
+    # program that loops over its slice waits on each load in turn (latency-bound: steps of
+    # 128 inputs cost 20 us a layer more on an H200). 1,024 needs 4 warps or more: at 2,
+    # the [r, 1024] products spill registers (ten times slower)
+    block_k = 1024
     fill = 1056  # programs wanted for the shrink
 
     def __init__(

@@ -40,17 +40,20 @@ Attrs = dict[str, dict[str, int]]
 VARIANTS: dict[str, tuple[str, Attrs]] = {
     "tiles": ("tiles", {}),
     "rows": ("rows", {}),
-    "tiles_delta": ("tiles", {"tiles": {"adds": 0}}),
-    "rows_delta": ("rows", {"rows": {"adds": 0}}),
+    "tiles_adds": ("tiles", {"tiles": {"adds": 1}}),
+    "rows_adds": ("rows", {"rows": {"adds": 1}}),
 }
 # --sweep shapes: launch shapes of each kernel (shrink programs wanted, most input slices,
 # expand columns or input columns a step) and where the expand goes (adds onto the GEMM's
 # product, or a delta buffer joined by an add)
+# (the rest as it was then: 128 columns a dot or a row program, 128 inputs a tile shrink
+# step, 4 warps)
+_THEN = {"block_n": 128, "block_k": 128, "warps": 4}
 SHAPES: dict[str, tuple[str, Attrs]] = {
     **{
         f"tiles_f{f}_s{m}_c{c}_a{a}": (
             "tiles",
-            {"tiles": {"fill": f, "max_split": m, "expand_cols": c, "adds": a}},
+            {"tiles": {**_THEN, "fill": f, "max_split": m, "expand_cols": c, "adds": a}},
         )
         for f in (132, 528, 2112)
         for m in (16, 64)
@@ -60,7 +63,7 @@ SHAPES: dict[str, tuple[str, Attrs]] = {
     **{
         f"rows_f{f}_s{m}_k{k}_a{a}": (
             "rows",
-            {"rows": {"fill": f, "max_split": m, "block_k": k, "adds": a}},
+            {"rows": {**_THEN, "fill": f, "max_split": m, "block_k": k, "adds": a}},
         )
         for f in (264, 1056, 4224)
         for m in (16, 64)
@@ -70,43 +73,45 @@ SHAPES: dict[str, tuple[str, Attrs]] = {
 }
 # --sweep fine: around the defaults that the first grid chose (columns a dot or a row
 # program, warps, expand columns, inputs a shrink step)
+_TILES = {"fill": 528, "max_split": 16, "block_k": 128, "adds": 0}
+_ROWS = {"fill": 1056, "max_split": 16, "adds": 0}
 FINE: dict[str, tuple[str, Attrs]] = {
     **{
         f"tiles_n{n}_c{c}_w{w}": (
-            "tiles", {"tiles": {"block_n": n, "expand_cols": max(c, n), "warps": w}}
+            "tiles",
+            {"tiles": {**_TILES, "block_n": n, "expand_cols": max(c, n), "warps": w}},
         )
         for n in (64, 128)
         for c in (128, 256)
         for w in (2, 4, 8)
     },
     **{
-        f"rows_n{n}_k{k}_w{w}": ("rows", {"rows": {"block_n": n, "block_k": k, "warps": w}})
+        f"rows_n{n}_k{k}_w{w}": (
+            "rows", {"rows": {**_ROWS, "block_n": n, "block_k": k, "warps": w}}
+        )
         for n in (128, 256, 512)
         for k in (512, 1024)
         for w in (2, 4, 8)
     },
 }  # fmt: skip
 SWEEPS = {"shapes": SHAPES, "fine": FINE}
-DEFAULTS = {
-    "tiles": {
-        "fill": 528, "max_split": 16, "expand_cols": 128, "block_n": 128, "block_k": 128,
-        "warps": 4, "adds": 0,
-    },
-    "rows": {
-        "fill": 1056, "max_split": 16, "block_n": 128, "block_k": 512, "warps": 4, "adds": 0,
-    },
-}  # the launchers' own defaults  # fmt: skip
+# the launchers' attributes before any variant changed them: their defaults, the best of
+# both grids (tiles_n128_c256_w8 and rows_n256_k1024_w4 of the fine one)
+_DEFAULTS: dict[str, dict[str, Any]] = {}
+KEYS = ("fill", "max_split", "expand_cols", "block_n", "block_k", "warps", "adds")
 
 
 def use(kernel: str, attrs: Attrs, groups) -> None:
-    """Make ``kernel`` (with these launcher attributes) what graphed steps run from now on."""
+    """Make ``kernel`` (with these launcher attributes over the defaults) what graphed steps
+    run from now on."""
     from loraroute.agents._lora_triton import RowLauncher, SplitLauncher
     from loraroute.agents.lora import _Group
 
     _Group.decode_kernel = kernel
     for family, cls in (("tiles", SplitLauncher), ("rows", RowLauncher)):
-        for key, value in DEFAULTS[family].items():
-            value = attrs.get(family, {}).get(key, value)
+        if family not in _DEFAULTS:
+            _DEFAULTS[family] = {k: getattr(cls, k) for k in KEYS if hasattr(cls, k)}
+        for key, value in {**_DEFAULTS[family], **attrs.get(family, {})}.items():
             setattr(cls, key, bool(value) if key == "adds" else value)
     for group in groups:  # launchers fix their tables when built
         group._split_launcher = group._row_launcher = None
@@ -289,9 +294,9 @@ def markdown(result: dict) -> str:
         "## One layer's groups at batch 32, device us per call (graph of 10 calls, replayed)",
         "",
         "Each call is what a graphed decode step runs: the group's base GEMM on the main "
-        "stream and the LoRA shrink on a side stream, then the expand, adding onto the GEMM's "
-        "product (variants marked `delta` or `_a0`: the expand writes a delta buffer on the "
-        "side stream, and one add joins them). 'gemm' is the bare GEMM.",
+        "stream, the LoRA shrink and expand on a side stream into a delta buffer, and one add "
+        "(variants marked `adds` or `_a1`: the expand runs after the GEMM and adds onto its "
+        "product). 'gemm' is the bare GEMM.",
         "",
     ]
     layer = result["layer_us"]
