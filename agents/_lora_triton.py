@@ -242,16 +242,19 @@ if triton is not None:
         job = (row * tl.num_programs(1) + member).to(tl.int64)
         tl.store(part_ptr + (job * split + s) * R + offs_r, tl.sum(acc, axis=1))
 
-    @triton.jit(do_not_specialize=["slot_stride", "stride_dm", "members", "split"])
+    @triton.jit(do_not_specialize=["slot_stride", "stride_dm", "members", "split", "n_rows"])
     def _lora_expand_rows_kernel(
         w_ptr, slot_stride, d_ptr, stride_dm, idx_ptr, block_ptr, part_ptr, members, split,
-        R: tl.constexpr, BLOCK_N: tl.constexpr, ADD: tl.constexpr,
+        n_rows, R: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, ADD: tl.constexpr,
     ):  # fmt: skip
-        """``delta[row, block] = (sum_s part[row, member, s]) @ B[slot(row), block]^T``
-        (``ADD``: ``+=`` onto the base product, and rows of slot 0 touch nothing)."""
-        row = tl.program_id(0)
+        """``delta[rows, block] = (sum_s part[row, member, s]) @ B[slot(row), block]^T`` for
+        ``ROWS`` consecutive rows, each with its own adapter (``ADD``: ``+=`` onto the base
+        product, and rows of slot 0 touch nothing)."""
         blk = tl.program_id(1)
-        slot = tl.load(idx_ptr + row).to(tl.int64)
+        offs_m = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        m_ok = offs_m < n_rows
+        slot = tl.load(idx_ptr + offs_m, mask=m_ok, other=0).to(tl.int64)
+        live = m_ok & (slot != 0)  # slot 0: no weights read
         crow = block_ptr + blk * 6
         b_off = tl.load(crow + 1).to(tl.int64)
         col0 = tl.load(crow + 2)
@@ -259,28 +262,27 @@ if triton is not None:
         dcol = tl.load(crow + 4)
         member = tl.load(crow + 5)
         offs_r = tl.arange(0, R)
-        src = part_ptr + (row * members + member).to(tl.int64) * (split * R)
-        t = tl.zeros((R,), dtype=tl.float32)
-        for s in range(0, tl.where(slot != 0, split, 0)):  # a fixed order: deterministic
-            t += tl.load(src + s * R + offs_r)
-        base = w_ptr + slot * slot_stride
-        t = t.to(base.dtype.element_ty).to(tl.float32)  # rounded to the weight dtype, as PEFT
+        src = part_ptr + ((offs_m * members + member).to(tl.int64) * split)[:, None] * R
+        t = tl.zeros((ROWS, R), dtype=tl.float32)
+        for s in range(0, split):  # a fixed order: deterministic
+            t += tl.load(src + s * R + offs_r[None, :], mask=live[:, None], other=0.0)
+        t = t.to(w_ptr.dtype.element_ty).to(tl.float32)  # rounded to the weight dtype, as PEFT
         offs_n = tl.arange(0, BLOCK_N)
         c_ok = offs_n < ncol
-        b_ok = offs_n < tl.where(slot != 0, ncol, 0)  # slot 0: no weights read
         mcols = col0 + offs_n
-        bt = tl.load(
-            base + b_off + mcols[:, None].to(tl.int64) * R + offs_r[None, :],
-            mask=b_ok[:, None],
-            other=0.0,
-        )
-        out = tl.sum(bt.to(tl.float32) * t[None, :], axis=1)
-        dst = d_ptr + row.to(tl.int64) * stride_dm + dcol + mcols
+        b_ptr = (
+            w_ptr + (slot * slot_stride + b_off)[:, None, None]
+            + (mcols.to(tl.int64) * R)[None, :, None] + offs_r[None, None, :]
+        )  # fmt: skip
+        bt = tl.load(b_ptr, mask=live[:, None, None] & c_ok[None, :, None], other=0.0)
+        out = tl.sum(bt.to(tl.float32) * t[:, None, :], axis=2)  # [ROWS, BLOCK_N]
+        dst = d_ptr + offs_m.to(tl.int64)[:, None] * stride_dm + (dcol + mcols)[None, :]
         if ADD:
-            out += tl.load(dst, mask=b_ok, other=0.0).to(tl.float32)
-            tl.store(dst, out.to(d_ptr.dtype.element_ty), mask=b_ok)
+            mask = live[:, None] & c_ok[None, :]
+            out += tl.load(dst, mask=mask, other=0.0).to(tl.float32)
+            tl.store(dst, out.to(d_ptr.dtype.element_ty), mask=mask)
         else:  # zeros for slot 0
-            tl.store(dst, out.to(d_ptr.dtype.element_ty), mask=c_ok)
+            tl.store(dst, out.to(d_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -598,6 +600,7 @@ class RowLauncher(_TwoLaunch):
     # the [r, 1024] products spill registers (ten times slower)
     block_k = 1024
     fill = 1056  # programs wanted for the shrink
+    rows_per_program = 1  # expand: rows a program serves, each with its own adapter's B
 
     def __init__(
         self, flat: torch.Tensor, members: list[tuple[int, int, int]], *, r: int,
@@ -625,9 +628,12 @@ class RowLauncher(_TwoLaunch):
         """Write (``add``: add) the group's deltas into ``out`` (``[rows, total_out]``,
         contiguous) on the current stream; without ``add``, rows of slot 0 get zeros."""
         flat = self.flat
-        _lora_expand_rows_kernel[(out.shape[0], self.n_blocks)](
+        n_rows = out.shape[0]
+        per = self.rows_per_program
+        _lora_expand_rows_kernel[(_ceil_div(n_rows, per), self.n_blocks)](
             flat, flat.stride(0), out, out.stride(0), idx, self.blocks, part, self.members,
-            split, R=self.r, BLOCK_N=self.block_n, ADD=add, num_warps=self.warps,
+            split, n_rows, R=self.r, BLOCK_N=self.block_n, ROWS=per, ADD=add,
+            num_warps=self.warps,
         )  # fmt: skip
 
     def __call__(

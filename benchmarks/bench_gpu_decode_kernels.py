@@ -10,16 +10,17 @@ default, ``auto``, picks one of the two per recorded graph (``decode_kernel_for`
 2. End to end: the 32-layer model in our engine, decode tokens/s of base alone and of ours
    with each kernel at 8, 32 and 1 distinct adapters (the bench_gpu protocol, fewer repeats).
 
-``--sweep shapes|fine`` first tries a grid of each kernel's launch shapes at the layer
+``--sweep shapes|fine|multirow`` first tries a grid of each kernel's launch shapes at the layer
 level, then times the best of each (tiles over 1 and 8 distinct, rows over 8 and 32) and
 ``auto`` end to end at 8, 32, 16 and 1 distinct. ``shapes`` is the grid that chose the
 launchers' defaults (shrink programs wanted, input slices, expand columns, inputs a shrink
-step, where the expand goes); ``fine`` varies columns, warps and steps around them.
+step, where the expand goes); ``fine`` varies columns, warps and steps around them;
+``multirow`` the rows a row-expand program serves.
 
 Writes ``<name>.json`` and ``.md`` (``--name``, default ``gpu_decode_kernels``) into
 ``--out`` after every case (a run cut short keeps what it measured):
 
-    python benchmarks/bench_gpu_decode_kernels.py [--sweep shapes|fine] --out DIR
+    python benchmarks/bench_gpu_decode_kernels.py [--sweep shapes|fine|multirow] --out DIR
 """
 
 from __future__ import annotations
@@ -94,11 +95,27 @@ FINE: dict[str, tuple[str, Attrs]] = {
         for w in (2, 4, 8)
     },
 }  # fmt: skip
-SWEEPS = {"shapes": SHAPES, "fine": FINE}
+# --sweep multirow: rows an expand program serves (each with its own adapter) against the
+# columns it covers, and warps; tiles as they are
+MULTIROW: dict[str, tuple[str, Attrs]] = {
+    "tiles": ("tiles", {}),
+    **{
+        f"rows_m{m}_n{n}_w{w}": (
+            "rows", {"rows": {"rows_per_program": m, "block_n": n, "warps": w}}
+        )
+        for m, n in ((1, 256), (2, 128), (4, 64), (1, 512), (2, 256), (4, 128), (8, 64),
+                     (4, 256), (8, 128))
+        for w in (4, 8)
+    },
+}  # fmt: skip
+SWEEPS = {"shapes": SHAPES, "fine": FINE, "multirow": MULTIROW}
 # the launchers' attributes before any variant changed them: their defaults, the best of
 # both grids (tiles_n128_c256_w8 and rows_n256_k1024_w4 of the fine one)
 _DEFAULTS: dict[str, dict[str, Any]] = {}
-KEYS = ("fill", "max_split", "expand_cols", "block_n", "block_k", "warps", "adds")
+KEYS = (
+    "fill", "max_split", "expand_cols", "block_n", "block_k", "warps", "adds",
+    "rows_per_program",
+)  # fmt: skip
 
 
 def use(kernel: str, attrs: Attrs, groups) -> None:

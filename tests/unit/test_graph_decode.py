@@ -219,15 +219,17 @@ _INTERPRETED = textwrap.dedent(
         lt.RowLauncher.block_k = 128 if fill == 1 else 512  # 3 slices, or 1 step of 512
         by_row = lt.RowLauncher(stack, spots, r=16, device=torch.device("cpu"))
         assert by_row.plan(300, len(rows))[0] == (3 if fill == 1 else 1)
-        three = torch.full((len(rows), 248), float("nan"), dtype=dtype)
-        by_row(x, three, torch.tensor(rows))
-        assert not torch.isnan(three).any(), "unwritten output"
-        torch.testing.assert_close(three.float(), fused.float(), atol=tol, rtol=tol)
-        assert (three[no_adapter] == 0).all()
-        summed = base.clone()
-        by_row(x, summed, torch.tensor(rows), add=True)
-        torch.testing.assert_close(summed.float(), (base + fused).float(), atol=tol, rtol=tol)
-        assert torch.equal(summed[no_adapter], base[no_adapter])
+        for per in (1, 4, 64):  # rows an expand program serves (64: more than the batch)
+            lt.RowLauncher.rows_per_program = per
+            three = torch.full((len(rows), 248), float("nan"), dtype=dtype)
+            by_row(x, three, torch.tensor(rows))
+            assert not torch.isnan(three).any(), "unwritten output"
+            torch.testing.assert_close(three.float(), fused.float(), atol=tol, rtol=tol)
+            assert (three[no_adapter] == 0).all()
+            summed = base.clone()
+            by_row(x, summed, torch.tensor(rows), add=True)
+            torch.testing.assert_close(summed.float(), (base + fused).float(), atol=tol, rtol=tol)
+            assert torch.equal(summed[no_adapter], base[no_adapter])
     print("interpreted ok")
     """
 )
