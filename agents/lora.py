@@ -374,9 +374,9 @@ class _Group:
     With a side stream in the plan (decode steps replayed as CUDA graphs), the Triton LoRA
     runs as two launches (on tiles, :class:`~loraroute.agents._lora_triton.SplitLauncher`,
     or one row per program, :class:`~loraroute.agents._lora_triton.RowLauncher`:
-    :func:`decode_kernel_for`): the shrink on that stream while the base GEMM runs on the
-    main one, then the expand, which adds onto the GEMM's product. At decode sizes the LoRA
-    is latency-bound, and the shrink's latency then hides behind the base GEMM's
+    :func:`decode_kernel_for`): shrink and expand into a delta buffer on that stream while
+    the base GEMM runs on the main one, and one add joins them. At decode sizes the LoRA is
+    latency-bound, and its latency then hides behind the base GEMM's
     (``LORAROUTE_LORA_OVERLAP=0`` turns this off: the fused kernel runs before the GEMM, as
     in eager steps).
     """
@@ -584,12 +584,11 @@ class _Group:
         return out
 
     def _overlapped(self, x2: torch.Tensor, plan: _Plan) -> list[Any]:
-        """Base product (main stream) plus Triton deltas (shrink on the side stream); returns
-        each member's columns of the sum.
-
-        When the launcher ``adds`` (the default), the expand runs on the main stream after
-        the GEMM and adds onto its product; otherwise it writes a delta buffer on the side
-        stream, and one add joins the two."""
+        """Base product (main stream) plus Triton deltas (side stream), joined by one add;
+        returns each member's columns of the sum. When the launcher ``adds``
+        (``LORAROUTE_LORA_EXPAND_ADDS=1``), only the shrink runs beside the GEMM, and the
+        expand runs after it, adding onto its product (no delta buffer, no add; slower on an
+        H200)."""
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         stack = self.layers.stack
