@@ -157,8 +157,9 @@ def timed_graph(fn, calls: int = 10, replays: int = 20) -> float:
     return start.elapsed_time(end) * 1e3 / (calls * replays)
 
 
-def layer_level(variants: dict, rows: int = 32, counts=(1, 8, 32)) -> dict:
-    from loraroute.agents.lora import SlotLayers, StaticPlanBuffers
+def one_layer() -> tuple[Any, Any]:
+    """One Llama-3-8B-shaped layer with 64 random rank-16 adapters in its slots."""
+    from loraroute.agents.lora import SlotLayers
 
     layer = bg.build_model("cuda", torch.bfloat16, num_hidden_layers=1, vocab_size=256)
     slots = SlotLayers(layer, 65, r_max=bg.RANK, backend="triton")
@@ -168,6 +169,63 @@ def layer_level(variants: dict, rows: int = 32, counts=(1, 8, 32)) -> dict:
     torch.cuda.synchronize()
     slots.context.wait_copies()
     slots.stack[1:].normal_(0, 0.02)
+    return layer, slots
+
+
+def parts(rows: int = 32, counts=(1, 8, 16, 32)) -> dict:
+    """Each piece of a group's graphed step alone (one stream, graph-replayed): the GEMM, the
+    shrink, the expand into a delta buffer, the add; beside the whole as graphed steps run it
+    (``overlapped``), for the launchers' defaults."""
+    from loraroute.agents.lora import StaticPlanBuffers
+
+    layer, slots = one_layer()
+    out: dict[str, Any] = {}
+    for distinct in counts:
+        bufs = StaticPlanBuffers(rows, torch.device("cuda"))
+        bufs.write([1 + (i % distinct) for i in range(rows)])
+        plan = bufs.plan(1)
+        tok, tile_slot, tiles = plan.tiles(1)
+        res: dict[str, Any] = {}
+        for group in slots.groups:
+            name = "+".join(m.name.rsplit(".", 1)[-1] for m in group.members)
+            x2 = torch.randn(rows, group.in_features, device="cuda", dtype=torch.bfloat16)
+            w_t = group.w_cat_t if group.w_cat_t is not None else group.members[0].base.weight.t()
+            y = torch.mm(x2, w_t)
+            delta = torch.empty_like(y)
+            entry = {"gemm": timed_graph(lambda x2=x2, w_t=w_t: torch.mm(x2, w_t))}
+            entry["add"] = timed_graph(lambda y=y, delta=delta: y.add_(delta))
+            for kernel in ("tiles", "rows"):
+                use(kernel, {}, [group])
+                group._overlapped(x2, plan)  # builds the launcher
+                launcher = group._row_launcher if kernel == "rows" else group._split_launcher
+                where = (plan.idx(),) if kernel == "rows" else (tok, tile_slot, tiles)
+                part, split = launcher.shrink(x2, *where)
+
+                def shrink(launcher=launcher, x2=x2, where=where):
+                    launcher.shrink(x2, *where)
+
+                def expand(launcher=launcher, delta=delta, part=part, split=split, where=where):
+                    launcher.expand(delta, part, split, *where)
+
+                def whole(group=group, x2=x2, plan=plan):
+                    group._overlapped(x2, plan)
+
+                entry[f"{kernel}_shrink"] = timed_graph(shrink)
+                entry[f"{kernel}_expand"] = timed_graph(expand)
+                entry[f"{kernel}_overlapped"] = timed_graph(whole)
+            res[name] = {k: round(v, 2) for k, v in entry.items()}
+        out[f"distinct_{distinct}"] = res
+        bg.log(f"parts, {distinct} distinct: {json.dumps(res)}")
+    use("auto", {}, slots.groups)
+    del layer, slots
+    torch.cuda.empty_cache()
+    return out
+
+
+def layer_level(variants: dict, rows: int = 32, counts=(1, 8, 32)) -> dict:
+    from loraroute.agents.lora import StaticPlanBuffers
+
+    layer, slots = one_layer()
     out: dict[str, Any] = {}
     for distinct in counts:
         bufs = StaticPlanBuffers(rows, torch.device("cuda"))
@@ -295,19 +353,44 @@ def command_flags(result: dict) -> str:
     flags = ""
     if args.get("sweep") not in (None, "None"):
         flags += f" --sweep {args['sweep']}"
+    if args.get("parts") == "True":
+        flags += " --parts"
     if args.get("name") not in (None, "gpu_decode_kernels"):
         flags += f" --name {args['name']}"
     return flags
 
 
-def markdown(result: dict) -> str:
-    env = result["env"]
+def parts_markdown(result: dict) -> list[str]:
+    """The ``--parts`` table: each piece alone, and the whole as graphed steps run it."""
     lines = [
-        "# Graphed decode LoRA kernels: 16-token tiles against one row per program (H200)",
+        "## Each piece of a group's graphed step alone, batch 32 (device us per call)",
         "",
-        f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}. Command: "
-        f"`python benchmarks/bench_gpu_decode_kernels.py{command_flags(result)} --out $OUT`.",
+        "One stream, graph-replayed: the GEMM, the add of the delta, and each kernel's shrink "
+        "and expand (into the delta buffer). 'overlapped' is the whole as graphed steps run it "
+        "(shrink and expand on a side stream beside the GEMM, then the add); 'hidden' is how "
+        "much of the pieces' sum the overlap saves.",
         "",
+        "| distinct | group | gemm | add | tiles shrink | tiles expand | tiles overlapped "
+        "| hidden | rows shrink | rows expand | rows overlapped | hidden |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, groups in result["parts_us"].items():
+        for name, e in groups.items():
+            cells = [e["gemm"], e["add"]]
+            for k in ("tiles", "rows"):
+                pieces = e["gemm"] + e["add"] + e[f"{k}_shrink"] + e[f"{k}_expand"]
+                cells += [
+                    e[f"{k}_shrink"], e[f"{k}_expand"], e[f"{k}_overlapped"],
+                    pieces - e[f"{k}_overlapped"],
+                ]  # fmt: skip
+            row = " | ".join(f"{c:.1f}" for c in cells)
+            lines.append(f"| {key.split('_')[1]} | {name} | {row} |")
+    return lines
+
+
+def layer_markdown(result: dict) -> list[str]:
+    """The layer-level tables: each variant's time over the GEMMs, and per group."""
+    lines = [
         "## One layer's groups at batch 32, device us per call (graph of 10 calls, replayed)",
         "",
         "Each call is what a graphed decode step runs: the group's base GEMM on the main "
@@ -354,6 +437,22 @@ def markdown(result: dict) -> str:
             "",
             *overhead_table(result["layer_us_streams"]),
         ]
+    return lines
+
+
+def markdown(result: dict) -> str:
+    env = result["env"]
+    lines = [
+        "# Graphed decode LoRA kernels: 16-token tiles against one row per program (H200)",
+        "",
+        f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}. Command: "
+        f"`python benchmarks/bench_gpu_decode_kernels.py{command_flags(result)} --out $OUT`.",
+        "",
+    ]
+    if "parts_us" in result:
+        lines += parts_markdown(result)
+    if "layer_us" in result:
+        lines += layer_markdown(result)
     e2e = result.get("end_to_end", {})
     base = e2e.get("base_engine")
     if base:
@@ -398,6 +497,9 @@ def main() -> None:
         "--sweep", choices=sorted(SWEEPS), help="a grid of launch shapes of both kernels first"
     )
     p.add_argument("--name", default="gpu_decode_kernels", help="stem of the files written")
+    p.add_argument(
+        "--parts", action="store_true", help="only time each piece of a group's step alone"
+    )
     p.add_argument("--render", type=Path, help="only write the markdown of this JSON file")
     args = p.parse_args()
     if args.render:
@@ -411,6 +513,10 @@ def main() -> None:
         (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
         (args.out / f"{args.name}.md").write_text(markdown(result))
 
+    if args.parts:
+        result["parts_us"] = parts()
+        save()
+        return
     variants = SWEEPS[args.sweep] if args.sweep else VARIANTS
     result["layer_us"] = layer = layer_level(variants)
     save()
