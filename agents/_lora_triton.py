@@ -154,10 +154,11 @@ if triton is not None:
                 _expand(total, base, b_off, col0, ncol, dcol, d_ptr, stride_dm, rows64,
                         row_ok, offs_r, R, BLOCK_N, CHUNK_N, False)  # fmt: skip
 
-    @triton.jit(do_not_specialize=["stride_xm", "slot_stride", "K", "k_per"])
+    @triton.jit
     def _lora_shrink_kernel(
         x_ptr, stride_xm, w_ptr, slot_stride, tok_ptr, tile_slot_ptr, a_off_ptr, part_ptr, K,
         k_per, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+        ALIGN: tl.constexpr,
     ):  # fmt: skip
         """``part[tile, member, s] = x[tile, slice s] @ A[slot, member, :, slice s]^T`` (fp32;
         zeros for padding tiles and slot 0, which read nothing)."""
@@ -171,7 +172,8 @@ if triton is not None:
         row_ok = rows >= 0
         rows64 = tl.where(row_ok, rows, 0).to(tl.int64)
         live = (tl.load(tok_ptr + tile * BLOCK_M) >= 0) & (slot != 0)
-        base = w_ptr + slot * slot_stride + tl.load(a_off_ptr + member).to(tl.int64)
+        a_off = tl.multiple_of(tl.load(a_off_ptr + member).to(tl.int64), ALIGN)
+        base = w_ptr + slot * slot_stride + a_off
         offs_r = tl.arange(0, R)
         k_lo = s * k_per
         k_hi = tl.where(live, tl.minimum(k_lo + k_per, K), k_lo)
@@ -180,11 +182,11 @@ if triton is not None:
         dst = part_ptr + (job * split + s) * (BLOCK_M * R)
         tl.store(dst + offs_m[:, None] * R + offs_r[None, :], acc)
 
-    @triton.jit(do_not_specialize=["slot_stride", "stride_dm", "members", "split"])
+    @triton.jit(do_not_specialize=["members", "split"])
     def _lora_expand_kernel(
         w_ptr, slot_stride, d_ptr, stride_dm, tok_ptr, tile_slot_ptr, block_ptr, part_ptr,
         members, split, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        CHUNK_N: tl.constexpr, ADD: tl.constexpr,
+        CHUNK_N: tl.constexpr, ADD: tl.constexpr, ALIGN: tl.constexpr,
     ):  # fmt: skip
         """``delta[tile, chunk] = (sum_s part[tile, member, s]) @ B[slot, chunk]^T``, the
         chunk's ``CHUNK_N`` columns in blocks of ``BLOCK_N`` (``ADD``: ``+=`` onto the base
@@ -200,10 +202,10 @@ if triton is not None:
         if ADD:
             live = live & (slot != 0)
         crow = block_ptr + blk * 6
-        b_off = tl.load(crow + 1).to(tl.int64)
-        col0 = tl.load(crow + 2)
+        b_off = tl.multiple_of(tl.load(crow + 1).to(tl.int64), ALIGN)
+        col0 = tl.multiple_of(tl.load(crow + 2), ALIGN)
         ncol = tl.where(live, tl.load(crow + 3), 0)
-        dcol = tl.load(crow + 4)
+        dcol = tl.multiple_of(tl.load(crow + 4), ALIGN)
         member = tl.load(crow + 5)
         offs_r = tl.arange(0, R)
         offs_t = offs_m[:, None] * R + offs_r[None, :]
@@ -214,10 +216,10 @@ if triton is not None:
         _expand(total, w_ptr + slot * slot_stride, b_off, col0, ncol, dcol, d_ptr, stride_dm,
                 rows64, row_ok, offs_r, R, BLOCK_N, CHUNK_N, ADD)  # fmt: skip
 
-    @triton.jit(do_not_specialize=["stride_xm", "slot_stride", "K", "k_per"])
+    @triton.jit
     def _lora_shrink_rows_kernel(
         x_ptr, stride_xm, w_ptr, slot_stride, idx_ptr, a_off_ptr, part_ptr, K, k_per,
-        R: tl.constexpr, BLOCK_K: tl.constexpr,
+        R: tl.constexpr, BLOCK_K: tl.constexpr, ALIGN: tl.constexpr,
     ):  # fmt: skip
         """``part[row, member, s] = x[row, slice s] @ A[slot(row), member, :, slice s]^T``: one
         row per program, no tiles (a GEMV, as Punica's BGMV); slot 0 (no adapter) does no work."""
@@ -226,7 +228,8 @@ if triton is not None:
         s = tl.program_id(2)
         split = tl.num_programs(2)
         slot = tl.load(idx_ptr + row).to(tl.int64)
-        base = w_ptr + slot * slot_stride + tl.load(a_off_ptr + member).to(tl.int64)
+        a_off = tl.multiple_of(tl.load(a_off_ptr + member).to(tl.int64), ALIGN)
+        base = w_ptr + slot * slot_stride + a_off
         offs_r = tl.arange(0, R)
         offs_k = tl.arange(0, BLOCK_K)
         k_lo = s * k_per
@@ -242,10 +245,11 @@ if triton is not None:
         job = (row * tl.num_programs(1) + member).to(tl.int64)
         tl.store(part_ptr + (job * split + s) * R + offs_r, tl.sum(acc, axis=1))
 
-    @triton.jit(do_not_specialize=["slot_stride", "stride_dm", "members", "split", "n_rows"])
+    @triton.jit(do_not_specialize=["members", "split", "n_rows"])
     def _lora_expand_rows_kernel(
         w_ptr, slot_stride, d_ptr, stride_dm, idx_ptr, block_ptr, part_ptr, members, split,
         n_rows, R: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, ADD: tl.constexpr,
+        ALIGN: tl.constexpr,
     ):  # fmt: skip
         """``delta[rows, block] = (sum_s part[row, member, s]) @ B[slot(row), block]^T`` for
         ``ROWS`` consecutive rows, each with its own adapter (``ADD``: ``+=`` onto the base
@@ -256,10 +260,10 @@ if triton is not None:
         slot = tl.load(idx_ptr + offs_m, mask=m_ok, other=0).to(tl.int64)
         live = m_ok & (slot != 0)  # slot 0: no weights read
         crow = block_ptr + blk * 6
-        b_off = tl.load(crow + 1).to(tl.int64)
-        col0 = tl.load(crow + 2)
+        b_off = tl.multiple_of(tl.load(crow + 1).to(tl.int64), ALIGN)
+        col0 = tl.multiple_of(tl.load(crow + 2), ALIGN)
         ncol = tl.load(crow + 3)
-        dcol = tl.load(crow + 4)
+        dcol = tl.multiple_of(tl.load(crow + 4), ALIGN)
         member = tl.load(crow + 5)
         offs_r = tl.arange(0, R)
         src = part_ptr + ((offs_m * members + member).to(tl.int64) * split)[:, None] * R
@@ -301,10 +305,8 @@ def chunk_width(total_cols: int, in_features: int) -> int:
     return int(min(max(width, 256), 2048))
 
 
-def chunk_table(
-    members: list[tuple[int, int, int]], chunk: int, device: torch.device
-) -> torch.Tensor:
-    """``[chunks, 6]`` int32 rows ``(a_off, b_off, col0, ncol, dcol, member)``.
+def chunk_rows(members: list[tuple[int, int, int]], chunk: int) -> list[tuple[int, ...]]:
+    """Rows ``(a_off, b_off, col0, ncol, dcol, member)``, one per ``chunk`` output columns.
 
     ``members``: ``(a_off, b_off, out_features)`` per module of the group, in delta order.
     """
@@ -316,7 +318,14 @@ def chunk_table(
         dcol += fout
     if max(max(r[0], r[1]) for r in rows) >= 2**31:
         raise ValueError("a slot is too large for int32 offsets; use fewer modules or a lower rank")
-    return torch.tensor(rows, dtype=torch.int32).to(device)
+    return rows
+
+
+def chunk_table(
+    members: list[tuple[int, int, int]], chunk: int, device: torch.device
+) -> torch.Tensor:
+    """:func:`chunk_rows` as a ``[chunks, 6]`` int32 tensor on ``device``."""
+    return torch.tensor(chunk_rows(members, chunk), dtype=torch.int32).to(device)
 
 
 class GroupLauncher:
@@ -485,9 +494,18 @@ class _TwoLaunch:
         self.r = r
         self.members = len(members)
         self.a_offs = torch.tensor([a for a, _, _ in members], dtype=torch.int32).to(device)
-        self.blocks = chunk_table(members, cols, device)
-        self.n_blocks = int(self.blocks.shape[0])
+        rows = chunk_rows(members, cols)
+        self.blocks = torch.tensor(rows, dtype=torch.int32).to(device)
+        self.n_blocks = len(rows)
         self._parts: dict[tuple[int, int], torch.Tensor] = {}
+        # what the table's offsets (A, B, chunk and delta columns) are all multiples of, in
+        # elements: the kernels tell the compiler, which can then load and store in 16-byte
+        # vectors (it cannot know values read from memory; strides and sizes passed as
+        # arguments it checks itself)
+        offsets = [v for row in rows for v in (row[0], row[1], row[2], row[4])]
+        self.align = 16
+        while self.align > 1 and any(o % self.align for o in offsets):
+            self.align //= 2
 
     def plan(self, K: int, units: int) -> tuple[int, int, int]:
         """``(split, block_k, k_per)`` for a ``K``-wide input over ``units`` tiles or rows."""
@@ -553,7 +571,8 @@ class SplitLauncher(_TwoLaunch):
         flat = self.flat
         _lora_shrink_kernel[(tiles, self.members, split)](
             x, x.stride(0), flat, flat.stride(0), tok, tile_slot, self.a_offs, part, K, k_per,
-            R=self.r, BLOCK_M=self.block_m, BLOCK_K=block_k, num_warps=self.warps,
+            R=self.r, BLOCK_M=self.block_m, BLOCK_K=block_k, ALIGN=self.align,
+            num_warps=self.warps,
         )  # fmt: skip
         return part, split
 
@@ -567,7 +586,7 @@ class SplitLauncher(_TwoLaunch):
         _lora_expand_kernel[(tiles, self.n_blocks)](
             flat, flat.stride(0), out, out.stride(0), tok, tile_slot, self.blocks, part,
             self.members, split, R=self.r, BLOCK_M=self.block_m, BLOCK_N=self.block_n,
-            CHUNK_N=self.expand_n, ADD=add, num_warps=self.warps,
+            CHUNK_N=self.expand_n, ADD=add, ALIGN=self.align, num_warps=self.warps,
         )  # fmt: skip
 
     def __call__(
@@ -617,7 +636,7 @@ class RowLauncher(_TwoLaunch):
         flat = self.flat
         _lora_shrink_rows_kernel[(rows, self.members, split)](
             x, x.stride(0), flat, flat.stride(0), idx, self.a_offs, part, K, k_per,
-            R=self.r, BLOCK_K=block_k, num_warps=self.warps,
+            R=self.r, BLOCK_K=block_k, ALIGN=self.align, num_warps=self.warps,
         )  # fmt: skip
         return part, split
 
@@ -633,7 +652,7 @@ class RowLauncher(_TwoLaunch):
         _lora_expand_rows_kernel[(_ceil_div(n_rows, per), self.n_blocks)](
             flat, flat.stride(0), out, out.stride(0), idx, self.blocks, part, self.members,
             split, n_rows, R=self.r, BLOCK_N=self.block_n, ROWS=per, ADD=add,
-            num_warps=self.warps,
+            ALIGN=self.align, num_warps=self.warps,
         )  # fmt: skip
 
     def __call__(

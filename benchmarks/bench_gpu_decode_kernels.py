@@ -8,11 +8,12 @@ default, ``auto``, picks one of the two per recorded graph (``decode_kernel_for`
    its product), recorded as a CUDA graph of 10 calls and replayed; beside the bare GEMM of
    the group. Also each variant's LoRA part against an fp32 reference.
 2. End to end: the 32-layer model in our engine, decode tokens/s of base alone and of ours
-   with each kernel at 8, 32 and 1 distinct adapters (the bench_gpu protocol, fewer repeats).
+   with each kernel and ``auto`` at 8, 32, 16 and 1 distinct adapters (the bench_gpu
+   protocol, fewer repeats).
 
 ``--sweep shapes|fine|multirow`` first tries a grid of each kernel's launch shapes at the layer
 level, then times the best of each (tiles over 1 and 8 distinct, rows over 8 and 32) and
-``auto`` end to end at 8, 32, 16 and 1 distinct. ``shapes`` is the grid that chose the
+``auto`` end to end. ``--parts`` only times each piece of a group's step alone. ``shapes`` is the grid that chose the
 launchers' defaults (shrink programs wanted, input slices, expand columns, inputs a shrink
 step, where the expand goes); ``fine`` varies columns, warps and steps around them;
 ``multirow`` the rows a row-expand program serves.
@@ -520,7 +521,7 @@ def main() -> None:
     variants = SWEEPS[args.sweep] if args.sweep else VARIANTS
     result["layer_us"] = layer = layer_level(variants)
     save()
-    cases = {"tiles": VARIANTS["tiles"], "rows": VARIANTS["rows"]}
+    cases = {"tiles": VARIANTS["tiles"], "rows": VARIANTS["rows"], "auto": ("auto", {})}
     if args.sweep:  # the best shapes of each kernel (tiles at 1-8 distinct, rows at 8-32), and auto
         tiles = best(layer, variants, "tiles", (1, 8))
         rows = best(layer, variants, "rows", (8, 32))
@@ -536,8 +537,7 @@ def main() -> None:
         result["chosen"] = {"tiles": tiles, "rows": rows}
         bg.log(f"chosen: {result['chosen']}")
     result["end_to_end"] = {}
-    e2e_counts = (8, 32, 1) if not args.sweep else (8, 32, 16, 1)
-    end_to_end(args, cases, e2e_counts, result["end_to_end"], save)
+    end_to_end(args, cases, (8, 32, 16, 1), result["end_to_end"], save)
     bg.log("done")
 
 
