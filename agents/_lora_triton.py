@@ -480,6 +480,7 @@ class _TwoLaunch:
     fill = 132  # shrink programs wanted
     block_k = 128  # input columns a shrink program reads per step
     warps = 4  # per program, both kernels
+    max_align = 16  # the most the table's offsets are declared to be multiples of
     # where the expand of a graphed step goes: beside the base GEMM into a delta buffer,
     # then one add (the default); or after the GEMM, adding onto its product (no buffer, no
     # add, but the expand waits for the GEMM: 8 us a layer slower on an H200, see
@@ -503,7 +504,7 @@ class _TwoLaunch:
         # vectors (it cannot know values read from memory; strides and sizes passed as
         # arguments it checks itself)
         offsets = [v for row in rows for v in (row[0], row[1], row[2], row[4])]
-        self.align = 16
+        self.align = self.max_align
         while self.align > 1 and any(o % self.align for o in offsets):
             self.align //= 2
 

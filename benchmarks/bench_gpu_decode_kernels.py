@@ -44,6 +44,9 @@ VARIANTS: dict[str, tuple[str, Attrs]] = {
     "rows": ("rows", {}),
     "tiles_adds": ("tiles", {"tiles": {"adds": 1}}),
     "rows_adds": ("rows", {"rows": {"adds": 1}}),
+    "tiles_noalign": ("tiles", {"tiles": {"max_align": 1}}),
+    "rows_noalign": ("rows", {"rows": {"max_align": 1}}),
+    "auto_noalign": ("auto", {"tiles": {"max_align": 1}, "rows": {"max_align": 1}}),
 }
 # --sweep shapes: launch shapes of each kernel (shrink programs wanted, most input slices,
 # expand columns or input columns a step) and where the expand goes (adds onto the GEMM's
@@ -115,7 +118,7 @@ SWEEPS = {"shapes": SHAPES, "fine": FINE, "multirow": MULTIROW}
 _DEFAULTS: dict[str, dict[str, Any]] = {}
 KEYS = (
     "fill", "max_split", "expand_cols", "block_n", "block_k", "warps", "adds",
-    "rows_per_program",
+    "rows_per_program", "max_align",
 )  # fmt: skip
 
 
@@ -501,6 +504,8 @@ def main() -> None:
     p.add_argument(
         "--parts", action="store_true", help="only time each piece of a group's step alone"
     )
+    p.add_argument("--e2e", help="only these cases (comma-separated names, or auto) end to end")
+    p.add_argument("--counts", default="8,32,16,1", help="distinct adapters, with --e2e")
     p.add_argument("--render", type=Path, help="only write the markdown of this JSON file")
     args = p.parse_args()
     if args.render:
@@ -514,6 +519,12 @@ def main() -> None:
         (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
         (args.out / f"{args.name}.md").write_text(markdown(result))
 
+    if args.e2e:  # only these cases end to end
+        cases = {c: VARIANTS[c] if c != "auto" else ("auto", {}) for c in args.e2e.split(",")}
+        counts = tuple(int(c) for c in args.counts.split(","))
+        result["end_to_end"] = {}
+        end_to_end(args, cases, counts, result["end_to_end"], save)
+        return
     if args.parts:
         result["parts_us"] = parts()
         save()
