@@ -547,6 +547,10 @@ class SplitLauncher(_TwoLaunch):
     expand_cols = 256
     fill = 528  # programs wanted for the shrink (four per multiprocessor)
     warps = 8
+    # the tiles' kernels are not told the offsets' alignment: on an H200 the hints cut their
+    # layer time at 8 and 32 distinct adapters but cost 3-5% end to end at 1, where auto
+    # uses tiles (benchmarks/results/gpu_decode_align.md); rows keep them
+    max_align = 1
 
     def __init__(
         self,

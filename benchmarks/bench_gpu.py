@@ -1096,10 +1096,11 @@ def main() -> None:
         "latency-bound, not bandwidth-bound: in a graphed step each group's LoRA runs as two "
         "short launches (shrink, then expand) on a side stream beside the base GEMM, on "
         "16-token tiles per adapter or, when most tile places would be padding, one row per "
-        "program (decode_kernel_for; gpu_decode_kernels.md compares the two). This "
-        "hides most of it at 1 distinct adapter; with more distinct adapters "
-        "the kernels read more adapter bytes and outlast the GEMM. The kernel table above "
-        "times the fused one-launch kernel that eager steps use.",
+        "program (decode_kernel_for; gpu_decode_kernels.md compares the two). The "
+        "overlap hides less than it promises: the GEMM leaves the side stream little room, so "
+        "a step costs about its GEMMs plus every LoRA kernel plus the adds "
+        "(gpu_decode_parts.md). The kernel table above times the fused one-launch kernel that "
+        "eager steps use.",
     ]
     (args.out / "gpu.json").write_text(json.dumps(result, indent=2))
     (args.out / "gpu.md").write_text(markdown(result))

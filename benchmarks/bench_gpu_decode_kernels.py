@@ -11,12 +11,13 @@ default, ``auto``, picks one of the two per recorded graph (``decode_kernel_for`
    with each kernel and ``auto`` at 8, 32, 16 and 1 distinct adapters (the bench_gpu
    protocol, fewer repeats).
 
-``--sweep shapes|fine|multirow`` first tries a grid of each kernel's launch shapes at the layer
-level, then times the best of each (tiles over 1 and 8 distinct, rows over 8 and 32) and
-``auto`` end to end. ``--parts`` only times each piece of a group's step alone. ``shapes`` is the grid that chose the
-launchers' defaults (shrink programs wanted, input slices, expand columns, inputs a shrink
-step, where the expand goes); ``fine`` varies columns, warps and steps around them;
-``multirow`` the rows a row-expand program serves.
+``--sweep shapes|fine|multirow`` first tries a grid of each kernel's launch shapes at the
+layer level, then times the best of each (tiles over 1 and 8 distinct, rows over 8 and 32)
+and ``auto`` end to end. ``shapes`` is the grid that chose the launchers' defaults (shrink
+programs wanted, input slices, expand columns, inputs a shrink step, where the expand goes);
+``fine`` varies columns, warps and steps around them; ``multirow`` the rows a row-expand
+program serves. ``--parts`` only times each piece of a group's step alone; ``--e2e CASES``
+only runs those cases end to end.
 
 Writes ``<name>.json`` and ``.md`` (``--name``, default ``gpu_decode_kernels``) into
 ``--out`` after every case (a run cut short keeps what it measured):
@@ -44,9 +45,9 @@ VARIANTS: dict[str, tuple[str, Attrs]] = {
     "rows": ("rows", {}),
     "tiles_adds": ("tiles", {"tiles": {"adds": 1}}),
     "rows_adds": ("rows", {"rows": {"adds": 1}}),
-    "tiles_noalign": ("tiles", {"tiles": {"max_align": 1}}),
+    # the offsets' alignment told to the compiler (tiles) or not (rows): the other way
+    "tiles_aligned": ("tiles", {"tiles": {"max_align": 16}}),
     "rows_noalign": ("rows", {"rows": {"max_align": 1}}),
-    "auto_noalign": ("auto", {"tiles": {"max_align": 1}, "rows": {"max_align": 1}}),
 }
 # --sweep shapes: launch shapes of each kernel (shrink programs wanted, most input slices,
 # expand columns or input columns a step) and where the expand goes (adds onto the GEMM's
@@ -359,6 +360,8 @@ def command_flags(result: dict) -> str:
         flags += f" --sweep {args['sweep']}"
     if args.get("parts") == "True":
         flags += " --parts"
+    if args.get("e2e") not in (None, "None"):
+        flags += f" --e2e {args['e2e']} --counts {args['counts']} --reps {args['reps']}"
     if args.get("name") not in (None, "gpu_decode_kernels"):
         flags += f" --name {args['name']}"
     return flags

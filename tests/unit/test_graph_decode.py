@@ -266,3 +266,21 @@ def test_graphed_steps_take_rows_when_most_tile_places_would_be_padding():
     assert decode_kernel_for("rows", 64, 32, 32) == "tiles"
     assert decode_kernel_for("rows", 32, 32, 2) == "rows"
     assert decode_kernel_for("tiles", 32, 32, 32) == "tiles"
+
+
+def test_decode_launchers_declare_only_the_alignment_their_offsets_have():
+    """The kernels tell the compiler that A/B offsets and column starts are multiples of
+    ``align`` elements (16-byte vectors at 8 bf16); a wrong claim would misread weights."""
+    lt = pytest.importorskip("loraroute.agents._lora_triton")
+    cpu = torch.device("cpu")
+    flat = torch.zeros(2, 4096)
+
+    def align(members, cls=lt.RowLauncher):
+        return cls(flat, members, r=16, device=cpu).align
+
+    assert align([(0, 256, 512), (768, 1024, 256)]) == 16
+    assert align([(0, 24, 512)]) == 8  # the B offset
+    assert align([(0, 256, 40), (16, 512, 32)]) == 8  # the second module's delta column, 40
+    assert align([(0, 3, 16)]) == 1
+    # the tile kernels are not told (measured slower end to end with the hints)
+    assert lt.SplitLauncher(flat, [(0, 256, 512)], r=16, block_m=16, device=cpu).align == 1
