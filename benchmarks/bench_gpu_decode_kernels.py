@@ -28,6 +28,7 @@ Writes ``<name>.json`` and ``.md`` (``--name``, default ``gpu_decode_kernels``) 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -49,64 +50,48 @@ VARIANTS: dict[str, tuple[str, Attrs]] = {
     "tiles_aligned": ("tiles", {"tiles": {"max_align": 16}}),
     "rows_noalign": ("rows", {"rows": {"max_align": 1}}),
 }
+
+
+def grid(kernel: str, base: dict[str, int], **axes: tuple[str, tuple]) -> dict:
+    """Variants of ``kernel`` over every combination of ``axes`` (``short=(attribute,
+    values)``), on top of ``base``; named like ``tiles_f132_s16``."""
+    out = {}
+    for values in itertools.product(*(vals for _, vals in axes.values())):
+        attrs = {**base, **{attr: v for (attr, _), v in zip(axes.values(), values, strict=True)}}
+        label = "_".join([kernel, *(f"{k}{v}" for k, v in zip(axes, values, strict=True))])
+        out[label] = (kernel, {kernel: attrs})
+    return out
+
+
 # --sweep shapes: launch shapes of each kernel (shrink programs wanted, most input slices,
 # expand columns or input columns a step) and where the expand goes (adds onto the GEMM's
-# product, or a delta buffer joined by an add)
-# (the rest as it was then: 128 columns a dot or a row program, 128 inputs a tile shrink
-# step, 4 warps)
-_THEN = {"block_n": 128, "block_k": 128, "warps": 4}
+# product, or a delta buffer joined by an add); the rest as it was then (128 columns a dot
+# or a row program, 128 inputs a tile shrink step, 4 warps, offsets' alignment not told)
+_THEN = {"block_n": 128, "block_k": 128, "warps": 4, "max_align": 1}
 SHAPES: dict[str, tuple[str, Attrs]] = {
-    **{
-        f"tiles_f{f}_s{m}_c{c}_a{a}": (
-            "tiles",
-            {"tiles": {**_THEN, "fill": f, "max_split": m, "expand_cols": c, "adds": a}},
-        )
-        for f in (132, 528, 2112)
-        for m in (16, 64)
-        for c in (128, 512)
-        for a in (1, 0)
-    },
-    **{
-        f"rows_f{f}_s{m}_k{k}_a{a}": (
-            "rows",
-            {"rows": {**_THEN, "fill": f, "max_split": m, "block_k": k, "adds": a}},
-        )
-        for f in (264, 1056, 4224)
-        for m in (16, 64)
-        for k in (128, 512)
-        for a in (1, 0)
-    },
-}
+    **grid("tiles", _THEN, f=("fill", (132, 528, 2112)), s=("max_split", (16, 64)),
+           c=("expand_cols", (128, 512)), a=("adds", (1, 0))),
+    **grid("rows", _THEN, f=("fill", (264, 1056, 4224)), s=("max_split", (16, 64)),
+           k=("block_k", (128, 512)), a=("adds", (1, 0))),
+}  # fmt: skip
 # --sweep fine: around the defaults that the first grid chose (columns a dot or a row
 # program, warps, expand columns, inputs a shrink step)
-_TILES = {"fill": 528, "max_split": 16, "block_k": 128, "adds": 0}
-_ROWS = {"fill": 1056, "max_split": 16, "adds": 0}
+_TILES = {"fill": 528, "max_split": 16, "block_k": 128, "adds": 0, "max_align": 1}
+_ROWS = {"fill": 1056, "max_split": 16, "adds": 0, "max_align": 1}
 FINE: dict[str, tuple[str, Attrs]] = {
-    **{
-        f"tiles_n{n}_c{c}_w{w}": (
-            "tiles",
-            {"tiles": {**_TILES, "block_n": n, "expand_cols": max(c, n), "warps": w}},
-        )
-        for n in (64, 128)
-        for c in (128, 256)
-        for w in (2, 4, 8)
-    },
-    **{
-        f"rows_n{n}_k{k}_w{w}": (
-            "rows", {"rows": {**_ROWS, "block_n": n, "block_k": k, "warps": w}}
-        )
-        for n in (128, 256, 512)
-        for k in (512, 1024)
-        for w in (2, 4, 8)
-    },
+    **grid("tiles", _TILES, n=("block_n", (64, 128)), c=("expand_cols", (128, 256)),
+           w=("warps", (2, 4, 8))),
+    **grid("rows", _ROWS, n=("block_n", (128, 256, 512)), k=("block_k", (512, 1024)),
+           w=("warps", (2, 4, 8))),
 }  # fmt: skip
 # --sweep multirow: rows an expand program serves (each with its own adapter) against the
-# columns it covers, and warps; tiles as they are
+# columns it covers, and warps (offsets' alignment not told, as then); tiles as they are
 MULTIROW: dict[str, tuple[str, Attrs]] = {
     "tiles": ("tiles", {}),
     **{
         f"rows_m{m}_n{n}_w{w}": (
-            "rows", {"rows": {"rows_per_program": m, "block_n": n, "warps": w}}
+            "rows",
+            {"rows": {"rows_per_program": m, "block_n": n, "warps": w, "max_align": 1}},
         )
         for m, n in ((1, 256), (2, 128), (4, 64), (1, 512), (2, 256), (4, 128), (8, 64),
                      (4, 256), (8, 128))
