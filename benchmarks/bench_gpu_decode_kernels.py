@@ -162,112 +162,102 @@ def one_layer() -> tuple[Any, Any]:
     return layer, slots
 
 
+def each_group(rows: int, counts, out: dict, what: str):
+    """``(plan, group, x2, w_t, entry)`` for each group of one layer at each count of distinct
+    adapters (rows take them in turn), with a random input ``x2``, the group's base weight
+    ``w_t`` and its bare GEMM timed into ``entry``; ``entry`` lands in ``out`` and the log."""
+    from loraroute.agents.lora import StaticPlanBuffers
+
+    layer, slots = one_layer()
+    for distinct in counts:
+        bufs = StaticPlanBuffers(rows, torch.device("cuda"))
+        bufs.write([1 + (i % distinct) for i in range(rows)])
+        plan = bufs.plan(1)
+        res = out[f"distinct_{distinct}"] = {}
+        for group in slots.groups:
+            name = "+".join(m.name.rsplit(".", 1)[-1] for m in group.members)
+            x2 = torch.randn(rows, group.in_features, device="cuda", dtype=torch.bfloat16)
+            w_t = group.w_cat_t if group.w_cat_t is not None else group.members[0].base.weight.t()
+            entry = {"gemm": timed_graph(lambda x2=x2, w_t=w_t: torch.mm(x2, w_t))}
+            yield plan, group, x2, w_t, entry
+            res[name] = {k: round(v, 2) if k != "max_rel_diff" else v for k, v in entry.items()}
+        bg.log(f"{what}, {distinct} distinct: {json.dumps(res)}")
+    use("auto", {}, slots.groups)
+    del layer, slots
+    torch.cuda.empty_cache()
+
+
 def parts(rows: int = 32, counts=(1, 8, 16, 32)) -> dict:
     """Each piece of a group's graphed step alone (one stream, graph-replayed): the GEMM, the
     shrink, the expand into a delta buffer, the add; beside the whole as graphed steps run it
     (``overlapped``), for the launchers' defaults."""
-    from loraroute.agents.lora import StaticPlanBuffers
-
-    layer, slots = one_layer()
     out: dict[str, Any] = {}
-    for distinct in counts:
-        bufs = StaticPlanBuffers(rows, torch.device("cuda"))
-        bufs.write([1 + (i % distinct) for i in range(rows)])
-        plan = bufs.plan(1)
+    for plan, group, x2, w_t, entry in each_group(rows, counts, out, "parts"):
         tok, tile_slot, tiles = plan.tiles(1)
-        res: dict[str, Any] = {}
-        for group in slots.groups:
-            name = "+".join(m.name.rsplit(".", 1)[-1] for m in group.members)
-            x2 = torch.randn(rows, group.in_features, device="cuda", dtype=torch.bfloat16)
-            w_t = group.w_cat_t if group.w_cat_t is not None else group.members[0].base.weight.t()
-            y = torch.mm(x2, w_t)
-            delta = torch.empty_like(y)
-            entry = {"gemm": timed_graph(lambda x2=x2, w_t=w_t: torch.mm(x2, w_t))}
-            entry["add"] = timed_graph(lambda y=y, delta=delta: y.add_(delta))
-            for kernel in ("tiles", "rows"):
-                use(kernel, {}, [group])
-                group._overlapped(x2, plan)  # builds the launcher
-                launcher = group._row_launcher if kernel == "rows" else group._split_launcher
-                where = (plan.idx(),) if kernel == "rows" else (tok, tile_slot, tiles)
-                part, split = launcher.shrink(x2, *where)
+        y = torch.mm(x2, w_t)
+        delta = torch.empty_like(y)
+        entry["add"] = timed_graph(lambda y=y, delta=delta: y.add_(delta))
+        for kernel in ("tiles", "rows"):
+            use(kernel, {}, [group])
+            group._overlapped(x2, plan)  # builds the launcher
+            launcher = group._row_launcher if kernel == "rows" else group._split_launcher
+            where = (plan.idx(),) if kernel == "rows" else (tok, tile_slot, tiles)
+            part, split = launcher.shrink(x2, *where)
 
-                def shrink(launcher=launcher, x2=x2, where=where):
-                    launcher.shrink(x2, *where)
+            def shrink(launcher=launcher, x2=x2, where=where):
+                launcher.shrink(x2, *where)
 
-                def expand(launcher=launcher, delta=delta, part=part, split=split, where=where):
-                    launcher.expand(delta, part, split, *where)
+            def expand(launcher=launcher, delta=delta, part=part, split=split, where=where):
+                launcher.expand(delta, part, split, *where)
 
-                def whole(group=group, x2=x2, plan=plan):
-                    group._overlapped(x2, plan)
+            def whole(group=group, x2=x2, plan=plan):
+                group._overlapped(x2, plan)
 
-                entry[f"{kernel}_shrink"] = timed_graph(shrink)
-                entry[f"{kernel}_expand"] = timed_graph(expand)
-                entry[f"{kernel}_overlapped"] = timed_graph(whole)
-            res[name] = {k: round(v, 2) for k, v in entry.items()}
-        out[f"distinct_{distinct}"] = res
-        bg.log(f"parts, {distinct} distinct: {json.dumps(res)}")
-    use("auto", {}, slots.groups)
-    del layer, slots
-    torch.cuda.empty_cache()
+            entry[f"{kernel}_shrink"] = timed_graph(shrink)
+            entry[f"{kernel}_expand"] = timed_graph(expand)
+            entry[f"{kernel}_overlapped"] = timed_graph(whole)
     return out
 
 
 def layer_level(variants: dict, rows: int = 32, counts=(1, 8, 32)) -> dict:
-    from loraroute.agents.lora import StaticPlanBuffers
-
-    layer, slots = one_layer()
+    """Each variant's graphed step of each group, and its LoRA part against an fp32
+    reference."""
     out: dict[str, Any] = {}
-    for distinct in counts:
-        bufs = StaticPlanBuffers(rows, torch.device("cuda"))
-        bufs.write([1 + (i % distinct) for i in range(rows)])
-        plan = bufs.plan(1)
-        res: dict[str, Any] = {}
-        for group in slots.groups:
-            name = "+".join(m.name.rsplit(".", 1)[-1] for m in group.members)
-            x2 = torch.randn(rows, group.in_features, device="cuda", dtype=torch.bfloat16)
-            w_t = group.w_cat_t if group.w_cat_t is not None else group.members[0].base.weight.t()
-            entry = {"gemm": timed_graph(lambda x2=x2, w_t=w_t: torch.mm(x2, w_t))}
-            # the LoRA part in fp32 from the slot stack, per row (gather), as a reference
-            idx = plan.idx()
-            xf = x2.float()[:, None, :]
-            t = torch.bmm(xf, group.a.index_select(0, idx).float().transpose(1, 2))[:, 0]
-            r = group.r
-            want = torch.cat(
-                [
-                    torch.bmm(t[:, None, i * r : (i + 1) * r],
-                              b.index_select(0, idx).float().transpose(1, 2))[:, 0]
-                    for i, b in enumerate(group.b)
-                ],
-                1,
-            )  # fmt: skip
-            base_f = x2.float() @ w_t.float()
-            worst = 0.0
-            for label, (kernel, attrs) in variants.items():
-                use(kernel, attrs, [group])
+    for plan, group, x2, w_t, entry in each_group(rows, counts, out, "layer"):
+        # the LoRA part in fp32 from the slot stack, per row (gather), as a reference
+        idx = plan.idx()
+        xf = x2.float()[:, None, :]
+        t = torch.bmm(xf, group.a.index_select(0, idx).float().transpose(1, 2))[:, 0]
+        r = group.r
+        want = torch.cat(
+            [
+                torch.bmm(t[:, None, i * r : (i + 1) * r],
+                          b.index_select(0, idx).float().transpose(1, 2))[:, 0]
+                for i, b in enumerate(group.b)
+            ],
+            1,
+        )  # fmt: skip
+        base_f = x2.float() @ w_t.float()
+        worst = 0.0
+        for label, (kernel, attrs) in variants.items():
+            use(kernel, attrs, [group])
+            one_stream = attrs.get("group", {}).get("one_stream", 0)
 
-                one_stream = attrs.get("group", {}).get("one_stream", 0)
+            def call(group=group, x2=x2, plan=plan, one_stream=one_stream):
+                side = plan.side
+                if one_stream:  # the shrink on the GEMM's stream, before it
+                    plan.side = torch.cuda.current_stream()
+                try:
+                    return group._overlapped(x2, plan)
+                finally:
+                    plan.side = side
 
-                def call(group=group, x2=x2, plan=plan, one_stream=one_stream):
-                    side = plan.side
-                    if one_stream:  # the shrink on the GEMM's stream, before it
-                        plan.side = torch.cuda.current_stream()
-                    try:
-                        return group._overlapped(x2, plan)
-                    finally:
-                        plan.side = side
-
-                entry[label] = timed_graph(call)
-                got = torch.cat([d.float() for d in call()], 1) - base_f
-                worst = max(worst, float((got - want).norm() / want.norm()))
-            res[name] = {k: round(v, 2) for k, v in entry.items()}
-            # every variant's LoRA part (its output less the fp32 base product) against the
-            # fp32 reference: bf16 rounding of the output shows here, about 1e-2
-            res[name]["max_rel_diff"] = float(f"{worst:.3g}")
-        out[f"distinct_{distinct}"] = res
-        bg.log(f"layer, {distinct} distinct: {json.dumps(res)}")
-    use("auto", {}, slots.groups)
-    del layer, slots
-    torch.cuda.empty_cache()
+            entry[label] = timed_graph(call)
+            got = torch.cat([d.float() for d in call()], 1) - base_f
+            worst = max(worst, float((got - want).norm() / want.norm()))
+        # every variant's LoRA part (its output less the fp32 base product) against the fp32
+        # reference: bf16 rounding of the output shows here, about 1e-2
+        entry["max_rel_diff"] = float(f"{worst:.3g}")
     return out
 
 
