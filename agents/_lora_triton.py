@@ -471,9 +471,9 @@ class _TwoLaunch:
     blocks, fp32 partial buffers kept for the launcher's life (a recorded graph reads them),
     and how many input slices the shrink is cut into.
 
-    The shrink and the expand are separate calls, so that a graphed step can run the
-    shrink beside the base GEMM and the expand after it, adding onto the base product
-    (``add=True``: no delta buffer and no separate add).
+    The shrink and the expand are separate calls, so that a graphed step can put the
+    expand either beside the base GEMM, into a delta buffer that one add joins (the
+    default), or after the GEMM, adding onto its product (``add=True``).
     """
 
     max_split = 16
@@ -483,8 +483,8 @@ class _TwoLaunch:
     max_align = 16  # the most the table's offsets are declared to be multiples of
     # where the expand of a graphed step goes: beside the base GEMM into a delta buffer,
     # then one add (the default); or after the GEMM, adding onto its product (no buffer, no
-    # add, but the expand waits for the GEMM: 8 us a layer slower on an H200, see
-    # benchmarks/results/gpu_decode_kernels_shapes.md)
+    # add, but the expand waits for the GEMM: 3-17 us a layer slower on an H200, see
+    # benchmarks/results/gpu_decode_kernels_shapes.md and gpu_decode_kernels.md)
     adds = os.environ.get("LORAROUTE_LORA_EXPAND_ADDS", "0") == "1"
 
     def __init__(
