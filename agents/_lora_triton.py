@@ -483,7 +483,7 @@ class _TwoLaunch:
     max_align = 16  # the most the table's offsets are declared to be multiples of
     # where the expand of a graphed step goes: beside the base GEMM into a delta buffer,
     # then one add (the default); or after the GEMM, adding onto its product (no buffer, no
-    # add, but the expand waits for the GEMM: 3-17 us a layer slower on an H200, see
+    # add, but the expand waits for the GEMM: 2-25 us a layer slower on an H200, see
     # benchmarks/results/gpu_decode_kernels_shapes.md and gpu_decode_kernels.md)
     adds = os.environ.get("LORAROUTE_LORA_EXPAND_ADDS", "0") == "1"
 
