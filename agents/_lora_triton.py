@@ -621,7 +621,7 @@ class RowLauncher(_TwoLaunch):
     # shrink: one step of up to 1,024 inputs a program (max_split slices allowing): a
     # program that loops over its slice waits on each load in turn (latency-bound: steps of
     # 128 inputs cost 20 us a layer more on an H200). 1,024 needs 4 warps or more: at 2,
-    # the [r, 1024] products spill registers (ten times slower)
+    # the [r, 1024] products spill registers (nine times slower)
     block_k = 1024
     fill = 1056  # programs wanted for the shrink
     rows_per_program = 1  # expand: rows a program serves, each with its own adapter's B
