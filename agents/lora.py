@@ -108,7 +108,8 @@ class StaticPlanBuffers:
         self.tok = torch.full((rows * TILE_M,), -1, dtype=torch.int32, device=device)
         self.slots: tuple[int, ...] = ()
         self.tiles = 0
-        self.side = torch.cuda.Stream(device) if device.type == "cuda" and _Group.overlap else None
+        self.side: Any = None  # made by plan(), at _Group.side_priority
+        self._priority: int | None = None
 
     def write(self, slots: list[int]) -> int:
         """Put ``slots`` (one per row, padding rows 0) into the buffers; returns the tile
@@ -136,7 +137,11 @@ class StaticPlanBuffers:
         """A plan that reads these buffers (no host-to-device copy, no host-side grouping)."""
         n = len(self.slots)
         plan = _Plan(version, list(self.slots), None, self.device)
-        plan.side = self.side
+        if self.device.type == "cuda" and _Group.overlap:
+            if self._priority != _Group.side_priority:  # graphs bake the stream in when captured
+                self.side = torch.cuda.Stream(self.device, priority=_Group.side_priority)
+                self._priority = _Group.side_priority
+            plan.side = self.side
         plan._idx = self.idx[:n]
         plan._tiles[1] = (self.tok[: self.tiles * TILE_M], self.tile_slot[: self.tiles], self.tiles)
         return plan
@@ -385,6 +390,12 @@ class _Group:
     # graphed decode: "tiles" (SplitLauncher, tiles of 16 tokens per adapter), "rows"
     # (RowLauncher, one row per program) or "auto" (see decode_kernel_for)
     decode_kernel = os.environ.get("LORAROUTE_LORA_DECODE_KERNEL", "auto")
+    # the side stream's priority: below 0, its kernels take SMs as the GEMM frees them,
+    # before the GEMM's next blocks (-100: the highest the device has; torch clamps); and
+    # whether the GEMM is launched before the side stream's kernels (slower on an H200:
+    # benchmarks/results/gpu_decode_priority.md)
+    side_priority = int(os.environ.get("LORAROUTE_LORA_SIDE_PRIORITY", "-100"))
+    gemm_first = os.environ.get("LORAROUTE_LORA_GEMM_FIRST", "0") == "1"
 
     def __init__(self, layers: SlotLayers, index: int, members: list[SlotLoraLinear]):
         self.layers = layers
@@ -617,12 +628,14 @@ class _Group:
         delta = None  # launcher.adds: the expand adds onto the GEMM's product
         if not launcher.adds:
             delta = torch.empty(x2.shape[0], self.total_out, dtype=x2.dtype, device=x2.device)
+        w_t = self.w_cat_t if self.w_cat_t is not None else self.members[0].base.weight.t()
+        out = torch.mm(x2, w_t) if self.gemm_first else None
         with torch.cuda.stream(side):
             part, split = launcher.shrink(x2, *where)
             if delta is not None:
                 launcher.expand(delta, part, split, *where)
-        w_t = self.w_cat_t if self.w_cat_t is not None else self.members[0].base.weight.t()
-        out = torch.mm(x2, w_t)
+        if out is None:
+            out = torch.mm(x2, w_t)
         main.wait_stream(side)
         if delta is None:
             launcher.expand(out, part, split, *where, add=True)

@@ -1094,7 +1094,7 @@ def main() -> None:
         f"{step_ms:.1f} ms (transformers' Llama runs about 30 small kernels a layer beside "
         "its GEMMs, and batch-32 GEMMs reach 2-3.7 TB/s). At decode sizes the LoRA is "
         "latency-bound, not bandwidth-bound: in a graphed step each group's LoRA runs as two "
-        "short launches (shrink, then expand) on a side stream beside the base GEMM, on "
+        "short launches (shrink, then expand) on a side stream (highest priority) beside the base GEMM, on "
         "16-token tiles per adapter or, when most tile places would be padding, one row per "
         "program (decode_kernel_for; gpu_decode_kernels.md compares the two). The "
         "overlap hides less than it promises: the GEMM leaves the side stream little room, so "

@@ -49,6 +49,11 @@ VARIANTS: dict[str, tuple[str, Attrs]] = {
     # the offsets' alignment told to the compiler (tiles) or not (rows): the other way
     "tiles_aligned": ("tiles", {"tiles": {"max_align": 16}}),
     "rows_noalign": ("rows", {"rows": {"max_align": 1}}),
+    # auto with the side stream at the default priority (0; the default is the highest)
+    # and/or the GEMM launched first
+    "auto_prio0": ("auto", {"group": {"side_priority": 0}}),
+    "auto_prio0_gemm_first": ("auto", {"group": {"side_priority": 0, "gemm_first": 1}}),
+    "auto_gemm_first": ("auto", {"group": {"gemm_first": 1}}),
 }
 
 
@@ -106,6 +111,7 @@ KEYS = (
     "fill", "max_split", "expand_cols", "block_n", "block_k", "warps", "adds",
     "rows_per_program", "max_align",
 )  # fmt: skip
+GROUP_KEYS = ("side_priority", "gemm_first")  # _Group attributes a variant may set
 
 
 def use(kernel: str, attrs: Attrs, groups) -> None:
@@ -115,6 +121,11 @@ def use(kernel: str, attrs: Attrs, groups) -> None:
     from loraroute.agents.lora import _Group
 
     _Group.decode_kernel = kernel
+    if "group" not in _DEFAULTS:
+        _DEFAULTS["group"] = {k: getattr(_Group, k) for k in GROUP_KEYS}
+    for key, value in {**_DEFAULTS["group"], **attrs.get("group", {})}.items():
+        if key in GROUP_KEYS:
+            setattr(_Group, key, type(_DEFAULTS["group"][key])(value))
     for family, cls in (("tiles", SplitLauncher), ("rows", RowLauncher)):
         if family not in _DEFAULTS:
             _DEFAULTS[family] = {k: getattr(cls, k) for k in KEYS if hasattr(cls, k)}
