@@ -988,6 +988,82 @@ def goals(t: dict, load: dict, reg: int) -> dict:
     return out
 
 
+def pool(results: list[dict]) -> dict:
+    """Several full runs' measurements as one: each configuration's runs pooled (tokens over
+    seconds: every run of a configuration decodes the same tokens), the load figures of the
+    slowest run, and the goals over the pooled figures."""
+    thr = [r["throughput"] for r in results]
+    pooled: dict[str, Any] = {}
+    for key in thr[0]:
+        runs = [t[key] for t in thr if key in t]
+        if len(runs) < len(thr) or not all(
+            isinstance(r, dict) and "decode_tok_s" in r for r in runs
+        ):
+            continue
+        n = [r.get("runs", 1) for r in runs]
+        out = {
+            rate: sum(n) / sum(k / r[rate] for k, r in zip(n, runs, strict=True))
+            for rate in ("decode_tok_s", "e2e_tok_s")
+            if all(rate in r for r in runs)
+        }
+        out["runs"] = sum(n)
+        out["per_run"] = [round(r["decode_tok_s"], 1) for r in runs]
+        if all("paired_ratio" in r for r in runs):
+            out["paired_ratio"] = round(
+                sum(k * r["paired_ratio"] for k, r in zip(n, runs, strict=True)) / sum(n), 4
+            )
+            out["paired_per_run"] = [r["paired_ratio"] for r in runs]
+        pooled[key] = out
+    load = max((r["load"] for r in results), key=lambda x: x["median_ms"])
+    reg = results[0]["config"]["registered"]
+    return {
+        "runs": [{"command": r["command"], "env": r["env"]} for r in results],
+        "throughput": pooled,
+        "load": load,
+        "goals": goals(pooled, load, reg),
+        "goals_per_run": [r["goals"] for r in results],
+    }
+
+
+def pooled_markdown(result: dict, names: list[str]) -> str:
+    t = result["throughput"]
+    base = t["base_engine"]["decode_tok_s"]
+    lines = [
+        f"# GPU multi-adapter serving: {len(names)} full runs pooled",
+        "",
+        f"Runs: {', '.join(Path(n).name for n in names)} (each `{result['runs'][0]['command']}` on "
+        f"{result['runs'][0]['env']['device']}). Command: `python benchmarks/bench_gpu.py "
+        f"--pool {' '.join(names)} --out $OUT`. Each configuration's runs are pooled (tokens "
+        f"over seconds); 'x base' divides by base alone pooled over all "
+        f"{t['base_engine']['runs']} of its runs; 'paired' is the mean ratio of each run to the "
+        "base run just before it.",
+        "",
+        "| configuration | decode tok/s, per run | pooled | x base | x base, paired |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key, r in t.items():
+        if key.startswith(("base_engine", "ours")) and "eager" not in key:
+            runs = ", ".join(f"{x:,.0f}" for x in r["per_run"])
+            paired = f"{r['paired_ratio']:.3f}" if "paired_ratio" in r else "-"
+            lines.append(
+                f"| {key} | {runs} | {r['decode_tok_s']:,.0f} | "
+                f"{r['decode_tok_s'] / base:.3f} | {paired} |"
+            )
+    lines += ["", "## Goals, over the pooled figures", ""]
+    for goal, ok in result["goals"].items():
+        lines.append(f"- {goal}: **{'met' if ok['met'] else 'missed'}** ({ok['detail']})")
+    lines += ["", "## Goals, each run alone", ""]
+    for name, per in zip((Path(n).name for n in names), result["goals_per_run"], strict=True):
+        missed = [g for g, ok in per.items() if not ok["met"]]
+        first = next(iter(per.values()))["detail"].split(";")[0]
+        lines.append(
+            f"- {name}: {'missed: ' + '; '.join(missed) if missed else 'all met'} ({first})"
+        )
+    if result.get("notes"):
+        lines += ["", "## Reading", "", *(f"- {n}" for n in result["notes"])]
+    return "\n".join(lines) + "\n"
+
+
 def env() -> dict:
     import transformers
 
@@ -1027,7 +1103,20 @@ def main() -> None:
     p.add_argument("--peft-tokens-32", type=int, default=9)
     p.add_argument("--switch-tokens", type=int, default=17)
     p.add_argument("--switch-groups", type=int, default=4)
+    p.add_argument(
+        "--pool", nargs="+", type=Path, help="only pool these runs' JSON into gpu_pooled.*"
+    )
     args = p.parse_args()
+    if args.pool:
+        args.out.mkdir(parents=True, exist_ok=True)
+        target = args.out / "gpu_pooled.json"
+        pooled = pool([json.loads(f.read_text()) for f in args.pool])
+        if target.exists():  # notes written by hand after reading the figures stay
+            pooled["notes"] = json.loads(target.read_text()).get("notes", [])
+        target.write_text(json.dumps(pooled, indent=2))
+        names = [str(f) for f in args.pool]
+        target.with_suffix(".md").write_text(pooled_markdown(pooled, names))
+        return
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA device")
     args.out.mkdir(parents=True, exist_ok=True)
