@@ -380,10 +380,11 @@ class _Group:
     runs as two launches (on tiles, :class:`~loraroute.agents._lora_triton.SplitLauncher`,
     or one row per program, :class:`~loraroute.agents._lora_triton.RowLauncher`:
     :func:`decode_kernel_for`): shrink and expand into a delta buffer on that stream while
-    the base GEMM runs on the main one, and one add joins them. On an H200 the overlap
-    hides only 0-5 us a group (benchmarks/results/gpu_decode_parts.md), but one stream is
-    slower still (``LORAROUTE_LORA_OVERLAP=0`` turns it off: the fused kernel runs before
-    the GEMM, as in eager steps).
+    the base GEMM runs on the main one, and one add joins them. The side stream has the
+    highest priority, so its blocks take SMs as the GEMM frees them. On an H200 one stream
+    costs about 20 us a layer more (benchmarks/results/gpu_decode_kernels_fine.md,
+    ``_1stream``; ``LORAROUTE_LORA_OVERLAP=0`` turns the side stream off: the fused kernel
+    runs before the GEMM, as in eager steps).
     """
 
     overlap = os.environ.get("LORAROUTE_LORA_OVERLAP", "1") != "0"
