@@ -1,6 +1,11 @@
 """loraroute.agents: the runtime that serves adapters on one shared base model, and its
 LangChain face.
 
+Subpackages, lowest first: :mod:`.lora` (the LoRA layer, slots and kernels), :mod:`.runtime`
+(the engine), :mod:`.training` and :mod:`.evaluation`, :mod:`.server` (the OpenAI-compatible
+server), :mod:`.demo`, and :mod:`.cli` (the ``adapters`` commands). The LangChain chat model
+(:mod:`.chat_model`, :mod:`.tools`) and the errors stay at the top.
+
 Importing this package is cheap: torch, transformers and LangChain load when a name that
 needs them is first used.
 
@@ -33,20 +38,27 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .chat_model import ChatLoraRoute, shared_engine
-    from .engine import Engine
-    from .pool import AdapterPool, ResidentAdapter
-    from .requests import Generation, RequestHandle, SamplingParams
+    from .runtime import (
+        AdapterPool,
+        Engine,
+        EngineConfig,
+        Generation,
+        RequestHandle,
+        ResidentAdapter,
+        SamplingParams,
+    )
     from .training import TrainConfig, TrainResult, read_training_record, train_adapter
 
 _LAZY = {
     "ChatLoraRoute": ".chat_model",
     "shared_engine": ".chat_model",
-    "Engine": ".engine",
-    "AdapterPool": ".pool",
-    "ResidentAdapter": ".pool",
-    "Generation": ".requests",
-    "RequestHandle": ".requests",
-    "SamplingParams": ".requests",
+    "Engine": ".runtime",
+    "EngineConfig": ".runtime",
+    "AdapterPool": ".runtime",
+    "ResidentAdapter": ".runtime",
+    "Generation": ".runtime",
+    "RequestHandle": ".runtime",
+    "SamplingParams": ".runtime",
     "TrainConfig": ".training",
     "TrainResult": ".training",
     "read_training_record": ".training",
@@ -62,6 +74,7 @@ __all__ = [
     "EmptyConversationError",
     "Engine",
     "EngineClosedError",
+    "EngineConfig",
     "Generation",
     "IncompatibleAdapterError",
     "PoolFullError",

@@ -30,16 +30,16 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from ._messages import to_chat_dicts
-from .constrained import (
+from .runtime.constrained import (
     normalize_tool_choice,
     parse_tool_calls,
     tool_grammar_spec,
     tools_system_prompt,
     validate,
 )
-from .engine import BASE_REFS, Engine
-from .requests import Generation
+from .runtime.engine import BASE_REFS, Engine
+from .runtime.prompts import to_chat_dicts
+from .runtime.requests import Generation
 
 logger = logging.getLogger(__name__)
 

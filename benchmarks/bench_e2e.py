@@ -176,7 +176,7 @@ def _dev_examples(limit: int | None) -> list[dict]:
 
 
 def evaluate_all(url: str, dev_limit: int | None, encoder: str, log) -> tuple[Any, Any, float]:
-    from loraroute.agents.evaluate import evaluate, route_only
+    from loraroute.agents.evaluation import evaluate, route_only
     from loraroute.registry import open_registry
     from loraroute.router import Router
 

@@ -137,8 +137,8 @@ def random_packed(engine, tmpl, seed: int):
 # -- correctness ----------------------------------------------------------------------------
 def check_correctness() -> dict:
     """The CUDA path (bf16; Triton and torch) against the CPU fp32 path on a small Llama."""
-    from loraroute.agents.engine import Engine
     from loraroute.agents.lora import AdapterWeights
+    from loraroute.agents.runtime.engine import Engine
 
     small = dict(
         hidden_size=256,
@@ -249,7 +249,6 @@ def check_correctness() -> dict:
 # -- kernel-level ---------------------------------------------------------------------------
 def kernel_bench(rows: int = 32, reps: int = 200) -> dict:
     """One decoder layer's LoRA groups at 8B shapes: Triton fused vs gather+bmm (and uniform)."""
-    from loraroute.agents import _lora_triton
     from loraroute.agents.lora import SlotLayers
 
     layer = build_model("cuda", torch.bfloat16, num_hidden_layers=1, vocab_size=256)
@@ -260,7 +259,7 @@ def kernel_bench(rows: int = 32, reps: int = 200) -> dict:
     torch.cuda.synchronize()
     slots.context.wait_copies()
     slots.stack[1:].normal_(0, 0.02)  # distinct values per slot
-    k_per = _lora_triton.GroupLauncher.k_per_split
+    k_per = slots.config.k_per_split
     out: dict[str, Any] = {}
     errors: dict[str, float] = {}
     for distinct in (1, 8, 32):
@@ -277,7 +276,7 @@ def kernel_bench(rows: int = 32, reps: int = 200) -> dict:
             variants = {"triton": "triton", "triton_nosplit": "triton", "torch": "torch"}
             for label, backend in variants.items():
                 slots._backend = backend
-                _lora_triton.GroupLauncher.k_per_split = 0 if label == "triton_nosplit" else k_per
+                slots.config.k_per_split = 0 if label == "triton_nosplit" else k_per
 
                 def call(group=group, x=x, plan=plan):
                     return group.compute(x.view(rows, -1), plan)
@@ -319,7 +318,7 @@ def kernel_bench(rows: int = 32, reps: int = 200) -> dict:
         out[f"distinct_{distinct}"] = res
         slots.context.clear()
     slots._backend = "triton"
-    _lora_triton.GroupLauncher.k_per_split = k_per
+    slots.config.k_per_split = k_per
     # fast launch vs Triton's own launch path, host cost of one call
     x = torch.randn(rows, 1, 4096, device="cuda", dtype=torch.bfloat16)
     slots.context.set([1 + i % 32 for i in range(rows)], "cuda")
@@ -327,7 +326,7 @@ def kernel_bench(rows: int = 32, reps: int = 200) -> dict:
     group = slots.groups[0]
     launch = {}
     for fast in (True, False):
-        _lora_triton.GroupLauncher.fast = fast
+        slots.config.fast_launch = fast
         for _ in range(5):
             group.compute(x.view(rows, -1), plan)
         torch.cuda.synchronize()
@@ -336,7 +335,7 @@ def kernel_bench(rows: int = 32, reps: int = 200) -> dict:
             group.compute(x.view(rows, -1), plan)
         launch["fast" if fast else "plain"] = (time.perf_counter() - t) / reps * 1e6
         torch.cuda.synchronize()
-    _lora_triton.GroupLauncher.fast = True
+    slots.config.fast_launch = True
     # whole q, k, v projections for 32 distinct adapters (LoRA + base GEMM) vs the bare linears
     mods = [slots.layers[f"model.layers.0.self_attn.{m}_proj"] for m in "qkv"]
     x3 = x.view(rows, 1, -1)
@@ -385,7 +384,7 @@ def run_engine(
     """One batch of requests through ``engine``. ``preload``: bring their adapters to device
     slots first (timed, and counted in the end-to-end time), so that every request is waiting
     when the scheduler starts, as it is when the adapters are already resident."""
-    from loraroute.agents.requests import SamplingParams
+    from loraroute.agents.runtime.requests import SamplingParams
 
     sched = engine.scheduler
     sched.decode_tokens, sched.decode_seconds, steps0 = 0, 0.0, sched.steps
@@ -451,7 +450,7 @@ class Interleaved:
 
 def run_cycling(engine, names: list[str], ids, new_tokens: int, requests: int, conc: int) -> dict:
     """``requests`` requests over ``names`` in order, ``conc`` in flight at any time."""
-    from loraroute.agents.requests import SamplingParams
+    from loraroute.agents.runtime.requests import SamplingParams
 
     sched = engine.scheduler
     sched.decode_tokens, sched.decode_seconds = 0, 0.0
@@ -482,7 +481,7 @@ def run_cycling(engine, names: list[str], ids, new_tokens: int, requests: int, c
 
 
 def new_engine(model, args, **kw):
-    from loraroute.agents.engine import Engine
+    from loraroute.agents.runtime.engine import Engine
 
     engine = Engine.from_model(
         model, tokenizer(), max_batch_size=args.concurrency, lora_backend="triton", **kw

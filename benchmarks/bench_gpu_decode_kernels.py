@@ -111,26 +111,31 @@ KEYS = (
     "fill", "max_split", "expand_cols", "block_n", "block_k", "warps", "adds",
     "rows_per_program", "max_align",
 )  # fmt: skip
-GROUP_KEYS = ("side_priority", "gemm_first")  # _Group attributes a variant may set
+GROUP_KEYS = ("side_priority", "gemm_first")  # LoraKernelConfig fields a variant may set
 
 
 def use(kernel: str, attrs: Attrs, groups) -> None:
     """Make ``kernel`` (with these launcher attributes over the defaults) what graphed steps
     run from now on."""
-    from loraroute.agents._lora_triton import RowLauncher, SplitLauncher
-    from loraroute.agents.lora import _Group
+    from loraroute.agents.lora.launchers import RowLauncher, SplitLauncher
 
-    _Group.decode_kernel = kernel
+    config = groups[0].layers.config
+    config.decode_kernel = kernel
     if "group" not in _DEFAULTS:
-        _DEFAULTS["group"] = {k: getattr(_Group, k) for k in GROUP_KEYS}
+        _DEFAULTS["group"] = {k: getattr(config, k) for k in GROUP_KEYS}
     for key, value in {**_DEFAULTS["group"], **attrs.get("group", {})}.items():
         if key in GROUP_KEYS:
-            setattr(_Group, key, type(_DEFAULTS["group"][key])(value))
+            setattr(config, key, type(_DEFAULTS["group"][key])(value))
+    adds = {bool(attrs.get(f, {}).get("adds", 0)) for f in ("tiles", "rows")}
+    config.expand_adds = True in adds
     for family, cls in (("tiles", SplitLauncher), ("rows", RowLauncher)):
         if family not in _DEFAULTS:
-            _DEFAULTS[family] = {k: getattr(cls, k) for k in KEYS if hasattr(cls, k)}
+            _DEFAULTS[family] = {
+                k: getattr(cls, k) for k in KEYS if hasattr(cls, k) and k != "adds"
+            }
         for key, value in {**_DEFAULTS[family], **attrs.get(family, {})}.items():
-            setattr(cls, key, bool(value) if key == "adds" else value)
+            if key != "adds":
+                setattr(cls, key, value)
     for group in groups:  # launchers fix their tables when built
         group._split_launcher = group._row_launcher = None
 
@@ -183,7 +188,7 @@ def each_group(rows: int, counts, out: dict, what: str):
     for distinct in counts:
         bufs = StaticPlanBuffers(rows, torch.device("cuda"))
         bufs.write([1 + (i % distinct) for i in range(rows)])
-        plan = bufs.plan(1)
+        plan = bufs.plan(1, slots.config)
         res = out[f"distinct_{distinct}"] = {}
         for group in slots.groups:
             name = "+".join(m.name.rsplit(".", 1)[-1] for m in group.members)

@@ -269,7 +269,7 @@ def bench_mixed(engine, peft_model, base_model, tok, names: list[str], new_token
 
 
 def bench_budget_cycle(base_path: Path, folders: list[Path], settings) -> dict:
-    from loraroute.agents.engine import Engine
+    from loraroute.agents.runtime.engine import Engine
 
     with Engine(base_path, settings=settings, device="cpu", max_resident=8) as probe_engine:
         probe = probe_engine.load_adapter_folder(
@@ -328,7 +328,7 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from loraroute.agents.engine import Engine
+    from loraroute.agents.runtime.engine import Engine
     from loraroute.models import resolve_base_model
     from loraroute.registry import open_registry
     from loraroute.settings import get_settings

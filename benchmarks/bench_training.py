@@ -97,8 +97,8 @@ def bench_plain_loop(records: list[dict], targets: str, steps: int) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from loraroute.agents._data import load_examples
-    from loraroute.agents._train_tokenize import EncodedDataset, PadCollator, encode_all
+    from loraroute.agents.training.data import load_examples
+    from loraroute.agents.training.tokenize import EncodedDataset, PadCollator, encode_all
     from loraroute.models import resolve_base_model
 
     path = Path(BASE) if BASE else resolve_base_model("smollm2-135m-instruct").path

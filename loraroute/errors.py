@@ -9,3 +9,7 @@ class LoraRouteError(Exception):
 
 class ModelResolutionError(LoraRouteError, LookupError):
     """A base model or embedder name could not be turned into files on disk."""
+
+
+class InvalidMessagesError(LoraRouteError, ValueError):
+    """Chat messages that cannot be read (unknown role, non-text content, wrong type)."""

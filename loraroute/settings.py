@@ -1,33 +1,34 @@
-"""One place for every setting a person may change.
+"""One place for every setting a person may change, and every environment variable read.
 
-Each field has a default that works offline on a fresh machine and an environment
-variable (``LORAROUTE_<FIELD>``) that overrides it.
+:class:`Settings` is a pydantic-settings model: each field has a default that works offline on a
+fresh machine and an environment variable (``LORAROUTE_<FIELD>``, or the third-party name given
+as its alias) that overrides it. Nothing reads the environment at import time; code that needs
+a setting takes a :class:`Settings` (or calls :func:`get_settings` once, when it is built).
+The README's "Settings" table lists the same variables (a test keeps the two in step).
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Annotated, Literal
 
 import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+ENV_PREFIX = "LORAROUTE_"
 
-
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(f"LORAROUTE_{name.upper()}")
-    return value if value not in (None, "") else default
+CommaList = Annotated[list[str], NoDecode]  # "a,b" in the environment -> ["a", "b"]
 
 
 def default_home() -> Path:
     return Path(platformdirs.user_cache_dir("loraroute"))
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Resolved settings; build with :func:`get_settings` to honour the environment.
+class Settings(BaseSettings):
+    """Resolved settings: explicit arguments, else the environment, else the defaults.
 
     Example::
 
@@ -36,20 +37,100 @@ class Settings:
         PosixPath('/tmp/lr/registry/blobs')
     """
 
-    home: Path = field(default_factory=default_home)
-    base_model: str = DEFAULT_BASE_MODEL
-    embedder: str = DEFAULT_EMBEDDER
-    registry: str = (
-        ""  # "" -> SQLite under home; a sqlite:// or postgresql:// URL; or http(s):// remote
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", populate_by_name=True
     )
-    device: str = "auto"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "home", Path(self.home).expanduser().absolute())
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith(
-            "cuda:"
-        ):
-            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    # -- where things live ---------------------------------------------------------------
+    home: Path = Field(
+        default_factory=default_home,
+        description="converted models, fingerprints, SQLite registry, blobs, router state",
+    )
+    base_model: str = Field(DEFAULT_BASE_MODEL, description="any HF model id or local folder")
+    embedder: str = Field(
+        DEFAULT_EMBEDDER, description="any sentence-transformers id or folder (the router's)"
+    )
+    registry: str = Field(
+        "",
+        description="`sqlite:///...`, `postgresql://...`, or an `http(s)://` registry server "
+        "(empty: a SQLite file under home)",
+    )
+    registry_token: SecretStr | None = Field(None, description="bearer token for an HTTP registry")
+    device: str = Field(
+        "auto", description="`auto` (CUDA if present), `cpu`, `cuda`, `cuda:N`, `mps`"
+    )
+
+    # -- adapters serve ------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="address `adapters serve` binds")
+    api_keys: CommaList = Field(
+        default_factory=list,
+        description="comma-separated bearer keys `adapters serve` accepts (required off loopback)",
+    )
+    cors_origins: CommaList = Field(
+        default_factory=list, description="comma-separated origins allowed by CORS"
+    )
+    engine_url: str | None = Field(
+        None, description="forward generation to this OpenAI-compatible engine"
+    )
+    engine_api_key: SecretStr | None = Field(None, description="bearer key for `engine_url`")
+
+    # -- the LoRA kernels on CUDA (see loraroute.agents.lora.config) -----------------------
+    lora_decode_kernel: Literal["auto", "tiles", "rows"] = Field(
+        "auto",
+        description="graphed CUDA decode steps: `tiles` (16 tokens of one adapter), `rows` (one "
+        "row a program), or `auto` (rows once half the tile places would be padding)",
+    )
+    lora_side_priority: int = Field(
+        -100,
+        description="priority of the CUDA stream the graphed decode LoRA runs on (below 0: "
+        "ahead of the GEMM's blocks; torch clamps to the device's range; `0`: the default)",
+    )
+    lora_overlap: bool = Field(
+        True, description="run the graphed decode LoRA on a side stream beside the base GEMM"
+    )
+    lora_gemm_first: bool = Field(
+        False, description="launch the base GEMM before the side stream's LoRA kernels"
+    )
+    lora_expand_adds: bool = Field(
+        False, description="the decode expand adds onto the GEMM's product (no delta buffer)"
+    )
+    triton_fast_launch: bool = Field(
+        True, description="call compiled Triton kernels directly instead of `kernel[grid]`"
+    )
+    triton_k_per_split: int = Field(
+        1024, ge=0, description="inputs per split-K slice of the eager LoRA kernel (0: no split)"
+    )
+
+    # -- variables of other tools that loraroute reads -----------------------------------
+    triton_interpret: bool = Field(
+        False,
+        validation_alias=AliasChoices("TRITON_INTERPRET", "triton_interpret"),
+        description="Triton's own: run kernels in its CPU interpreter (tests)",
+    )
+    omp_num_threads: int | None = Field(
+        None,
+        validation_alias=AliasChoices("OMP_NUM_THREADS", "omp_num_threads"),
+        description="OpenMP's own: when set, training leaves torch's thread count alone",
+    )
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return Path(value).expanduser().absolute()
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda", "mps") and not value.startswith("cuda:"):
+            raise ValueError(f"device {value!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        return value
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @property
     def cache_dir(self) -> Path:
@@ -81,17 +162,17 @@ class Settings:
         return "cpu"
 
 
-ENV_VARS = {f.name: f"LORAROUTE_{f.name.upper()}" for f in fields(Settings)}
+def env_var(name: str) -> str:
+    """The environment variable of setting ``name``."""
+    alias = Settings.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return ENV_PREFIX + name.upper()
+
+
+ENV_VARS = {name: env_var(name) for name in Settings.model_fields}
 
 
 def get_settings(**overrides: object) -> Settings:
     """Settings from the environment, with explicit ``overrides`` (``None`` values ignored)."""
-    values: dict[str, object] = {
-        "home": Path(_env("home", str(default_home()))),
-        "base_model": _env("base_model", DEFAULT_BASE_MODEL),
-        "embedder": _env("embedder", DEFAULT_EMBEDDER),
-        "registry": _env("registry", ""),
-        "device": _env("device", "auto"),
-    }
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ Example::
 
 from __future__ import annotations
 
-from .context import ContextConfig, RouteSession
+from .context import ContextConfig
 from .decision import Evidence, RouteDecision
 from .encoders import Encoder, HashingEncoder, load_encoder
 from .errors import (
@@ -25,6 +25,7 @@ from .errors import (
 )
 from .router import Router
 from .routes import Route, RouteSource, StaticRoutes, route_set_digest
+from .session import RouteSession
 
 __all__ = [
     "ContextConfig",

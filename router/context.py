@@ -1,7 +1,8 @@
 """Routing over a conversation: decayed weighting of earlier user turns, plus hysteresis.
 
 The previous route is derived from the conversation itself (the decision is replayed turn by
-turn), so routing stays stateless; :class:`RouteSession` keeps it between calls instead.
+turn), so routing stays stateless; :class:`~.session.RouteSession` keeps it between calls
+instead.
 
 Per user turn ``t`` (oldest first), with own scores ``s_t`` and context scores
 ``c_t = sum_j decay**(t-j) * s_j / sum_j decay**(t-j)``:
@@ -17,15 +18,9 @@ Per user turn ``t`` (oldest first), with own scores ``s_t`` and context scores
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .decision import RouteDecision
-    from .router import Router
 
 
 @dataclass(frozen=True)
@@ -90,39 +85,3 @@ def route_conversation(
                 choice, score, reason = None, float(own[best]), "below_threshold"
         prev = choice
     return choice, score, reason
-
-
-class RouteSession:
-    """Keeps a conversation's previous route between calls.
-
-    Example::
-
-        >>> session = RouteSession(router)  # doctest: +SKIP
-        >>> session.route("my contract has an indemnity clause").adapter  # doctest: +SKIP
-        'legal'
-        >>> session.route("and what does it cover?").adapter  # doctest: +SKIP
-        'legal'
-    """
-
-    def __init__(self, router: Router) -> None:
-        self.router = router
-        self.messages: list[Any] = []
-        self.last: RouteDecision | None = None
-
-    def route(self, message: str | dict | Sequence[Any]) -> RouteDecision:
-        """Add a user message (or messages) and decide for the conversation so far."""
-        if isinstance(message, str):
-            self.messages.append({"role": "user", "content": message})
-        elif isinstance(message, dict):
-            self.messages.append(message)
-        else:
-            self.messages.extend(message)
-        prev = self.last.adapter if self.last is not None else None
-        if self.last is None:
-            self.last = self.router.route(self.messages)
-        else:
-            self.last = self.router.route(self.messages[-1:], previous=prev)
-        return self.last
-
-    def add_reply(self, text: str) -> None:
-        self.messages.append({"role": "assistant", "content": text})

@@ -12,15 +12,16 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InvalidMessagesError
+from ..messages import user_turns
 from ..settings import Settings, get_settings
 from .calibration import DEFAULT_OOS_WEIGHT, Calibration, calibrate, check_objective
 from .context import ContextConfig, TurnScores, route_conversation
 from .decision import Evidence, RouteDecision
 from .encoders import Encoder, load_encoder
-from .errors import InvalidRequestError, NotFittedError, RouterError
+from .errors import InvalidRequestError, NotFittedError, RouterError, RouterStateError
 from .head import LogisticHead
 from .index import VectorIndex
-from .messages import user_turns
 from .routes import Route, RouteSource, StaticRoutes, route_set_digest
 from .scoring import (
     DEFAULT_SCORING,
@@ -33,6 +34,7 @@ from .scoring import (
     knn_k,
     route_scores,
 )
+from .state import STALE_POLICIES, FitData, SavedState, read_state, write_state
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +72,6 @@ class _Batch:
     ev_sims: np.ndarray  # (texts, n_evidence) nearest neighbours
     ev_ids: np.ndarray
     thresholds: np.ndarray  # (routes,)
-
-
-@dataclass
-class FitData:
-    texts: list[str]
-    labels: list[str | None]
 
 
 def _open_source(registry: Any, settings: Settings) -> RouteSource:
@@ -360,7 +356,7 @@ class Router:
         if isinstance(requests, str):
             raise InvalidRequestError("route_batch takes a list of requests, got one string")
         st = self._state()
-        turns = [user_turns(r)[-self.context.max_turns :] for r in requests]
+        turns = [_user_turns(r)[-self.context.max_turns :] for r in requests]
         flat = [t for ts in turns for t in ts]
         nonempty = [t for t in flat if t.strip()]
         prev_list = list(previous) if previous is not None else [None] * len(requests)
@@ -702,9 +698,25 @@ class Router:
     # -- persistence --------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the fitted state (thresholds, head, fit data) to the folder ``path``."""
-        from .state import save_state
-
-        return save_state(self, Path(path))
+        st = self._state()
+        head = None if st.head is None else (st.head.weight, st.head.bias)
+        state = SavedState(
+            encoder=self.encoder.name,
+            scoring=self.scoring,
+            scorer=self.scorer,
+            knn_m=self.knn_m,
+            alias=self.alias,
+            route_digest=self._fit_digest or st.digest,
+            routes=st.names,
+            calibration=self.calibration.to_dict(),
+            overrides=self.overrides,
+            oos_weight=self.oos_weight,
+            min_oos_recall=self.min_oos_recall,
+            context=vars(self.context),
+            fit=self.fit_data,
+            head=head,
+        )
+        return write_state(Path(path), state)
 
     @classmethod
     def load(
@@ -716,6 +728,60 @@ class Router:
         ``"refit"`` (re-fit from the stored fit data), ``"error"`` (raise
         :class:`RouterStateError`) or ``"ignore"`` (keep thresholds, drop the fitted head).
         """
-        from .state import load_state
+        if on_stale not in STALE_POLICIES:
+            raise ValueError(f"on_stale {on_stale!r} is not one of {', '.join(STALE_POLICIES)}")
+        folder = Path(path)
+        saved = read_state(folder)
+        kwargs.setdefault("scoring", saved.scoring)
+        kwargs.setdefault("alias", saved.alias)
+        kwargs.setdefault("oos_weight", saved.oos_weight)
+        kwargs.setdefault("min_oos_recall", saved.min_oos_recall)
+        kwargs.setdefault("context", ContextConfig(**saved.context))
+        router = cls(registry, **kwargs)
+        if router.encoder.name != saved.encoder:
+            raise RouterStateError(
+                f"router state {str(folder)!r} was fitted with encoder {saved.encoder!r}, but "
+                f"this router uses {router.encoder.name!r}; load with the same encoder or re-fit"
+            )
+        router.calibration = Calibration.from_dict(saved.calibration)
+        # the thresholds belong to the scorer and neighbour count they were picked for
+        if router.scoring == "auto":
+            router.scorer = saved.scorer
+        if router._choose_m and saved.knn_m:
+            router.knn_m = int(saved.knn_m)
+        router.overrides = dict(saved.overrides)
+        st = router._state()
+        if saved.route_digest == st.digest:
+            router.fit_data = saved.fit
+            if saved.fit is not None:  # neighbours from the stored fit data (cached vectors)
+                st = router._compiled = router._attach_fit(st, saved.fit, train_head=False)
+            if saved.head is not None:
+                st.head = LogisticHead(weight=saved.head[0], bias=saved.head[1])
+            router._fit_digest = st.digest
+            return router
+        msg = (
+            f"router state {str(folder)!r} was fitted on routes {saved.route_digest[:19]}... "
+            f"({len(saved.routes)} routes) but the registry now serves {st.digest[:19]}... "
+            f"({len(st.routes)} routes)"
+        )
+        if on_stale == "error":
+            raise RouterStateError(msg + "; re-fit with 'adapters route fit DATA'")
+        if on_stale == "refit" and saved.fit:
+            logger.warning(
+                "%s; re-fitting from the fit data stored with the state (run "
+                "'adapters route fit' to refit on new data)",
+                msg,
+            )
+            router.fit(saved.fit.texts, saved.fit.labels)
+        else:
+            logger.warning("%s; keeping thresholds, the head is rebuilt from routing examples", msg)
+        return router
 
-        return load_state(cls, Path(path), registry, on_stale=on_stale, **kwargs)
+
+def _user_turns(request: Any) -> list[str]:
+    """The request's user turns (:func:`loraroute.messages.user_turns`), refusals as
+    :class:`InvalidRequestError`."""
+    try:
+        return user_turns(request)
+    except InvalidMessagesError as exc:
+        raise InvalidRequestError(str(exc)) from exc

@@ -25,7 +25,7 @@ def _default_home_settings():
 @pytest.fixture
 def stack(lr_home, tmp_path):
     from loraroute.agents.chat_model import ChatLoraRoute
-    from loraroute.agents.engine import Engine
+    from loraroute.agents.runtime.engine import Engine
 
     reg = registry_mod.open_registry(settings=lr_home)
     engine = Engine(None, registry=reg, settings=_default_home_settings(), device="cpu")

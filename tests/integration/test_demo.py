@@ -5,7 +5,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from loraroute.agents.demo import DemoConfig, demo_router, run_demo
-from loraroute.agents.demo_data import CALIBRATION, DOMAINS
+from loraroute.agents.demo.data import CALIBRATION, DOMAINS
 from loraroute.cli import main as cli
 
 

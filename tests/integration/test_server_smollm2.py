@@ -25,7 +25,7 @@ def _default_home_settings():
 
 @pytest.fixture
 def served(lr_home, tmp_path):
-    from loraroute.agents.engine import Engine
+    from loraroute.agents.runtime.engine import Engine
     from loraroute.agents.server import BackgroundServer, LocalBackend, create_app
 
     reg = registry_mod.open_registry(settings=lr_home)

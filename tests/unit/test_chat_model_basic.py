@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from loraroute.agents._messages import to_chat_dicts
 from loraroute.agents.chat_model import ChatLoraRoute
-from loraroute.agents.engine import Engine
 from loraroute.agents.errors import EmptyConversationError, ToolSchemaError, UnknownAdapterError
+from loraroute.agents.runtime.engine import Engine
+from loraroute.agents.runtime.prompts import to_chat_dicts
 
 
 @dataclass

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 import torch
 
-from loraroute.agents.engine import Engine
 from loraroute.agents.errors import ContextLengthError, EmptyConversationError
+from loraroute.agents.runtime.engine import Engine
 
 PROMPTS = [
     "Hello, how are you?",

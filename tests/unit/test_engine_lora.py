@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from loraroute.agents.engine import Engine
 from loraroute.agents.errors import IncompatibleAdapterError, UnknownAdapterError
 from loraroute.agents.lora import read_adapter
+from loraroute.agents.runtime.engine import Engine
 
 
 @pytest.fixture

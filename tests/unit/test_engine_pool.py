@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from loraroute.agents.engine import Engine
 from loraroute.agents.errors import PoolFullError
-from loraroute.agents.pool import AdapterPool
+from loraroute.agents.runtime.engine import Engine
+from loraroute.agents.runtime.pool import AdapterPool
 
 
 def test_lru_by_count_and_bytes():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loraroute.agents.engine import Engine
 from loraroute.agents.errors import IncompatibleAdapterError
+from loraroute.agents.runtime.engine import Engine
 
 registry_mod = pytest.importorskip("loraroute.registry")
 

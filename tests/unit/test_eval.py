@@ -8,7 +8,7 @@ import json
 import pytest
 
 from loraroute.agents.errors import DataValidationError
-from loraroute.agents.evaluate import EvaluationError, evaluate, load_labelled, route_only
+from loraroute.agents.evaluation import EvaluationError, evaluate, load_labelled, route_only
 from loraroute.agents.training import TrainConfig, train_adapter
 
 DOMAINS = {
@@ -114,8 +114,8 @@ def test_engine_losses_equal_peft(tiny_base, tiny_adapter_factory, lr_home):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from loraroute.agents._data import ChatExample
-    from loraroute.agents._train_tokenize import encode_example
+    from loraroute.agents.training.data import ChatExample
+    from loraroute.agents.training.tokenize import encode_example
 
     folders = {
         "fruit": tiny_adapter_factory(3),

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from loraroute.agents._lora_layout import SlotLayout
 from loraroute.agents.lora import AdapterWeights, SlotLayers
+from loraroute.agents.lora.layout import SlotLayout
 
 
 class _Attn(nn.Module):
@@ -192,9 +192,11 @@ _INTERPRETED = textwrap.dedent(
     """
     import os, sys, torch
     assert os.environ["TRITON_INTERPRET"] == "1"
-    from loraroute.agents import _lora_triton as lt
-    from loraroute.agents._lora_layout import SlotLayout
-    from loraroute.agents.lora import _Plan, SlotLayers
+    from loraroute.agents.lora import launchers as lt
+    from loraroute.agents.lora import LoraKernelConfig
+    cfg = LoraKernelConfig(interpret=True)
+    from loraroute.agents.lora.layout import SlotLayout
+    from loraroute.agents.lora import ForwardPlan, SlotLayers
     sys.path.insert(0, sys.argv[1])
     from test_gpu_lora_apply import _Block, _weights, _reference
 
@@ -207,11 +209,11 @@ _INTERPRETED = textwrap.dedent(
         stack[0] = 0
         slots = [1, 3, 1, 0, 4] + [2] * 20
         x = torch.randn(len(slots), 48).to(dtype)
-        tok, tile_slot, tiles = _Plan(1, slots, None, torch.device("cpu")).tiles(1)
+        tok, tile_slot, tiles = ForwardPlan(1, slots, None, torch.device("cpu")).tiles(1)
         spots = [(layout.spots[n].a_off, layout.spots[n].b_off, o) for n, _, o in mods]
         delta = torch.full((len(slots), 136), float("nan"), dtype=dtype)
         table = lt.chunk_table(spots, 32, torch.device("cpu"))
-        launch = lt.GroupLauncher(stack, table, r=16, chunk=32, block_m=16)
+        launch = lt.GroupLauncher(stack, table, r=16, chunk=32, block_m=16, config=cfg)
         launch(x, delta, tok, tile_slot, tiles, 136, None)
         ref = []
         for i, s in enumerate(slots):
@@ -234,13 +236,14 @@ _INTERPRETED = textwrap.dedent(
     stack = torch.randn(3, layout.numel) * 0.3
     slots = [1, 2, 1, 0] + [2] * 18
     x = torch.randn(len(slots), 300)
-    tok, tile_slot, tiles = _Plan(1, slots, None, torch.device("cpu")).tiles(1)
+    tok, tile_slot, tiles = ForwardPlan(1, slots, None, torch.device("cpu")).tiles(1)
     spots = [(layout.spots["l.down_proj"].a_off, layout.spots["l.down_proj"].b_off, 40)]
     outs = {}
     for per in (0, 128, 128):
-        lt.GroupLauncher.k_per_split = per
+        cfg.k_per_split = per
         launch = lt.GroupLauncher(
-            stack, lt.chunk_table(spots, 32, torch.device("cpu")), r=16, chunk=32, block_m=16
+            stack, lt.chunk_table(spots, 32, torch.device("cpu")), r=16, chunk=32, block_m=16,
+            config=cfg,
         )
         assert launch.split(300, tiles) == (1 if per == 0 else 3)
         delta = torch.full((len(slots), 40), float("nan"))
@@ -252,7 +255,7 @@ _INTERPRETED = textwrap.dedent(
                 assert torch.equal(outs[per], delta), "split-K is not deterministic"
         outs.setdefault(per, delta)
     torch.testing.assert_close(outs[128], outs[0], atol=1e-4, rtol=1e-4)
-    lt.GroupLauncher.k_per_split = 1024
+    cfg.k_per_split = 1024
 
     # 2. the whole grouped apply with the Triton backend equals the torch backend
     torch.manual_seed(1)
@@ -260,7 +263,7 @@ _INTERPRETED = textwrap.dedent(
     for backend in ("triton", "torch"):
         torch.manual_seed(1)
         block = _Block().eval()
-        layers = SlotLayers(block, num_slots=4, r_max=4, backend=backend)
+        layers = SlotLayers(block, num_slots=4, r_max=4, backend=backend, config=LoraKernelConfig(interpret=True))
         ws = [
             _weights(block, 1, 2, ("q_proj", "k_proj", "v_proj", "o_proj"), alpha=4),
             _weights(block, 2, 8, ("q_proj", "v_proj", "gate_proj", "down_proj"), alpha=16),

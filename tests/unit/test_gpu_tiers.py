@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 
-from loraroute.agents.engine import Engine
 from loraroute.agents.errors import PoolFullError, UnknownAdapterError
 from loraroute.agents.lora import read_adapter
-from loraroute.agents.pool import AdapterPool
+from loraroute.agents.runtime.engine import Engine
+from loraroute.agents.runtime.pool import AdapterPool
 
 
 def test_host_tier_is_lru_and_keeps_resident_adapters():

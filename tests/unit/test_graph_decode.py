@@ -16,10 +16,10 @@ import time
 import pytest
 import torch
 
-from loraroute.agents import _static_decode
-from loraroute.agents.engine import Engine
 from loraroute.agents.lora import TILE_M, StaticPlanBuffers
-from loraroute.agents.requests import SamplingParams
+from loraroute.agents.runtime import static_decode as _static_decode
+from loraroute.agents.runtime.engine import Engine
+from loraroute.agents.runtime.requests import SamplingParams
 
 # (prompt length, adapter, new tokens): mixed adapters and prompt lengths; rows leave at
 # different steps, and a second wave joins the running batch
@@ -142,9 +142,11 @@ _INTERPRETED = textwrap.dedent(
     """
     import os, torch
     assert os.environ["TRITON_INTERPRET"] == "1"
-    from loraroute.agents import _lora_triton as lt
-    from loraroute.agents._lora_layout import SlotLayout
-    from loraroute.agents.lora import StaticPlanBuffers, _Plan
+    from loraroute.agents.lora import launchers as lt
+    from loraroute.agents.lora import LoraKernelConfig
+    cfg = LoraKernelConfig(interpret=True)
+    from loraroute.agents.lora.layout import SlotLayout
+    from loraroute.agents.lora import StaticPlanBuffers, ForwardPlan
 
     # a graph made for more tiles than the batch needs: the padding tiles write nothing,
     # with and without split-K
@@ -157,7 +159,7 @@ _INTERPRETED = textwrap.dedent(
     slots = [1, 2, 1, 3, 0]  # 4 tiles of the 8 the buffers allow -> a graph for 4
     x = torch.randn(8, 300)
     for per in (0, 128):
-        lt.GroupLauncher.k_per_split = per
+        cfg.k_per_split = per
         outs = []
         for padded in (False, True):
             rows = slots + [0] * 3 if padded else slots
@@ -166,14 +168,14 @@ _INTERPRETED = textwrap.dedent(
                 bufs.write(rows)
                 plan = bufs.plan(1)
             else:
-                plan = _Plan(1, rows, None, torch.device("cpu"))
+                plan = ForwardPlan(1, rows, None, torch.device("cpu"))
             tok, tile_slot, tiles = plan.tiles(1)
             if padded:  # one more padding tile than needed, as a bigger bucket would have
                 tok = torch.cat([tok, torch.full((16,), -1, dtype=tok.dtype)])
                 tile_slot = torch.cat([tile_slot, torch.zeros(1, dtype=tile_slot.dtype)])
                 tiles += 1
             table = lt.chunk_table(spots, 32, torch.device("cpu"))
-            launch = lt.GroupLauncher(stack, table, r=16, chunk=32, block_m=16)
+            launch = lt.GroupLauncher(stack, table, r=16, chunk=32, block_m=16, config=cfg)
             delta = torch.full((len(rows), 64), float("nan"))
             launch(x[: len(rows)], delta, tok, tile_slot, tiles, 64, None)
             assert not torch.isnan(delta).any(), "unwritten output"
@@ -182,7 +184,7 @@ _INTERPRETED = textwrap.dedent(
 
     # the two-launch path of graphed steps (shrink, then expand) equals the fused kernel,
     # padding tiles included, with one slice and with several, fp32 and fp16
-    lt.GroupLauncher.k_per_split = 1024
+    cfg.k_per_split = 1024
     for dtype, tol, fill in ((torch.float32, 1e-5, 1), (torch.float32, 1e-5, 132), (torch.float16, 2e-2, 132)):
         mods = [("l.q_proj", 300, 200), ("l.k_proj", 300, 24), ("l.v_proj", 300, 24)]
         layout = SlotLayout(mods, r=16)
@@ -196,12 +198,12 @@ _INTERPRETED = textwrap.dedent(
         x = torch.randn(len(rows), 300).to(dtype)
         fused = torch.full((len(rows), 248), float("nan"), dtype=dtype)
         table = lt.chunk_table(spots, 64, torch.device("cpu"))
-        lt.GroupLauncher(stack, table, r=16, chunk=64, block_m=16)(
+        lt.GroupLauncher(stack, table, r=16, chunk=64, block_m=16, config=cfg)(
             x, fused, tok, tile_slot, tiles, 248, None
         )
         lt.SplitLauncher.fill = fill
         lt.SplitLauncher.expand_cols = 128 if fill == 1 else 256  # 2 blocks a program
-        split = lt.SplitLauncher(stack, spots, r=16, block_m=16, device=torch.device("cpu"))
+        split = lt.SplitLauncher(stack, spots, r=16, block_m=16, device=torch.device("cpu"), config=cfg)
         assert split.plan(300, tiles)[0] == (1 if fill == 1 else 3)
         two = torch.full((len(rows), 248), float("nan"), dtype=dtype)
         split(x, two, tok, tile_slot, tiles)
@@ -217,7 +219,7 @@ _INTERPRETED = textwrap.dedent(
         # one row per program (rows with slot 0 read nothing and write zeros)
         lt.RowLauncher.fill = 264 if fill == 1 else 1
         lt.RowLauncher.block_k = 128 if fill == 1 else 512  # 3 slices, or 1 step of 512
-        by_row = lt.RowLauncher(stack, spots, r=16, device=torch.device("cpu"))
+        by_row = lt.RowLauncher(stack, spots, r=16, device=torch.device("cpu"), config=cfg)
         assert by_row.plan(300, len(rows))[0] == (3 if fill == 1 else 1)
         for per in (1, 4, 64):  # rows an expand program serves (64: more than the batch)
             lt.RowLauncher.rows_per_program = per
@@ -271,7 +273,7 @@ def test_graphed_steps_take_rows_when_most_tile_places_would_be_padding():
 def test_decode_launchers_declare_only_the_alignment_their_offsets_have():
     """The kernels tell the compiler that A/B offsets and column starts are multiples of
     ``align`` elements (16-byte vectors at 8 bf16); a wrong claim would misread weights."""
-    from loraroute.agents import _lora_triton as lt  # imports without triton too
+    from loraroute.agents.lora import launchers as lt  # imports without triton too
 
     cpu = torch.device("cpu")
     flat = torch.zeros(2, 4096)

@@ -251,13 +251,14 @@ def test_disk_cache_compacts_and_keeps_every_key(tmp_path, monkeypatch):
         "encoders.hashing",
         "encoders.base",
         "decision",
-        "messages",
+        "loraroute.messages",
     ],
 )
 def test_docstring_examples_run(lr_home, module):
     import doctest
     import importlib
 
-    mod = importlib.import_module(f"loraroute.router.{module}")
+    name = module if module.startswith("loraroute.") else f"loraroute.router.{module}"
+    mod = importlib.import_module(name)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0

@@ -16,7 +16,7 @@ USER = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_base, tiny_adapter_factory):
-    from loraroute.agents._server_testing import tiny_stack
+    from loraroute.agents.server.testing import tiny_stack
 
     s = tiny_stack(
         tmp_path_factory.mktemp("srv-adapters"),
@@ -93,7 +93,7 @@ def test_adapter_loading_can_be_disabled(stack, tiny_adapter_factory):
 @pytest.fixture(scope="module")
 def engine_server(tiny_base):
     """A second server acting as the external engine: no registry, two adapter slots."""
-    from loraroute.agents.engine import Engine
+    from loraroute.agents.runtime.engine import Engine
 
     engine = Engine(tiny_base, device="cpu", max_resident=2)
     app = create_app(LocalBackend(engine), config=ServerConfig(), open_router=False)
@@ -112,7 +112,7 @@ def _engine_count(url: str, adapter: str) -> float:
 
 
 def test_proxy_routes_pushes_adapters_and_forwards(stack, engine_server):
-    from loraroute.agents.proxy import ProxyBackend
+    from loraroute.agents.server.proxy import ProxyBackend
 
     backend = ProxyBackend(engine_server.url, registry=stack.registry)
     app = create_app(backend, router=stack.router)
@@ -181,7 +181,7 @@ def test_proxy_tells_an_engine_on_another_mount_where_the_adapter_is(
     stack, engine_server, tmp_path
 ):
     """--engine-adapter-dir: the engine sees the registry's checkouts under another path."""
-    from loraroute.agents.proxy import ProxyBackend
+    from loraroute.agents.server.proxy import ProxyBackend
 
     folder = stack.registry.local_path("legal:prod")
     mount = tmp_path / "engine-mount"
@@ -203,7 +203,7 @@ def test_proxy_tells_an_engine_on_another_mount_where_the_adapter_is(
 
 
 def test_proxy_reports_an_unreachable_engine(stack):
-    from loraroute.agents.proxy import ProxyBackend
+    from loraroute.agents.server.proxy import ProxyBackend
 
     app = create_app(
         ProxyBackend("http://127.0.0.1:9/v1", registry=stack.registry), open_router=False

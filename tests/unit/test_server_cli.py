@@ -26,10 +26,8 @@ def test_serve_help_lists_the_main_options():
 
 
 def test_engine_options_are_checked_before_loading_anything(monkeypatch):
-    from loraroute.agents import _lora_triton
-
     # a machine without CUDA (or without Triton) cannot run the Triton kernels
-    monkeypatch.setattr(_lora_triton, "INTERPRET", False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     result = CliRunner().invoke(main, ["serve", "--device", "cpu", "--lora-backend", "triton"])
     assert result.exit_code == 2 and "not available" in result.output
     assert "loading base model" not in result.output

@@ -22,7 +22,7 @@ LONG = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_base, tiny_adapter_factory):
-    from loraroute.agents._server_testing import tiny_stack
+    from loraroute.agents.server.testing import tiny_stack
 
     s = tiny_stack(
         tmp_path_factory.mktemp("srv-err"),

@@ -15,8 +15,8 @@ LEGAL_Q = "is this contract clause enforceable in my lease?"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_base, tiny_adapter_factory):
-    from loraroute.agents._server_testing import tiny_stack
     from loraroute.agents.server import BackgroundServer
+    from loraroute.agents.server.testing import tiny_stack
 
     s = tiny_stack(
         tmp_path_factory.mktemp("srv-home"),

@@ -19,7 +19,7 @@ from loraroute.agents.server import BackgroundServer  # noqa: E402
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_base, tiny_adapter_factory):
-    from loraroute.agents._server_testing import tiny_stack
+    from loraroute.agents.server.testing import tiny_stack
 
     s = tiny_stack(
         tmp_path_factory.mktemp("srv-fuzz"),

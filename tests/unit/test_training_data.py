@@ -6,9 +6,15 @@ import json
 
 import pytest
 
-from loraroute.agents._data import data_digest, load_examples, routing_examples
-from loraroute.agents._train_tokenize import IGNORE_INDEX, encode_all, encode_example, pack, shorten
 from loraroute.agents.errors import AgentError, DataValidationError
+from loraroute.agents.training.data import data_digest, load_examples, routing_examples
+from loraroute.agents.training.tokenize import (
+    IGNORE_INDEX,
+    encode_all,
+    encode_example,
+    pack,
+    shorten,
+)
 
 
 def _rec(user: str, answer: str, **extra) -> dict:

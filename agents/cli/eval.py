@@ -1,0 +1,187 @@
+"""``adapters eval``: held-out loss of base, oracle, routed and wrong adapters; routing accuracy.
+
+Heavy imports (torch, the engine, the router) happen inside the command.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _mapping(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values:
+        label, sep, ref = item.partition("=")
+        if not sep or not label.strip() or not ref.strip():
+            raise click.BadParameter(
+                f"{item!r} is not LABEL=REF (a registry ref or an adapter folder)",
+                param_hint="--adapter",
+            )
+        out[label.strip()] = ref.strip()
+    return out
+
+
+@click.command("eval")
+@click.argument(
+    "data", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--registry", "registry_url", default=None, help="Registry URL [default: settings].")
+@click.option(
+    "--adapter",
+    "adapter_map",
+    multiple=True,
+    metavar="LABEL=REF",
+    help="The right adapter for a label: a registry ref or an adapter folder (repeatable) "
+    "[default: the registry adapter named, or with domain, LABEL].",
+)
+@click.option(
+    "--label-key", default=None, help="Record key holding the label [default: label, else domain]."
+)
+@click.option("--alias", default="prod", help="Registry alias the router serves [default: prod].")
+@click.option(
+    "--encoder",
+    default=None,
+    help="Router encoder (e.g. all-minilm-l6-v2, hashing) [default: the router's saved state, "
+    "else settings].",
+)
+@click.option("--no-route", is_flag=True, help="Skip routing (no routed loss, no accuracy).")
+@click.option("--no-wrong", is_flag=True, help="Skip the wrong adapters (fewer forwards).")
+@click.option(
+    "--max-length",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="Tokens per conversation; longer ones lose the middle of their prompt.",
+)
+@click.option(
+    "--batch-tokens",
+    type=int,
+    default=4096,
+    show_default=True,
+    help="Rows x length per forward (memory bound).",
+)
+@click.option("--base-model", default=None, help="Base model [default: the adapters' base].")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N [default: settings].")
+@click.option("--examples", "with_examples", is_flag=True, help="Per-example losses in --json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def eval_cmd(
+    data: tuple[Path, ...],
+    registry_url: str | None,
+    adapter_map: tuple[str, ...],
+    label_key: str | None,
+    alias: str,
+    encoder: str | None,
+    no_route: bool,
+    no_wrong: bool,
+    max_length: int,
+    batch_tokens: int,
+    base_model: str | None,
+    device: str | None,
+    with_examples: bool,
+    as_json: bool,
+) -> None:
+    """Score labelled chat JSONL DATA ({"messages": [...], "domain": ...} per line).
+
+    For every example: loss on its assistant tokens under the base model, the adapter of its
+    label (oracle), the adapter the router picks (routed) and the other labels' adapters
+    (wrong, averaged); and how often the router picks the oracle.
+    """
+    from loraroute.settings import get_settings
+
+    from ..evaluation.evaluate import evaluate, load_labelled
+
+    mapping = _mapping(adapter_map)
+    examples = load_labelled(list(data), label_key=label_key)  # bad data fails before any load
+    settings = get_settings()
+    registry = None
+    if (
+        registry_url is not None
+        or not all(Path(v).is_dir() for v in mapping.values())
+        or ({ex.label for ex in examples} - set(mapping))
+    ):
+        from loraroute.registry import open_registry
+
+        registry = open_registry(registry_url, settings=settings)
+    router: object = False
+    if not no_route:
+        if registry is None:
+            raise click.UsageError(
+                "routing needs a registry (its adapters' routing examples): pass --registry, "
+                "or --no-route to score adapter folders without routing"
+            )
+        from loraroute.router import Router
+
+        kwargs = {"encoder": encoder} if encoder else {}
+        router = Router.open(registry, alias=alias, settings=settings, **kwargs)
+
+    progress_cm = None
+    if not as_json:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        progress_cm = Progress(
+            "[bold]scoring",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+    if progress_cm is not None:
+        with progress_cm as bar:
+            task = bar.add_task("eval", total=None)
+            report = evaluate(
+                examples,
+                adapters=mapping,
+                registry=registry,
+                router=router,
+                alias=alias,
+                base_model=base_model,
+                settings=settings,
+                device=device,
+                max_length=max_length,
+                batch_tokens=batch_tokens,
+                wrong=not no_wrong,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    else:
+        report = evaluate(
+            examples,
+            adapters=mapping,
+            registry=registry,
+            router=router,
+            alias=alias,
+            base_model=base_model,
+            settings=settings,
+            device=device,
+            max_length=max_length,
+            batch_tokens=batch_tokens,
+            wrong=not no_wrong,
+        )
+    if as_json:
+        click.echo(json.dumps(report.to_dict(examples=with_examples), indent=2))
+        return
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
+        console = Console(width=120)
+    console.print(report.table())
+    if report.routing is not None and report.routing.misrouted:
+        console.print(
+            "misrouted: "
+            + "; ".join(
+                f"{label} -> " + ", ".join(f"{k} x{n}" for k, n in row.items())
+                for label, row in report.routing.misrouted.items()
+            )
+        )
+    if report.shortened:
+        console.print(
+            f"note: {report.shortened} conversation(s) longer than {max_length} tokens lost the "
+            f"middle of their prompt"
+        )
+
+
+def register(group: click.Group) -> None:
+    group.add_command(eval_cmd)

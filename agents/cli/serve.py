@@ -1,0 +1,260 @@
+"""``adapters serve``: the OpenAI-compatible chat server (in-process engine or proxy)."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+_MIB = 1024 * 1024
+
+
+@click.command("serve")
+@click.option("--host", default=None, help="Address to bind (default: settings, 127.0.0.1).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--base-model", default=None, help="Base model name or folder (default: settings).")
+@click.option("--registry", default=None, help="Registry URL (default: settings).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: settings).")
+@click.option(
+    "--api-key",
+    "api_keys",
+    multiple=True,
+    help="Accept this bearer key (repeatable; added to LORAROUTE_API_KEYS=k1,k2). Required when "
+    "--host is not a loopback address.",
+)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Serve a non-loopback host without API keys (only behind an authenticating proxy).",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    help="Allow browser calls from this origin (repeatable; '*' for any; default: "
+    "LORAROUTE_CORS_ORIGINS).",
+)
+@click.option("--cors-allow-credentials", is_flag=True)
+@click.option("--max-batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--max-resident", default=16, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--max-cpu-adapters",
+    default=None,
+    type=click.IntRange(0),
+    help="Adapters kept in pinned host memory behind the device slots "
+    "(default: 4 x --max-resident on CUDA, none on CPU).",
+)
+@click.option(
+    "--lora-backend",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "triton", "torch"]),
+    help="Mixed-adapter LoRA kernels: Triton on CUDA when installed (auto), or PyTorch.",
+)
+@click.option(
+    "--no-cuda-graphs", is_flag=True, help="Run decode steps eagerly on CUDA (no graph replay)."
+)
+@click.option(
+    "--max-queue",
+    default=64,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Requests admitted beyond those generating; more get 429 with Retry-After.",
+)
+@click.option(
+    "--max-concurrency",
+    default=None,
+    type=click.IntRange(1),
+    help="Requests generating at once (default: --max-batch-size; proxy: 64).",
+)
+@click.option("--request-timeout", default=300.0, show_default=True, type=click.FloatRange(0.1))
+@click.option("--max-request-bytes", default=4 * _MIB, show_default=True, type=click.IntRange(1024))
+@click.option(
+    "--default-max-tokens",
+    default=512,
+    show_default=True,
+    type=click.IntRange(1),
+    help="max_tokens when a request gives none.",
+)
+@click.option(
+    "--max-tokens-limit",
+    default=None,
+    type=click.IntRange(1),
+    help="Refuse requests asking for more tokens (default: the context size).",
+)
+@click.option("--preload", multiple=True, help="Adapter refs to load at start (repeatable).")
+@click.option("--no-router", is_flag=True, help='Do not open the router: model="auto" -> base.')
+@click.option(
+    "--no-adapter-loading",
+    is_flag=True,
+    help="Refuse /v1/load_lora_adapter and /v1/unload_lora_adapter.",
+)
+@click.option(
+    "--engine-url",
+    default=None,
+    help="Proxy mode: generate on this external OpenAI-compatible engine (vLLM, another "
+    "adapters serve); adapters are pushed to it from the registry (default: settings).",
+)
+@click.option(
+    "--engine-api-key", default=None, help="Bearer key of --engine-url (default: settings)."
+)
+@click.option("--engine-base-model", default=None, help="The engine's name for its base model.")
+@click.option(
+    "--engine-adapter-dir",
+    default=None,
+    help="Where the engine's host sees this registry's checkout folder (shared storage "
+    "mounted elsewhere); default: the same path as here.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def serve_cmd(
+    host: str | None,
+    port: int,
+    base_model: str | None,
+    registry: str | None,
+    device: str | None,
+    api_keys: tuple[str, ...],
+    insecure_no_auth: bool,
+    cors_origins: tuple[str, ...],
+    cors_allow_credentials: bool,
+    max_batch_size: int,
+    max_resident: int,
+    max_cpu_adapters: int | None,
+    lora_backend: str,
+    no_cuda_graphs: bool,
+    max_queue: int,
+    max_concurrency: int | None,
+    request_timeout: float,
+    max_request_bytes: int,
+    default_max_tokens: int,
+    max_tokens_limit: int | None,
+    preload: tuple[str, ...],
+    no_router: bool,
+    no_adapter_loading: bool,
+    engine_url: str | None,
+    engine_api_key: str | None,
+    engine_base_model: str | None,
+    engine_adapter_dir: str | None,
+    log_level: str,
+) -> None:
+    """Serve an OpenAI-compatible chat API with model="auto" routing.
+
+    \b
+    Examples:
+      adapters serve                                  # 127.0.0.1:8000, no key needed
+      adapters serve --host 0.0.0.0 --api-key "$KEY"  # reachable from elsewhere: key required
+      adapters serve --engine-url http://gpu-1:8000   # route here, generate on vLLM
+      adapters serve --device cuda --max-batch-size 32 --max-resident 64
+    """
+    from pydantic import ValidationError
+
+    from loraroute.settings import get_settings
+
+    from ..server import ServerConfig, create_app, serve
+
+    settings = get_settings()
+    host = host or settings.host
+    engine_url = engine_url or settings.engine_url
+    if engine_api_key is None and settings.engine_api_key is not None:
+        engine_api_key = settings.engine_api_key.get_secret_value()
+    try:
+        config = ServerConfig(
+            host=host,
+            port=port,
+            api_keys=list(api_keys) + settings.api_keys,
+            insecure_no_auth=insecure_no_auth,
+            cors_origins=list(cors_origins) or settings.cors_origins,
+            cors_allow_credentials=cors_allow_credentials,
+            max_queue=max_queue,
+            max_concurrency=max_concurrency,
+            request_timeout=request_timeout,
+            max_request_bytes=max_request_bytes,
+            default_max_tokens=default_max_tokens,
+            max_tokens_limit=max_tokens_limit,
+            allow_adapter_loading=not no_adapter_loading,
+        )
+    except ValidationError as exc:
+        raise click.UsageError("; ".join(e["msg"] for e in exc.errors())) from exc
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+    from ..server.backends import Backend
+
+    backend: Backend
+    registry_url = registry or settings.registry_url
+    if engine_url:
+        from ..server.proxy import ProxyBackend
+
+        try:
+            backend = ProxyBackend(
+                engine_url,
+                registry=registry_url,
+                api_key=engine_api_key,
+                base_model=engine_base_model,
+                concurrency=max_concurrency or 64,
+                timeout=request_timeout + 30,
+                adapter_dir=engine_adapter_dir,
+            )
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--engine-url") from exc
+        if preload:
+            raise click.UsageError("--preload needs the in-process engine, not --engine-url")
+        engine_only = {
+            "--max-cpu-adapters": max_cpu_adapters is not None,
+            "--lora-backend": lora_backend != "auto",
+            "--no-cuda-graphs": no_cuda_graphs,
+        }
+        given = [name for name, on in engine_only.items() if on]
+        if given:
+            raise click.UsageError(
+                f"{', '.join(given)}: the in-process engine's options; the engine at "
+                f"--engine-url has its own settings"
+            )
+    else:
+        if engine_adapter_dir:
+            raise click.UsageError("--engine-adapter-dir goes with --engine-url")
+        from ..errors import AgentError
+        from ..runtime import Engine, EngineConfig
+        from ..server.backends import LocalBackend
+
+        if lora_backend == "triton":  # say so before loading the model, not after
+            import torch
+
+            from ..lora import resolve_backend
+
+            try:
+                resolve_backend(
+                    lora_backend,
+                    torch.device(device or settings.torch_device()),
+                    interpret=settings.triton_interpret,
+                )
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--lora-backend") from exc
+        click.echo(f"loading base model {base_model or settings.base_model} ...", err=True)
+        engine_config = EngineConfig(
+            device=device,
+            max_resident=max_resident,
+            max_batch_size=max_batch_size,
+            max_cpu_adapters=max_cpu_adapters,
+            lora_backend=lora_backend,  # type: ignore[arg-type]
+            cuda_graphs=not no_cuda_graphs,
+        )
+        engine = Engine(base_model, registry=registry_url, settings=settings, config=engine_config)
+        try:
+            for ref in preload:
+                engine.load_adapter(ref)
+        except (AgentError, KeyError, ValueError) as exc:
+            engine.close()
+            raise click.ClickException(f"cannot preload: {exc}") from exc
+        backend = LocalBackend(engine, own_engine=True)
+    app = create_app(backend, config=config, open_router=not no_router)
+    auth = f"{len(config.api_keys)} API key(s)" if config.api_keys else "no API key"
+    click.echo(f"serving on http://{host}:{port}/v1 ({auth}); Ctrl-C to stop", err=True)
+    serve(app, config, log_level=log_level)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(serve_cmd)

@@ -1,0 +1,62 @@
+"""How the mixed-adapter LoRA runs: the backend and the CUDA kernels' options.
+
+One :class:`LoraKernelConfig` belongs to each :class:`~loraroute.agents.lora.slots.SlotLayers`;
+its layers, plan buffers and Triton launchers read it when they run, so a benchmark may change
+a field on a live engine (the decode graphs are re-recorded on the next epoch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from loraroute.settings import Settings
+
+Backend = Literal["auto", "triton", "torch"]
+DecodeKernel = Literal["auto", "tiles", "rows"]
+
+
+@dataclass
+class LoraKernelConfig:
+    """Options of the LoRA kernels; :meth:`from_settings` reads them from the environment.
+
+    Example::
+
+        >>> LoraKernelConfig(decode_kernel="rows").overlap
+        True
+    """
+
+    # "auto" (Triton on CUDA when installed), "triton" or "torch" (gather + bmm)
+    backend: Backend = "auto"
+    # graphed decode: "tiles" (16 tokens of one adapter a tile), "rows" (one row a program) or
+    # "auto" (rows once half the tile places would be padding; see layer.decode_kernel_for)
+    decode_kernel: DecodeKernel = "auto"
+    # graphed decode: the LoRA runs on a side stream beside the base GEMM
+    overlap: bool = True
+    # that stream's priority (below 0: its kernels take SMs ahead of the GEMM's next blocks)
+    side_priority: int = -100
+    # launch the GEMM before the side stream's kernels
+    gemm_first: bool = False
+    # the decode expand adds onto the GEMM's product instead of into a delta buffer
+    expand_adds: bool = False
+    # call compiled Triton kernels directly (skipping kernel[grid]'s argument binding)
+    fast_launch: bool = True
+    # split-K slice width of the eager kernel's shrink (0: no split)
+    k_per_split: int = 1024
+    # Triton's CPU interpreter (TRITON_INTERPRET=1): kernels accept CPU tensors
+    interpret: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, backend: Backend = "auto") -> LoraKernelConfig:
+        return cls(
+            backend=backend,
+            decode_kernel=settings.lora_decode_kernel,
+            overlap=settings.lora_overlap,
+            side_priority=settings.lora_side_priority,
+            gemm_first=settings.lora_gemm_first,
+            expand_adds=settings.lora_expand_adds,
+            fast_launch=settings.triton_fast_launch,
+            k_per_split=settings.triton_k_per_split,
+            interpret=settings.triton_interpret,
+        )

@@ -1,0 +1,421 @@
+"""The LoRA layer: an ``nn.Linear`` wrapped to add each batch row's own adapter delta.
+
+Every targeted linear layer is wrapped once by :class:`SlotLoraLinear`, which reads the slot of
+each row from the shared :class:`~.plan.AdapterContext` (switching adapters is setting one small
+list, not walking the model's modules). Modules that read the same input (``q``/``k``/``v``,
+``gate``/``up``) form a :class:`LoraGroup` whose deltas are computed together, once a forward:
+
+- ``"triton"`` (CUDA): tokens grouped by adapter, shrink and expand in Triton (:mod:`.launchers`);
+- ``"torch"`` on CUDA: one adapter, two small matmuls; a mixed batch, gather + bmm;
+- ``"torch"`` on CPU: the input is shrunk against the A matrices of all the batch's adapters at
+  once and a per-forward mask keeps each row's own block (:meth:`LoraGroup._apply_cpu`).
+
+On CUDA each module adds its base product onto its delta in place (``addmm_``); on CPU the LoRA
+is added onto the base product in place; either way the LoRA costs no separate add.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .config import LoraKernelConfig
+from .launchers import (
+    GroupLauncher,
+    RowLauncher,
+    SplitLauncher,
+    chunk_table,
+    chunk_width,
+    triton,
+)
+from .layout import SlotLayout
+from .plan import TILE_M, AdapterContext, ForwardPlan
+
+TRITON_MAX_UNIFORM_TOKENS = 64  # above this, a one-adapter batch uses two plain matmuls
+_USED = object()  # a group delta already handed to its module
+
+
+class SlotStore(Protocol):
+    """What a layer reads of its :class:`~.slots.SlotLayers`: the slot stack and its layout,
+    which slots hold which modules, and the kernels' options."""
+
+    context: AdapterContext
+    config: LoraKernelConfig
+    layout: SlotLayout | None
+    stack: torch.Tensor | None
+    device: torch.device
+    slot_ranks: list[dict[str, int]]
+    active: list[set[int]]
+    slot_writes: list[int]
+
+    @property
+    def backend(self) -> str: ...
+
+
+class SlotLoraLinear(nn.Module):
+    """An ``nn.Linear`` plus its view of the slot stack; the slot per row comes from the context."""
+
+    _layers: SlotStore
+    group: LoraGroup
+    _w: torch.Tensor | None
+    _wt: torch.Tensor
+
+    def __init__(self, base: nn.Linear, layers: SlotStore, name: str):
+        super().__init__()
+        self.base = base
+        self.name = name
+        self.context = layers.context
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self.member = 0
+        object.__setattr__(self, "_layers", layers)  # a back reference, not a submodule
+        object.__setattr__(self, "group", None)
+        object.__setattr__(self, "_w", None)  # base.weight when _wt was made
+        object.__setattr__(self, "_wt", None)  # base.weight.t(), cached
+
+    @property
+    def weight(self) -> torch.Tensor:  # some model code reads .weight of projections
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    @property
+    def lora_A(self) -> torch.Tensor:
+        """``[slots, r, in]`` view of the A matrices of every slot."""
+        layers = self._layers
+        if layers.layout is None or layers.stack is None:
+            raise RuntimeError("no adapter was loaded yet")
+        return layers.layout.a_view(layers.stack, self.name)
+
+    @property
+    def lora_B(self) -> torch.Tensor:
+        """``[slots, out, r]`` view of the (pre-scaled) B matrices of every slot."""
+        layers = self._layers
+        if layers.layout is None or layers.stack is None:
+            raise RuntimeError("no adapter was loaded yet")
+        return layers.layout.b_view(layers.stack, self.name)
+
+    @property
+    def ranks(self) -> list[int]:
+        return [r.get(self.name, 0) for r in self._layers.slot_ranks]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plan = self.context.plan
+        if plan is None:
+            group = self.group
+            if group.cpu and group.w_cat_t is not None:  # q/k/v as one GEMM here too
+                return group._apply_cpu(self, x, None)
+            return self.base(x)
+        return self.group.apply(self, x, plan)
+
+
+def decode_kernel_for(choice: str, tokens: int, rows: int, tiles: int) -> str:
+    """The LoRA kernel pair of a graphed step: ``"tiles"`` or ``"rows"``.
+
+    ``"auto"`` takes rows when at least half of the tiles' token places would be padding,
+    that is when there are at least half as many tiles as rows (one token per row: decode):
+    tiles keep the tensor cores and read each adapter once, rows waste nothing on padding
+    (benchmarks/results/gpu_decode_kernels.md).
+    """
+    if choice == "tiles" or tokens != rows:
+        return "tiles"
+    if choice == "rows":
+        return "rows"
+    return "rows" if 2 * tiles >= rows else "tiles"
+
+
+class LoraGroup:
+    """Modules that read the same input: their deltas are computed together, once per input.
+
+    With a side stream in the plan (decode steps replayed as CUDA graphs), the Triton LoRA
+    runs as two launches (:class:`SplitLauncher` on tiles or :class:`RowLauncher` on rows,
+    :func:`decode_kernel_for`): shrink and expand into a delta buffer on that stream while
+    the base GEMM runs on the main one, and one add joins them; the side stream's priority
+    lets its blocks take SMs as the GEMM frees them (``config.overlap`` off: the fused
+    kernel runs before the GEMM, as in eager steps; benchmarks/results/gpu_decode_*.md).
+    """
+
+    def __init__(self, layers: SlotStore, index: int, members: list[SlotLoraLinear]):
+        self.layers = layers
+        self.index = index
+        self.members = members
+        layout, stack = layers.layout, layers.stack
+        if layout is None or stack is None:
+            raise RuntimeError("a LoRA group needs the slot layout and stack first")
+        self.r = layout.r
+        self.in_features = members[0].in_features
+        self.a = layout.group_a_view(stack, index)  # [slots, M * r, in]
+        self.b = [layout.b_view(stack, m.name) for m in members]  # [slots, out, r] each
+        self.outs = [m.out_features for m in members]
+        self.total_out = sum(self.outs)
+        self._spots = [
+            (layout.spots[m.name].a_off, layout.spots[m.name].b_off, m.out_features)
+            for m in members
+        ]
+        self._chunk = chunk_width(self.total_out, self.in_features)
+        self._launcher: GroupLauncher | None = None  # built on first use
+        self._split_launcher: SplitLauncher | None = None  # graphed decode
+        self._row_launcher: RowLauncher | None = None  # graphed decode, rows
+        for i, m in enumerate(members):
+            m.member = i
+            object.__setattr__(m, "group", self)
+        self.x: torch.Tensor | None = None
+        self.x2: torch.Tensor | None = None
+        self._full: torch.Tensor | None = None  # [tokens, total_out]: deltas (CUDA), product (CPU)
+        self.w_cat_t: torch.Tensor | None = None  # [in, total_out] when weights are fused
+        self.based = False  # the deltas already hold the base product
+        self.version = -1
+        self.deltas: list[Any] = []
+        self.cpu = layers.device.type == "cpu" and layers.backend == "torch"
+        self._cols = list(itertools.accumulate([0] + self.outs[:-1]))  # members' first columns
+        self._left = 0  # members still to serve from the current input
+        self._shrunk: tuple[torch.Tensor, list[torch.Tensor], int] | None = None
+        self._cat_key: tuple = ()
+        self._cat: tuple[torch.Tensor, list[torch.Tensor], int] | None = None
+
+    def apply(self, layer: SlotLoraLinear, x: torch.Tensor, plan: ForwardPlan) -> torch.Tensor:
+        if self.cpu:
+            return self._apply_cpu(layer, x, plan)
+        m = layer.member
+        if self.x is x and self.version == plan.version and self.deltas[m] is not _USED:
+            d = self.deltas[m]
+        else:
+            self.x2 = x.reshape(-1, x.shape[-1])
+            self._full = None
+            if (
+                plan.side is not None
+                and self.layers.backend == "triton"
+                and (self.w_cat_t is not None or len(self.members) == 1)
+            ):
+                self.deltas = self._overlapped(self.x2, plan)
+                self.x, self.version = x, plan.version
+                self.deltas[m], d = _USED, self.deltas[m]
+                if layer.base.bias is not None:
+                    d.add_(layer.base.bias)
+                return d.view(*x.shape[:-1], d.shape[-1])
+            self.deltas = self.compute(self.x2, plan)
+            self.x, self.version = x, plan.version
+            # one GEMM for the whole group onto the group's delta buffer when the members'
+            # weights are one concatenated tensor (see SlotLayers._fuse_weights)
+            full, w_cat_t = self._full, self.w_cat_t
+            self.based = full is not None and w_cat_t is not None
+            if full is not None and w_cat_t is not None:
+                full.addmm_(self.x2, w_cat_t)
+            d = self.deltas[m]
+        self.deltas[m] = _USED
+        base = layer.base
+        if d is None:
+            return base(x)
+        if not self.based:
+            weight = base.weight
+            if layer._w is not weight:  # the transposed view, made once per weight tensor
+                object.__setattr__(layer, "_w", weight)  # not registered as a parameter
+                object.__setattr__(layer, "_wt", weight.t())
+            d.addmm_(self.x2, layer._wt)
+        if base.bias is not None:
+            d.add_(base.bias)
+        return d.view(*x.shape[:-1], d.shape[-1])
+
+    def _apply_cpu(
+        self, layer: SlotLoraLinear, x: torch.Tensor, plan: ForwardPlan | None
+    ) -> torch.Tensor:
+        """The CPU path (``plan`` is ``None`` for a batch on the base model alone).
+
+        At decode sizes the cost is the number of operations, not arithmetic, so a mixed
+        batch does not gather per-row matrices: the group's first member shrinks the input
+        against the A matrices of all adapters of the batch at once (``[tokens, M * k * r]``)
+        and zeroes, with a per-forward mask, the blocks of other rows' adapters. When the
+        members' weights are one tensor (:meth:`SlotLayers._fuse_weights`) the whole group
+        is then two GEMMs, base and LoRA expand (block-diagonal B), and each member returns
+        its columns; otherwise each member adds ``t_m @ B_m`` onto its own base product.
+        """
+        version = 0 if plan is None else plan.version  # plans count from 1
+        if self.x is not x or self.version != version:
+            self.x, self.version = x, version
+            self._left = len(self.members)
+            x2 = x.reshape(-1, x.shape[-1])
+            self._shrunk = None if plan is None else self._shrink_cpu(x2, plan)
+            if self.w_cat_t is not None:
+                whole = torch.mm(x2, self.w_cat_t)
+                if self._shrunk is not None:
+                    whole.addmm_(self._shrunk[0], self._shrunk[1][0])
+                self._full = whole
+        m = layer.member
+        self._left -= 1
+        full, shrunk = self._full, self._shrunk
+        if self._left <= 0:  # every member served: keep no activations between forwards
+            self.x = self._full = self._shrunk = None
+        if self.w_cat_t is not None and full is not None:
+            col = self._cols[m]
+            return full[:, col : col + layer.out_features].view(*x.shape[:-1], -1)
+        out = layer.base(x)
+        if shrunk is not None:
+            t, b_cats, width = shrunk
+            out.view(-1, out.shape[-1]).addmm_(t[:, m * width : (m + 1) * width], b_cats[m])
+        return out
+
+    def _shrink_cpu(
+        self, x2: torch.Tensor, plan: ForwardPlan
+    ) -> tuple[torch.Tensor, list[torch.Tensor], int] | None:
+        """``(t, B per member, block width)`` for this forward, ``None`` when no row's adapter
+        touches the group."""
+        active = self.layers.active
+        slots = tuple(s for s in plan.distinct() if self.index in active[s])
+        if not slots:
+            return None
+        a_t, b_cats, width = self._weights_cpu(slots)
+        t = torch.mm(x2, a_t)
+        if plan.uniform is None:  # rows of other adapters, or on the base model
+            per_row = x2.shape[0] // plan.rows
+            t.mul_(plan.mask(slots, len(self.members), width // len(slots), per_row, t.dtype))
+        return t, b_cats, width
+
+    def _weights_cpu(self, slots: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        """The group's A (``[in, M * k * r]``) and per-member B (``[k * r, out]``) for the
+        adapters in ``slots``: views of the slot stack for one adapter; for several, one
+        contiguous copy kept while the batch's adapters and their slots stay the same
+        (decode steps), cut to the largest rank among them."""
+        fused = self.w_cat_t is not None
+        if len(slots) == 1 and not fused:
+            s = slots[0]
+            return self.a[s].t(), [b[s].t() for b in self.b], self.r
+        layers = self.layers
+        key = tuple((s, layers.slot_writes[s]) for s in slots)
+        if self._cat is not None and self._cat_key == key:
+            return self._cat
+        names = [m.name for m in self.members]
+        r = max(layers.slot_ranks[s].get(n, 0) for s in slots for n in names)
+        members = len(self.members)
+        a = torch.cat(
+            [self.a[s].view(members, self.r, -1)[:, :r] for s in slots], 1
+        )  # [M, k * r, in]: member-major, then slot, then rank
+        a_t = a.reshape(members * len(slots) * r, -1).t()
+        b_cats = [torch.cat([b[s][:, :r] for s in slots], 1).t() for b in self.b]
+        width = len(slots) * r
+        if fused:  # one block-diagonal [M * k * r, total_out]: member m's rows feed its columns
+            block = a.new_zeros(members * width, self.total_out)
+            for i, b_cat in enumerate(b_cats):
+                col = self._cols[i]
+                block[i * width : (i + 1) * width, col : col + self.outs[i]] = b_cat
+            b_cats = [block]
+        self._cat_key, self._cat = key, (a_t, b_cats, width)
+        return self._cat
+
+    def compute(self, x2: torch.Tensor, plan: ForwardPlan) -> list[torch.Tensor | None]:
+        """The LoRA delta of every member for the ``[tokens, in]`` input ``x2`` (``None`` where
+        it is zero)."""
+        layers = self.layers
+        n = x2.shape[0]
+        rows = plan.rows
+        if n % rows:
+            raise RuntimeError(
+                f"a LoRA layer got {n} tokens for a batch of {rows} rows; the adapter context "
+                f"must name one slot per batch row"
+            )
+        slot = plan.uniform
+        if slot is not None and self.index not in layers.active[slot]:
+            return [None] * len(self.members)
+        backend = layers.backend
+        if backend == "triton" and (slot is None or n <= TRITON_MAX_UNIFORM_TOKENS):
+            return self._triton(x2, plan, n // rows)
+        r = self.r
+        if slot is not None:
+            t = x2 @ self.a[slot].t()  # [n, M * r]
+            return [t[:, i * r : (i + 1) * r] @ b[slot].t() for i, b in enumerate(self.b)]
+        # mixed batch, gather + bmm: each row's own (zero-padded) matrices
+        idx = plan.idx()
+        x3 = x2.view(rows, n // rows, x2.shape[-1])
+        t = torch.bmm(x3, self.a.index_select(0, idx).transpose(1, 2))  # [rows, L, M * r]
+        out: list[torch.Tensor | None] = []
+        for i, b in enumerate(self.b):
+            bi = b.index_select(0, idx).transpose(1, 2)  # [rows, r, out]
+            out.append(torch.bmm(t[..., i * r : (i + 1) * r], bi).view(n, -1))
+        return out
+
+    def _overlapped(self, x2: torch.Tensor, plan: ForwardPlan) -> list[Any]:
+        """Base product (main stream) plus Triton deltas (side stream), joined by one add;
+        returns each member's columns of the sum. When the launcher ``adds``
+        (``config.expand_adds``), only the shrink runs beside the GEMM, and the expand runs
+        after it, adding onto its product (no delta buffer, no add)."""
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        stack = self.layers.stack
+        if stack is None or triton is None:
+            raise RuntimeError("the Triton LoRA backend needs triton and a slot stack")
+        main = torch.cuda.current_stream(x2.device)
+        side = plan.side
+        side.wait_stream(main)
+        tok, tile_slot, tiles = plan.tiles(x2.shape[0] // plan.rows)
+        config = self.layers.config
+        kernel = decode_kernel_for(config.decode_kernel, x2.shape[0], plan.rows, tiles)
+        launcher: Any
+        if kernel == "rows":
+            launcher = self._row_launcher
+            if launcher is None:
+                launcher = self._row_launcher = RowLauncher(
+                    stack, self._spots, r=self.r, device=x2.device, config=config
+                )
+            where: tuple = (plan.idx(),)
+        else:
+            launcher = self._split_launcher
+            if launcher is None:
+                launcher = self._split_launcher = SplitLauncher(
+                    stack, self._spots, r=self.r, block_m=TILE_M, device=x2.device, config=config
+                )
+            where = (tok, tile_slot, tiles)
+        delta = None  # launcher.adds: the expand adds onto the GEMM's product
+        if not launcher.adds:
+            delta = torch.empty(x2.shape[0], self.total_out, dtype=x2.dtype, device=x2.device)
+        w_t = self.w_cat_t if self.w_cat_t is not None else self.members[0].base.weight.t()
+        out = torch.mm(x2, w_t) if config.gemm_first else None
+        with torch.cuda.stream(side):
+            part, split = launcher.shrink(x2, *where)
+            if delta is not None:
+                launcher.expand(delta, part, split, *where)
+        if out is None:
+            out = torch.mm(x2, w_t)
+        main.wait_stream(side)
+        if delta is None:
+            launcher.expand(out, part, split, *where, add=True)
+        else:
+            out.add_(delta)
+        self._full = out
+        self.based = True
+        return [out[:, col : col + width] for col, width in zip(self._cols, self.outs, strict=True)]
+
+    def _triton(
+        self, x2: torch.Tensor, plan: ForwardPlan, per_row: int
+    ) -> list[torch.Tensor | None]:
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        tok, tile_slot, tiles = plan.tiles(per_row)
+        launcher = self._launcher
+        if launcher is None:
+            stack = self.layers.stack
+            if stack is None or triton is None:
+                raise RuntimeError("the Triton LoRA backend needs triton and a slot stack")
+            table = chunk_table(self._spots, self._chunk, x2.device)
+            launcher = self._launcher = GroupLauncher(
+                stack,
+                table,
+                r=self.r,
+                chunk=self._chunk,
+                block_m=TILE_M,
+                config=self.layers.config,
+            )
+        delta = torch.empty(x2.shape[0], self.total_out, dtype=x2.dtype, device=x2.device)
+        launcher(x2, delta, tok, tile_slot, tiles, self.total_out, plan.stream())
+        self._full = delta
+        if len(self.outs) == 1:
+            return [delta]
+        out: list[torch.Tensor | None] = []
+        col = 0
+        for width in self.outs:
+            out.append(delta[:, col : col + width])
+            col += width
+        return out

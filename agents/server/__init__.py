@@ -1,0 +1,28 @@
+"""The OpenAI-compatible server (``adapters serve``), laid out as vLLM lays out its own.
+
+- :mod:`.app`: :func:`create_app`, the app factory;
+- :mod:`.chat`, :mod:`.models`, :mod:`.adapters`, :mod:`.probes`: one router module a resource;
+- :mod:`.protocol`: the request and response models;
+- :mod:`.backends`: where generation happens (:class:`LocalBackend` on an engine here);
+- :mod:`.proxy`: :class:`ProxyBackend`, forwarding to another OpenAI-compatible engine;
+- :mod:`.streaming`: server-sent events, timeouts, disconnects;
+- :mod:`.state`, :mod:`.auth`, :mod:`.errors`, :mod:`.metrics`, :mod:`.config`,
+  :mod:`.runner` (uvicorn), :mod:`.testing` (a real server for tests).
+"""
+
+from __future__ import annotations
+
+from .app import create_app
+from .backends import Backend, LocalBackend
+from .config import ServerConfig, is_loopback
+from .runner import BackgroundServer, serve
+
+__all__ = [
+    "Backend",
+    "BackgroundServer",
+    "LocalBackend",
+    "ServerConfig",
+    "create_app",
+    "is_loopback",
+    "serve",
+]

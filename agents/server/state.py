@@ -1,0 +1,120 @@
+"""The server's shared state: admission (the bounded queue), the router, the metrics."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from .backends import Backend, Target, _run
+from .config import ServerConfig
+from .errors import APIError
+from .metrics import ServerMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class Admission:
+    """The bounded queue: at most ``capacity`` requests admitted (running + waiting)."""
+
+    def __init__(self, concurrency: int, max_queue: int):
+        self.concurrency = concurrency
+        self.capacity = concurrency + max_queue
+        self.inflight = 0
+        self.latency_ewma = 1.0  # seconds per request, for Retry-After
+
+    def admit(self) -> None:
+        if self.inflight >= self.capacity:
+            waiting = max(1, self.inflight - self.concurrency)
+            retry = min(60, max(1, math.ceil(self.latency_ewma * waiting / self.concurrency)))
+            raise APIError(
+                429,
+                f"the server is at capacity ({self.inflight} requests admitted, queue limit "
+                f"{self.capacity}); retry after {retry} s",
+                code="queue_full",
+                headers={"Retry-After": str(retry)},
+            )
+        self.inflight += 1
+
+    def release(self, seconds: float | None) -> None:
+        self.inflight -= 1
+        if seconds is not None:
+            self.latency_ewma = 0.9 * self.latency_ewma + 0.1 * seconds
+
+
+class ServerState:
+    """What the routes share: the config, the backend, the router, admission and metrics."""
+
+    def __init__(self, config: ServerConfig, backend: Backend, router: Any, open_router: bool):
+        self.config = config
+        self.backend = backend
+        self.router = router
+        self.open_router = open_router and router is None
+        self.router_error: str | None = None
+        self.router_ready = router is not None or not self.open_router
+        self.started = int(time.time())
+        self.admission = Admission(config.max_concurrency or backend.concurrency, config.max_queue)
+        self.metrics = ServerMetrics(self.stats)
+
+    def stats(self) -> dict[str, Any]:
+        s = dict(self.backend.stats())
+        a = self.admission
+        running = s.get("running")
+        if running is None:
+            running = min(a.inflight, a.concurrency)
+        s.update(
+            inflight=a.inflight,
+            capacity=a.capacity,
+            queue_depth=max(0, a.inflight - running),
+        )
+        return s
+
+    async def load_router(self) -> None:
+        if not self.open_router:
+            return
+        registry = self.backend.registry
+        if registry is None:
+            self.router_error = "no registry is configured, so model=auto answers with base"
+            self.router_ready = True
+            return
+        try:
+            from loraroute.router import Router
+
+            self.router = await _run(Router.open, registry)
+        except Exception as exc:  # noqa: BLE001 - reported by /ready and in every auto answer
+            self.router_error = f"the router could not be opened: {type(exc).__name__}: {exc}"
+            logger.warning("%s; model=auto answers with the base model", self.router_error)
+        self.router_ready = True
+
+    async def target(self, model: str, messages: list[dict[str, Any]]) -> Target:
+        low = model.strip().lower()
+        if low in ("base", "none") or low in self.backend.base_names():
+            return Target(model, None)
+        if low != "auto":
+            return Target(model, model.strip())
+        if self.router is None:
+            return Target(model, None, reason=self.router_error or "no_router")
+        d = await _run(self.router.route, messages)
+        adapter = d.ref or d.adapter
+        self.metrics.route_confidence.labels(adapter or "base").observe(float(d.confidence))
+        return Target(
+            model,
+            adapter,
+            routed=True,
+            reason=d.reason or None,
+            score=float(d.score),
+            confidence=float(d.confidence),
+            alternatives=[[n, float(s)] for n, s in (d.alternatives or [])],
+        )
+
+
+def get_state(request: Request) -> ServerState:
+    """The :class:`ServerState` of the app serving ``request`` (a FastAPI dependency)."""
+    state: ServerState = request.app.state.lr
+    return state
+
+
+State = Annotated[ServerState, Depends(get_state)]  # a route's parameter: ``st: State``

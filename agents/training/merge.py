@@ -1,0 +1,132 @@
+"""Combine two LoRA adapters with peft's ``add_weighted_adapter`` and push the result."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import IncompatibleAdapterError, TrainingError
+
+logger = logging.getLogger(__name__)
+
+
+def merge_adapters(
+    base_path: Path,
+    first: Path,
+    second: Path,
+    dest: Path,
+    *,
+    weights: tuple[float, float] = (0.5, 0.5),
+    combination: str = "auto",
+) -> Path:
+    """Write the weighted combination of two adapter folders on ``base_path`` into ``dest``.
+
+    ``combination="auto"`` uses ``linear`` when both adapters have the same rank and target
+    modules (the result keeps that rank) and ``cat`` otherwise (ranks add up, exact).
+    """
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfgs = [json.loads((Path(p) / "adapter_config.json").read_text()) for p in (first, second)]
+    same = cfgs[0].get("r") == cfgs[1].get("r") and sorted(
+        cfgs[0].get("target_modules") or []
+    ) == sorted(cfgs[1].get("target_modules") or [])
+    if combination == "auto":
+        combination = "linear" if same else "cat"
+    if combination == "linear" and not same:
+        raise IncompatibleAdapterError(
+            f"linear merge needs equal ranks and targets, got r={cfgs[0].get('r')} "
+            f"{cfgs[0].get('target_modules')} and r={cfgs[1].get('r')} {cfgs[1].get('target_modules')}; "
+            f"use --combination cat or svd"
+        )
+    model = AutoModelForCausalLM.from_pretrained(str(base_path))
+    peft_model = PeftModel.from_pretrained(model, str(first), adapter_name="first")
+    peft_model.load_adapter(str(second), adapter_name="second")
+    try:
+        peft_model.add_weighted_adapter(
+            ["first", "second"], list(weights), "merged", combination_type=combination
+        )
+    except ValueError as exc:
+        raise IncompatibleAdapterError(f"cannot merge {first} and {second}: {exc}") from exc
+    with tempfile.TemporaryDirectory() as tmp:
+        peft_model.save_pretrained(tmp, selected_adapters=["merged"])
+        src = Path(tmp) / "merged"
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in src.iterdir():
+            (dest / f.name).write_bytes(f.read_bytes())
+    cfg_path = dest / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = cfgs[0].get("base_model_name_or_path")
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    return dest
+
+
+def merge_from_registry(
+    first: str,
+    second: str,
+    name: str,
+    *,
+    weights: tuple[float, float] = (0.5, 0.5),
+    combination: str = "auto",
+    registry_url: str | None = None,
+    domain: str | None = None,
+    description: str | None = None,
+    settings: Any = None,
+) -> Any:
+    """Merge registry adapters ``first`` and ``second`` and push ``name``.
+
+    Lineage: ``parent`` is the first adapter's ref, tag ``merged_from`` holds ``"a@1,b@2"`` and
+    ``training_config["merge"]`` the refs, weights and combination type.
+    """
+    from loraroute.models import resolve_base_model
+    from loraroute.registry import open_registry
+    from loraroute.settings import get_settings
+
+    settings = settings or get_settings()
+    reg = open_registry(registry_url, settings=settings)
+    a, b = reg.resolve(first), reg.resolve(second)
+    if a.base_fingerprint != b.base_fingerprint:
+        raise IncompatibleAdapterError(
+            f"adapters {a.ref} and {b.ref} were trained on different bases "
+            f"({a.base_fingerprint} vs {b.base_fingerprint}); only adapters of one base merge"
+        )
+    if not a.base_model_id:
+        raise TrainingError(
+            f"adapter {a.ref} records no base_model_id; cannot load its base to merge"
+        )
+    base = resolve_base_model(a.base_model_id, settings=settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = merge_adapters(
+            base.path,
+            reg.local_path(a),
+            reg.local_path(b),
+            Path(tmp) / name,
+            weights=weights,
+            combination=combination,
+        )
+        seen: dict[str, None] = {}
+        for ex in list(a.routing_examples or []) + list(b.routing_examples or []):
+            seen.setdefault(ex, None)
+        return reg.push(
+            out,
+            name,
+            domain=domain,
+            description=description or f"merge of {a.ref} and {b.ref}",
+            routing_examples=list(seen),
+            # the registry's parent is one resolvable ref: the first; both go in the tag
+            parent=a.ref,
+            tags={"merged_from": f"{a.ref},{b.ref}"},
+            training_config={
+                "merge": {
+                    "adapters": [a.ref, b.ref],
+                    "weights": list(weights),
+                    "combination": combination,
+                }
+            },
+            base_model_id=a.base_model_id,
+            base_fingerprint=a.base_fingerprint,
+        )
