@@ -1,7 +1,7 @@
 """``adapters`` registry verbs: push, pull, ls, show, alias, rm, verify, gc, export, import,
 and ``registry serve`` / ``registry token create``.
 
-Every command takes ``--registry URL`` (env ``LORAROUTE_REGISTRY``; default: settings).
+Every command takes ``--registry URL`` and ``--token`` (:mod:`loraroute.cli_options`).
 Read commands take ``--json``. Heavy imports happen inside commands.
 """
 
@@ -16,22 +16,7 @@ from typing import Any
 
 import click
 
-registry_option = click.option(
-    "--registry",
-    "registry_url",
-    envvar="LORAROUTE_REGISTRY",
-    default=None,
-    metavar="URL",
-    help="Registry URL: sqlite:///file.db, postgresql://..., http(s)://host:port "
-    "(env LORAROUTE_REGISTRY; default: SQLite under LORAROUTE_HOME).",
-)
-token_option = click.option(
-    "--token",
-    envvar="LORAROUTE_REGISTRY_TOKEN",
-    default=None,
-    help="Bearer token for an HTTP registry (env LORAROUTE_REGISTRY_TOKEN).",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+from loraroute.cli_options import json_option, registry_option, token_option
 
 
 def _open(url: str | None, token: str | None = None) -> Any:

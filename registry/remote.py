@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import builtins
 import logging
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,7 +34,6 @@ from .validate import validate_folder
 
 logger = logging.getLogger(__name__)
 
-TOKEN_ENV = "LORAROUTE_REGISTRY_TOKEN"
 Progress = Callable[[str, int, int], None]
 
 
@@ -52,7 +50,8 @@ class RemoteRegistry:
     ) -> None:
         self.url = url.rstrip("/")
         self.settings = settings or get_settings()
-        token = token or os.environ.get(TOKEN_ENV) or None
+        if token is None and self.settings.registry_token is not None:
+            token = self.settings.registry_token.get_secret_value()
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url + "/v1", headers=headers, timeout=timeout)
         self.checkout_dir = self.settings.registry_dir / "remote-checkouts"
@@ -251,4 +250,4 @@ class RemoteRegistry:
         return GcReport(**data)
 
 
-__all__ = ["TOKEN_ENV", "RemoteRegistry"]
+__all__ = ["RemoteRegistry"]

@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from loraroute.cli_options import json_option, registry_options
+
 from .errors import InvalidRequestError
 from .scoring import DEFAULT_SCORING, SCORINGS
 
@@ -28,12 +30,7 @@ class _RouteGroup(click.Group):
 
 
 def _common(f):
-    f = click.option(
-        "--registry",
-        "registry_url",
-        default=None,
-        help="Registry URL (default: settings / LORAROUTE_REGISTRY).",
-    )(f)
+    f = registry_options(f)
     f = click.option(
         "--alias",
         default="prod",
@@ -58,17 +55,22 @@ def default_state_dir(alias: str = "prod", settings: Any = None) -> Path:
     return (settings or get_settings()).home / "router" / alias
 
 
-def _router(registry_url, alias, state_dir, encoder, *, load_state: bool = True, **kwargs):
+def _router(registry_url, token, alias, state_dir, encoder, *, load_state: bool = True, **kwargs):
     from loraroute.settings import get_settings
 
     from .router import Router
 
     settings = get_settings()
+    registry = None
+    if registry_url or token:  # else the router opens the settings' registry itself
+        from loraroute.registry import open_registry
+
+        registry = open_registry(registry_url, token=token, settings=settings)
     state = state_dir or default_state_dir(alias, settings)
     enc = encoder or settings.embedder
     if load_state and (state / "state.json").is_file():
-        return Router.load(state, registry_url, encoder=enc, settings=settings, alias=alias), state
-    return Router(registry_url, encoder=enc, settings=settings, alias=alias, **kwargs), state
+        return Router.load(state, registry, encoder=enc, settings=settings, alias=alias), state
+    return Router(registry, encoder=enc, settings=settings, alias=alias, **kwargs), state
 
 
 @click.group(cls=_RouteGroup, name="route", invoke_without_command=False)
@@ -78,11 +80,11 @@ def route_group() -> None:
 
 @route_group.command(_TEXT_CMD, hidden=True)
 @click.argument("text", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @_common
-def route_text(text, as_json, registry_url, alias, state_dir, encoder) -> None:
+def route_text(text, as_json, registry_url, token, alias, state_dir, encoder) -> None:
     """Route TEXT."""
-    router, _ = _router(registry_url, alias, state_dir, encoder)
+    router, _ = _router(registry_url, token, alias, state_dir, encoder)
     d = router.route(" ".join(text))
     if as_json:
         click.echo(json.dumps(d.to_dict(), ensure_ascii=False, indent=2))
@@ -122,7 +124,7 @@ def route_text(text, as_json, registry_url, alias, state_dir, encoder) -> None:
     help="Maximise in-scope accuracy + this x out-of-scope recall (the default objective, "
     "weight 0.25).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @_common
 def route_fit(
     data,
@@ -131,6 +133,7 @@ def route_fit(
     oos_weight,
     as_json,
     registry_url,
+    token,
     alias,
     state_dir,
     encoder,
@@ -145,7 +148,7 @@ def route_fit(
         )
     texts, labels = read_labelled(data)
     router, state = _router(
-        registry_url, alias, state_dir, encoder, load_state=False, scoring=scoring
+        registry_url, token, alias, state_dir, encoder, load_state=False, scoring=scoring
     )
     try:
         report = router.fit(texts, labels, oos_weight=oos_weight, min_oos_recall=min_oos_recall)
@@ -190,15 +193,15 @@ def route_fit(
     default=None,
     help="Write a PNG: confusion matrix + score histogram (in scope vs out).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @_common
-def route_eval(data, plot, as_json, registry_url, alias, state_dir, encoder) -> None:
+def route_eval(data, plot, as_json, registry_url, token, alias, state_dir, encoder) -> None:
     """Evaluate the router on DATA: accuracy, abstention precision/recall, per-route table."""
     from .data import read_labelled
     from .evaluate import evaluate
 
     texts, labels = read_labelled(data)
-    router, _ = _router(registry_url, alias, state_dir, encoder)
+    router, _ = _router(registry_url, token, alias, state_dir, encoder)
     report = evaluate(router, texts, labels, plot=plot)
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -231,11 +234,11 @@ def route_eval(data, plot, as_json, registry_url, alias, state_dir, encoder) -> 
 
 
 @route_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @_common
-def route_list(as_json, registry_url, alias, state_dir, encoder) -> None:
+def route_list(as_json, registry_url, token, alias, state_dir, encoder) -> None:
     """List routes: routable adapters and those without routing examples."""
-    router, _ = _router(registry_url, alias, state_dir, encoder)
+    router, _ = _router(registry_url, token, alias, state_dir, encoder)
     rows = [
         {
             "name": r.name,

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from loraroute.cli_options import registry_options
+
 
 @click.command("chat")
 @click.argument("message", required=False)
@@ -19,7 +21,7 @@ import click
     help='"auto" routes each turn; "base" uses the bare base; or an adapter ref (legal:prod).',
 )
 @click.option("--base-model", default=None, help="Base model name or folder (default: settings).")
-@click.option("--registry", default=None, help="Registry URL (default: settings).")
+@registry_options
 @click.option("--system", default=None, help="A system message for the conversation.")
 @click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(1))
 @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0))
@@ -33,7 +35,8 @@ def chat_cmd(
     message: str | None,
     model: str,
     base_model: str | None,
-    registry: str | None,
+    registry_url: str | None,
+    token: str | None,
     system: str | None,
     max_tokens: int,
     temperature: float,
@@ -57,7 +60,7 @@ def chat_cmd(
     llm = ChatLoraRoute(  # type: ignore[call-arg]  # pydantic alias: model / model_name
         model=model,
         base_model=base_model,
-        registry=registry,
+        registry=_registry(registry_url, token),
         max_tokens=max_tokens,
         temperature=temperature,
         top_p=top_p,
@@ -129,3 +132,12 @@ def _footer(reply) -> None:
 
 def register(group: click.Group) -> None:
     group.add_command(chat_cmd)
+
+
+def _registry(registry_url: str | None, token: str | None) -> object:
+    """The registry to route with: a URL the chat model opens, or one opened with ``token``."""
+    if token is None:
+        return registry_url
+    from loraroute.registry import open_registry
+
+    return open_registry(registry_url, token=token)

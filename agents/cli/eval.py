@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from loraroute.cli_options import json_option, registry_options
+
 
 def _mapping(values: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -28,7 +30,7 @@ def _mapping(values: tuple[str, ...]) -> dict[str, str]:
 @click.argument(
     "data", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
-@click.option("--registry", "registry_url", default=None, help="Registry URL [default: settings].")
+@registry_options
 @click.option(
     "--adapter",
     "adapter_map",
@@ -66,10 +68,11 @@ def _mapping(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--base-model", default=None, help="Base model [default: the adapters' base].")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N [default: settings].")
 @click.option("--examples", "with_examples", is_flag=True, help="Per-example losses in --json.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option
 def eval_cmd(
     data: tuple[Path, ...],
     registry_url: str | None,
+    token: str | None,
     adapter_map: tuple[str, ...],
     label_key: str | None,
     alias: str,
@@ -99,12 +102,13 @@ def eval_cmd(
     registry = None
     if (
         registry_url is not None
+        or token is not None
         or not all(Path(v).is_dir() for v in mapping.values())
         or ({ex.label for ex in examples} - set(mapping))
     ):
         from loraroute.registry import open_registry
 
-        registry = open_registry(registry_url, settings=settings)
+        registry = open_registry(registry_url, token=token, settings=settings)
     router: object = False
     if not no_route:
         if registry is None:

@@ -6,6 +6,8 @@ import logging
 
 import click
 
+from loraroute.cli_options import registry_options
+
 _MIB = 1024 * 1024
 
 
@@ -13,7 +15,7 @@ _MIB = 1024 * 1024
 @click.option("--host", default=None, help="Address to bind (default: settings, 127.0.0.1).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--base-model", default=None, help="Base model name or folder (default: settings).")
-@click.option("--registry", default=None, help="Registry URL (default: settings).")
+@registry_options
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: settings).")
 @click.option(
     "--api-key",
@@ -115,7 +117,8 @@ def serve_cmd(
     host: str | None,
     port: int,
     base_model: str | None,
-    registry: str | None,
+    registry_url: str | None,
+    token: str | None,
     device: str | None,
     api_keys: tuple[str, ...],
     insecure_no_auth: bool,
@@ -184,14 +187,16 @@ def serve_cmd(
     from ..server.backends import Backend
 
     backend: Backend
-    registry_url = registry or settings.registry_url
+    from loraroute.registry import open_registry
+
+    registry = open_registry(registry_url, token=token, settings=settings)
     if engine_url:
         from ..server.proxy import ProxyBackend
 
         try:
             backend = ProxyBackend(
                 engine_url,
-                registry=registry_url,
+                registry=registry,
                 api_key=engine_api_key,
                 base_model=engine_base_model,
                 concurrency=max_concurrency or 64,
@@ -242,7 +247,7 @@ def serve_cmd(
             lora_backend=lora_backend,  # type: ignore[arg-type]
             cuda_graphs=not no_cuda_graphs,
         )
-        engine = Engine(base_model, registry=registry_url, settings=settings, config=engine_config)
+        engine = Engine(base_model, registry=registry, settings=settings, config=engine_config)
         try:
             for ref in preload:
                 engine.load_adapter(ref)

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from loraroute.cli_options import json_option, registry_options
+
 
 def _floats(value: str) -> list[float]:
     try:
@@ -123,10 +125,10 @@ def _floats(value: str) -> list[float]:
     metavar="N",
     help="How many distinct user turns of DATA to record as routing examples [default: 64].",
 )
-@click.option("--registry", "registry_url", default=None, help="Registry URL [default: settings].")
+@registry_options
 @click.option("--domain", default=None, help="Domain recorded in the registry (with --push).")
 @click.option("--description", default=None, help="Description recorded in the registry.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
 def train_cmd(
     data: Path,
     name: str,
@@ -136,6 +138,7 @@ def train_cmd(
     as_json: bool,
     push: bool,
     registry_url: str | None,
+    token: str | None,
     domain: str | None,
     description: str | None,
     resume: bool,
@@ -167,7 +170,7 @@ def train_cmd(
     if parent is not None:
         if not push:
             raise click.UsageError("--parent records lineage in the registry; add --push")
-        parent_ref, values["init_adapter"] = _parent_folder(parent, registry_url, base_model)
+        parent_ref, values["init_adapter"] = _parent_folder(parent, registry_url, token, base_model)
     config = TrainConfig(**values)
     output = output or Path("adapters") / name
 
@@ -187,7 +190,7 @@ def train_cmd(
     if push:
         from loraroute.registry import open_registry
 
-        version = open_registry(registry_url).push(
+        version = open_registry(registry_url, token=token).push(
             output,
             name,
             domain=domain,
@@ -283,7 +286,7 @@ def _read_routing_examples(path: Path) -> list[str]:
 
 
 def _parent_folder(
-    parent: str, registry_url: str | None, base_model: str | None
+    parent: str, registry_url: str | None, token: str | None, base_model: str | None
 ) -> tuple[str, str]:
     """Resolve ``--parent`` to its ref and local folder; refuse a parent of another base."""
     from loraroute.models import fingerprint, resolve_base_model
@@ -293,7 +296,7 @@ def _parent_folder(
     from ..errors import IncompatibleAdapterError
 
     settings = get_settings()
-    reg = open_registry(registry_url, settings=settings)
+    reg = open_registry(registry_url, token=token, settings=settings)
     version = reg.resolve(parent)
     base = resolve_base_model(base_model or settings.base_model, settings=settings)
     have = fingerprint(base.path, settings=settings)
@@ -358,10 +361,10 @@ def _train_with_progress(
     default="auto",
     help="peft combination type [default: linear for equal ranks and targets, else cat].",
 )
-@click.option("--registry", "registry_url", default=None, help="Registry URL [default: settings].")
+@registry_options
 @click.option("--domain", default=None, help="Domain recorded in the registry.")
 @click.option("--description", default=None, help="Description recorded in the registry.")
-@click.option("--json", "as_json", is_flag=True, help="Print the new version as JSON.")
+@json_option
 def merge_cmd(
     first: str,
     second: str,
@@ -369,6 +372,7 @@ def merge_cmd(
     name: str,
     combination: str,
     registry_url: str | None,
+    token: str | None,
     domain: str | None,
     description: str | None,
     as_json: bool,
@@ -385,7 +389,8 @@ def merge_cmd(
         name,
         weights=(w[0], w[1]),
         combination=combination,
-        registry_url=registry_url,
+        registry=registry_url,
+        token=token,
         domain=domain,
         description=description,
     )

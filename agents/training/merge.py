@@ -72,13 +72,15 @@ def merge_from_registry(
     *,
     weights: tuple[float, float] = (0.5, 0.5),
     combination: str = "auto",
-    registry_url: str | None = None,
+    registry: Any = None,
+    token: str | None = None,
     domain: str | None = None,
     description: str | None = None,
     settings: Any = None,
 ) -> Any:
     """Merge registry adapters ``first`` and ``second`` and push ``name``.
 
+    ``registry`` is a registry object or URL (``None``: the settings' registry).
     Lineage: ``parent`` is the first adapter's ref, tag ``merged_from`` holds ``"a@1,b@2"`` and
     ``training_config["merge"]`` the refs, weights and combination type.
     """
@@ -87,7 +89,11 @@ def merge_from_registry(
     from loraroute.settings import get_settings
 
     settings = settings or get_settings()
-    reg = open_registry(registry_url, settings=settings)
+    reg = (
+        open_registry(registry, token=token, settings=settings)
+        if registry is None or isinstance(registry, str)
+        else registry
+    )
     a, b = reg.resolve(first), reg.resolve(second)
     if a.base_fingerprint != b.base_fingerprint:
         raise IncompatibleAdapterError(

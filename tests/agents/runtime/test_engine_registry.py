@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+import loraroute.registry as registry_mod
 from loraroute.agents.errors import IncompatibleAdapterError
 from loraroute.agents.runtime.engine import Engine
-
-registry_mod = pytest.importorskip("loraroute.registry")
 
 
 @pytest.fixture

@@ -198,7 +198,7 @@ _INTERPRETED = textwrap.dedent(
     from loraroute.agents.lora.layout import SlotLayout
     from loraroute.agents.lora import ForwardPlan, SlotLayers
     sys.path.insert(0, sys.argv[1])
-    from test_gpu_lora_apply import _Block, _weights, _reference
+    from test_apply import _Block, _weights, _reference
 
     # 1. the kernel alone, fp32 and fp16, several chunks, a slot with 20 tokens (two tiles)
     for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 2e-2)):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 
 import httpx
+import openai
 import pytest
 
 from loraroute.agents.server import BackgroundServer, LocalBackend, ServerConfig, create_app
-
-openai = pytest.importorskip("openai")
 
 USER = [{"role": "user", "content": "hello"}]
 

@@ -4,32 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
+import openai
 import pytest
 
+from loraroute.router import Router
 from loraroute.testing import make_random_lora
 
 pytestmark = pytest.mark.slow
 
-openai = pytest.importorskip("openai")
-router_mod = pytest.importorskip("loraroute.router")
-registry_mod = pytest.importorskip("loraroute.registry")
-
-
-def _default_home_settings():
-    # The default home holds the converted SmolLM2 and its fingerprint; only the registry lives
-    # in the test's own LORAROUTE_HOME.
-    from loraroute.settings import Settings, default_home
-
-    return Settings(home=default_home())
-
 
 @pytest.fixture
-def served(lr_home, tmp_path):
-    from loraroute.agents.runtime.engine import Engine
+def served(smollm2_on_registry, tmp_path):
     from loraroute.agents.server import BackgroundServer, LocalBackend, create_app
 
-    reg = registry_mod.open_registry(settings=lr_home)
-    engine = Engine(None, registry=reg, settings=_default_home_settings(), device="cpu")
+    reg, engine = smollm2_on_registry
     base = engine.base_path
     versions = {}
     for seed, (name, examples) in enumerate(
@@ -57,10 +45,9 @@ def served(lr_home, tmp_path):
             base_fingerprint=engine.base_fingerprint,
             routing_examples=examples,
         )
-    app = create_app(LocalBackend(engine), router=router_mod.Router(reg))
+    app = create_app(LocalBackend(engine), router=Router(reg))
     with BackgroundServer(app) as srv:
         yield srv.url, versions
-    engine.close()
 
 
 def test_openai_client_gets_routed_answers_on_smollm2(served):
@@ -139,7 +126,8 @@ def test_tool_calls_through_openai_and_langchain(served):
     chunks = list(client.chat.completions.create(stream=True, **kwargs))
     calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert json.loads(calls[0].function.arguments) == json.loads(call.function.arguments)
-    lc = pytest.importorskip("langchain_openai")
+    import langchain_openai as lc
+
     llm = lc.ChatOpenAI(base_url=url + "/v1", api_key="-", model="legal", max_tokens=48)
     msg = llm.bind_tools([WEATHER], tool_choice="get_weather").invoke("Weather in Rome?")
     assert msg.tool_calls[0]["name"] == "get_weather" and "city" in msg.tool_calls[0]["args"]

@@ -15,27 +15,6 @@ from loraroute.registry import (
     open_registry,
     parse_ref,
 )
-from loraroute.registry.testing import PostgresUnavailable, temporary_postgres
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def reg(request, tmp_path, lr_home):
-    if request.param == "sqlite":
-        r = open_registry(f"sqlite:///{tmp_path / 'reg' / 'registry.db'}")
-        yield r
-        r.close()
-        return
-    try:
-        cm = temporary_postgres()
-        url = cm.__enter__()
-    except PostgresUnavailable as exc:
-        pytest.skip(str(exc))
-    r = open_registry(url, blob_dir=tmp_path / "blobs")
-    try:
-        yield r
-    finally:
-        r.close()
-        cm.__exit__(None, None, None)
 
 
 def test_parse_ref_forms():

@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from loraroute.router import Router
 from loraroute.testing import make_random_lora
 
 pytestmark = pytest.mark.slow
 
-router_mod = pytest.importorskip("loraroute.router")
-registry_mod = pytest.importorskip("loraroute.registry")
-if not hasattr(router_mod, "Router"):
-    pytest.skip("loraroute.router.Router is not available yet", allow_module_level=True)
-
-
-def _default_home_settings():
-    # The default home holds the converted SmolLM2 and its cached fingerprint; only the
-    # registry lives in the test's own LORAROUTE_HOME.
-    from loraroute.settings import Settings, default_home
-
-    return Settings(home=default_home())
-
 
 @pytest.fixture
-def stack(lr_home, tmp_path):
+def stack(smollm2_on_registry, tmp_path):
     from loraroute.agents.chat_model import ChatLoraRoute
-    from loraroute.agents.runtime.engine import Engine
 
-    reg = registry_mod.open_registry(settings=lr_home)
-    engine = Engine(None, registry=reg, settings=_default_home_settings(), device="cpu")
+    reg, engine = smollm2_on_registry
     base = engine.base_path
     legal = make_random_lora(base, tmp_path / "legal", seed=1)
     maths = make_random_lora(base, tmp_path / "math", seed=2)
@@ -57,9 +43,8 @@ def stack(lr_home, tmp_path):
         ],
     )
     reg.alias_set("legal", "prod", 1)
-    llm = ChatLoraRoute(engine=engine, registry=reg, router=router_mod.Router(reg), max_tokens=8)
+    llm = ChatLoraRoute(engine=engine, registry=reg, router=Router(reg), max_tokens=8)
     yield llm, v_legal, v_math
-    engine.close()
 
 
 def test_routes_each_call_and_pins_by_alias(stack):

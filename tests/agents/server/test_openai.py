@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import openai
 import pytest
-
-openai = pytest.importorskip("openai")
 
 MATH_Q = "solve 3x + 1 = 10 for x"
 LEGAL_Q = "is this contract clause enforceable in my lease?"
@@ -152,7 +151,8 @@ def test_models_lists_base_auto_adapters_and_aliases(stack, client):
 
 
 def test_langchain_chat_openai_sees_routed_answers(stack):
-    lc = pytest.importorskip("langchain_openai")
+    import langchain_openai as lc
+
     llm = lc.ChatOpenAI(
         base_url=stack.url + "/v1",
         api_key="unused",

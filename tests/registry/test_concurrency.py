@@ -9,28 +9,9 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from loraroute.registry import open_registry
 from loraroute.registry.blobs import sha256_file
-from loraroute.registry.testing import PostgresUnavailable, push_variants, temporary_postgres
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request, tmp_path, lr_home):
-    """(url, blob_dir) of an empty registry."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'reg' / 'registry.db'}", str(tmp_path / "reg" / "blobs")
-        return
-    try:
-        cm = temporary_postgres()
-        url = cm.__enter__()
-    except PostgresUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
-        yield url, str(tmp_path / "blobs")
-    finally:
-        cm.__exit__(None, None, None)
+from loraroute.registry.testing import push_variants
 
 
 def test_parallel_pushes_give_consecutive_versions(store, tiny_adapter, tmp_path):
