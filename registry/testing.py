@@ -81,7 +81,11 @@ def write_safetensors(
     header: dict = dict(header_extra or {})
     offset, body = 0, []
     for name, (dtype, shape, data) in tensors.items():
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": dtype,
+            "shape": shape,
+            "data_offsets": [offset, offset + len(data)],
+        }
         offset += len(data)
         body.append(data)
     raw = json.dumps(header).encode()

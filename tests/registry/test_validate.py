@@ -256,7 +256,11 @@ def test_tensor_names_dtypes_and_adapter_names(reg, folder):
     set_config(folder, target_modules=["q_proj"], layers_to_transform=[0])
     assert list(validate_folder(folder).modules) == ["model.layers.0.self_attn.q_proj"]
     write_safetensors(
-        w, {f"{Q0}.lora_A.x.weight": ("F32", [4, 32], a), f"{Q0}.lora_B.y.weight": ("F32", [32, 4], b)}
+        w,
+        {
+            f"{Q0}.lora_A.x.weight": ("F32", [4, 32], a),
+            f"{Q0}.lora_B.y.weight": ("F32", [32, 4], b),
+        },
     )
     refused(reg, folder, "mixes the weights of several adapters")
 
