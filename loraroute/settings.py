@@ -43,6 +43,9 @@ class Settings:
         ""  # "" -> SQLite under home; a sqlite:// or postgresql:// URL; or http(s):// remote
     )
     device: str = "auto"
+    # a JSON trust policy (trusted public keys / certificate identities); "" -> no policy:
+    # signatures are then reported but not required (see loraroute.registry.signing)
+    trust_policy: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().absolute())
@@ -92,6 +95,7 @@ def get_settings(**overrides: object) -> Settings:
         "embedder": _env("embedder", DEFAULT_EMBEDDER),
         "registry": _env("registry", ""),
         "device": _env("device", "auto"),
+        "trust_policy": _env("trust_policy", ""),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ for _var in (
     "LORAROUTE_BASE_MODEL",
     "LORAROUTE_EMBEDDER",
     "LORAROUTE_DEVICE",
+    "LORAROUTE_TRUST_POLICY",
 ):
     os.environ.pop(_var, None)
 
