@@ -217,7 +217,9 @@ class Registry:
         self.url = url
         self.settings = settings or get_settings()
         # under a policy, pull and local_path refuse unsigned or mis-signed versions
-        self.trust_policy = trust_policy or load_trust_policy(self.settings)
+        self.trust_policy = (
+            trust_policy if trust_policy is not None else load_trust_policy(self.settings)
+        )
         db_file = sqlite_path(url)
         if blob_dir is None:
             blob_dir = db_file.parent / "blobs" if db_file else self.settings.blob_dir
