@@ -261,7 +261,14 @@ class RemoteRegistry:
         """The signatures the server stores with a version (each bundle parsed again here;
         one that does not parse is skipped with a warning)."""
         target = ref.digest_ref if isinstance(ref, AdapterVersion) else ref
-        data = self._json("GET", "/signatures", params={"ref": target})
+        try:
+            resp = self._http.get("/signatures", params={"ref": target})
+        except httpx.HTTPError as e:
+            raise RemoteError(f"registry {self.url} is unreachable or failed: {e}") from e
+        if resp.status_code == 404 and "error" not in resp.text:
+            return []  # a server from before signatures: none (a policy then refuses)
+        self._raise_for(resp)
+        data = resp.json()
         out = []
         for item in data if isinstance(data, list) else []:
             try:
