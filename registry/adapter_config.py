@@ -128,7 +128,7 @@ class AdapterConfig(BaseModel):
 
     Example::
 
-        >>> AdapterConfig.model_validate({"peft_type": "LORA", "r": 4, "target_modules": "q_proj"}).r
+        >>> AdapterConfig.model_validate({"peft_type": "LORA", "r": 4, "target_modules": "q"}).r
         4
     """
 
@@ -177,7 +177,8 @@ class AdapterConfig(BaseModel):
     def _rank(cls, v: Any) -> int:
         if not _is_int(v) or v < 1:
             raise _err(
-                f"r is {show(v)}; it must be a positive integer such as 8 (not a string or a boolean)"
+                f"r is {show(v)}; it must be a positive integer such as 8 (not a string or "
+                f"a boolean)"
             )
         return v
 

@@ -596,7 +596,13 @@ class Registry:
                 .order_by(col(VersionSignature.id))
             ).all()
         return [
-            SignatureInfo(r.digest, r.kind, r.signer, r.bundle, r.created_at)  # type: ignore[arg-type]
+            SignatureInfo(
+                r.digest,
+                r.kind,  # type: ignore[arg-type]
+                r.signer,
+                r.bundle,
+                r.created_at,
+            )
             for r in rows
         ]
 

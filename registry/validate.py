@@ -341,7 +341,8 @@ def validate_folder(
     """Scan and validate an adapter folder; with ``base_shapes`` also check it fits the base.
 
     A top-level ``model.sig`` is returned as ``info.signature``, not as a file.
-    Example: ``validate_folder("out/legal", base_shapes=linear_shapes(model))``
+    Example: ``validate_folder("out/legal", base_shapes={"model.layers.0.mlp.up_proj": (576,
+    1536)})``
     """
     files = scan_folder(Path(folder))
     signature = files.pop(SIGNATURE_NAME, None)
