@@ -317,7 +317,10 @@ class AdapterConfig(BaseModel):
         return None
 
     def rank_for(self, module: str) -> int:
-        """The rank PEFT gives ``module``: the first matching ``rank_pattern`` key, else ``r``."""
+        """The rank PEFT gives ``module``: the first matching ``rank_pattern`` key, else ``r``.
+
+        Example: ``cfg.rank_for("model.layers.0.self_attn.q_proj")`` -> 8
+        """
         found = self._pattern_value(self.rank_pattern, module, "rank_pattern")
         return self.r if found is None else int(found)
 

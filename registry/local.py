@@ -586,7 +586,10 @@ class Registry:
         return self._store_signature(v, sig)
 
     def signatures(self, ref: str | AdapterVersion) -> builtins.list[SignatureInfo]:
-        """The signatures stored with a version, oldest first."""
+        """The signatures stored with a version, oldest first.
+
+        Example: ``[s.signer for s in reg.signatures("legal@3")]``
+        """
         v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
         with Session(self._read) as s:
             vid = self._version_id(s, v)
@@ -610,7 +613,10 @@ class Registry:
         self, ref: str | AdapterVersion, policy: TrustPolicy | None = None
     ) -> SignatureReport:
         """Check a version's signatures against its recorded digests and ``policy`` (default:
-        this registry's ``trust_policy``); a report, never raises for a bad signature."""
+        this registry's ``trust_policy``); a report, never raises for a bad signature.
+
+        Example: ``reg.signature_report("legal@3", TrustPolicy.from_file("trust.json")).ok``
+        """
         v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
         bundles = [sig.bundle for sig in self.signatures(v)]
         return check_signatures(

@@ -163,7 +163,10 @@ class SignatureInfo:
 
 
 def describe_bundle(text: str) -> SignatureInfo:
-    """Parse a bundle (not yet trusted) into what the registry records about it."""
+    """Parse a bundle (not yet trusted) into what the registry records about it.
+
+    Example: ``describe_bundle(Path("out/legal/model.sig").read_text()).signer``
+    """
     p = parse_bundle(text)
     return SignatureInfo(digest=p.digest, kind=p.kind, signer=p.signer, bundle=text)
 
@@ -295,7 +298,10 @@ def check_signatures(
 
 
 def require(report: SignatureReport) -> SignatureReport:
-    """Raise :class:`SignatureError` when a policy was applied and ``report`` is not ok."""
+    """Raise :class:`SignatureError` when a policy was applied and ``report`` is not ok.
+
+    Example: ``require(check_signatures("legal@3", files, bundles, policy))``
+    """
     if report.policy and not report.ok:
         hint = (
             "sign it with `adapters sign REF --key KEY.pem` by a trusted key"
@@ -307,7 +313,10 @@ def require(report: SignatureReport) -> SignatureReport:
 
 
 def folder_digests(folder: Path) -> dict[str, str]:
-    """Relative path -> ``sha256:<hex>`` of an adapter folder's files (``model.sig`` left out)."""
+    """Relative path -> ``sha256:<hex>`` of an adapter folder's files (``model.sig`` left out).
+
+    Example: ``folder_digests(Path("out/legal"))["adapter_config.json"]``
+    """
     from .blobs import sha256_file
 
     files = scan_folder(folder)

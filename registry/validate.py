@@ -102,7 +102,10 @@ class AdapterInfo:
 
 
 def check_file_name(rel: str) -> str:
-    """Refuse unsafe relative paths: absolute, '..', NUL, backslash, over-long."""
+    """Refuse unsafe relative paths: absolute, '..', NUL, backslash, over-long.
+
+    Example: ``check_file_name("weights/adapter_model.safetensors")`` returns it unchanged.
+    """
     if not isinstance(rel, str) or not rel or "\0" in rel or "\\" in rel or rel.startswith("/"):
         raise InvalidAdapterError(
             f"file name {show(rel)} is not allowed: names must be relative, without NUL or '\\'"
@@ -160,7 +163,10 @@ def scan_folder(folder: Path) -> dict[str, Path]:
 
 
 def read_safetensors_header(path: Path, rel: str) -> dict[str, TensorEntry]:
-    """The checked tensor table of a safetensors file (``rel`` names it in errors)."""
+    """The checked tensor table of a safetensors file (``rel`` names it in errors).
+
+    Example: ``read_safetensors_header(path, "adapter_model.safetensors")[name].shape``
+    """
     return read_header(path, rel)
 
 
