@@ -30,6 +30,8 @@ from .errors import SignatureError
 from .validate import SIGNATURE_NAME, check_file_name
 
 MAX_SIGNATURE_BYTES = 1 << 20
+# what model-signing raises on a bundle that parsed but holds unexpected values
+_MALFORMED = (ValueError, TypeError, KeyError, IndexError, AttributeError, binascii.Error)
 INSTALL_HINT = "signing needs model-signing: pip install 'loraroute[signing]'"
 
 
@@ -113,7 +115,7 @@ def parse_bundle(text: str) -> ParsedBundle:
             for k in ("rawBytes", "keyDetails"):
                 material["publicKey"].pop(k, None)
         bundle = sigstore_pb.Signature(sigstore_pb.bundle_pb.Bundle.from_dict(data))
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+    except (*_MALFORMED, RecursionError) as exc:
         raise SignatureError(f"{not_bundle} ({type(exc).__name__})") from None
     b = bundle.bundle
     if b.media_type != sigstore_pb._BUNDLE_MEDIA_TYPE or b.dsse_envelope is None:
@@ -124,12 +126,17 @@ def parse_bundle(text: str) -> ParsedBundle:
     try:
         statement = json.loads(env.payload)
         manifest = internals.dsse_payload_to_manifest(statement)
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-        raise SignatureError(f"{not_bundle}: its statement is malformed ({exc})") from None
+    except (*_MALFORMED, RecursionError) as exc:
+        raise SignatureError(
+            f"{not_bundle}: its statement is malformed ({show(str(exc), 200)})"
+        ) from None
     files = _manifest_files(manifest)
-    chain = b.verification_material.x509_certificate_chain
+    material = b.verification_material
+    chain = material.x509_certificate_chain
     cert = chain.certificates[0].raw_bytes if chain and chain.certificates else None
-    hint = b.verification_material.public_key.hint if b.verification_material.public_key else None
+    if cert is None and material.public_key is None:
+        raise SignatureError(f"{not_bundle}: it names neither a public key nor a certificate")
+    hint = material.public_key.hint if material.public_key else None
     return ParsedBundle(
         text=text,
         digest=bundle_digest(text),
@@ -188,7 +195,7 @@ def verify_with_key(parsed: ParsedBundle, public_key: Path) -> dict[str, str]:
         return _verified_files(sign_ec_key.Verifier(pathlib.Path(public_key)), parsed)
     except SignatureError:
         raise
-    except (InvalidSignature, ValueError, TypeError, binascii.Error, IndexError) as exc:
+    except (InvalidSignature, *_MALFORMED) as exc:
         raise SignatureError(
             f"the signature does not verify with key {public_key.name!r} ({type(exc).__name__})"
         ) from None
@@ -212,7 +219,7 @@ def verify_with_certificates(parsed: ParsedBundle, chain: Sequence[Path]) -> dic
         raise SignatureError(
             f"the signing certificate does not chain to the trusted CA ({exc})"
         ) from None
-    except (InvalidSignature, ValueError, TypeError, IndexError) as exc:
+    except (InvalidSignature, *_MALFORMED) as exc:
         raise SignatureError(
             f"the certificate signature does not verify ({type(exc).__name__})"
         ) from None
