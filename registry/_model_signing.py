@@ -243,7 +243,15 @@ def sign_folder(
                 private_key=private_key, signing_certificate=certificate, certificate_chain=chain
             )
         else:
-            cfg.use_elliptic_key_signer(private_key=private_key, password=password)
+            # model-signing types the password as str but hands it to cryptography, which
+            # wants bytes
+            secret = password.encode() if password else None
+            cfg.use_elliptic_key_signer(private_key=private_key, password=secret)  # type: ignore[arg-type]
+    except AttributeError:  # model-signing reads .curve: an RSA or Ed25519 key
+        raise SignatureError(
+            f"cannot sign with key {Path(private_key).name!r}: it is not an elliptic-curve key; "
+            f"model-signing signs with EC P-256/P-384/P-521 keys"
+        ) from None
     except (ValueError, TypeError) as exc:
         raise SignatureError(
             f"cannot sign with key {Path(private_key).name!r}: {exc}; use an EC P-256/P-384/"

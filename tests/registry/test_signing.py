@@ -462,3 +462,40 @@ def test_cli_sign_and_verify(tmp_path, lr_home, adapter, keys):
         ["sign", "legal@1", "--key", str(keys / "release.key.pem"), "--password-env", "NOPE"],
     )
     assert out.exit_code == 2 and "NOPE is not set" in out.output
+
+
+def test_sign_with_encrypted_key_and_clear_key_errors(
+    tmp_path, lr_home, adapter, keys, monkeypatch
+):
+    from cryptography.hazmat.primitives import serialization as s
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    enc = tmp_path / "enc.key.pem"
+    enc.write_bytes(
+        ec_key.private_bytes(
+            s.Encoding.PEM, s.PrivateFormat.PKCS8, s.BestAvailableEncryption(b"pw")
+        )
+    )
+    rsa_key = tmp_path / "rsa.key.pem"
+    rsa_key.write_bytes(
+        rsa.generate_private_key(65537, 2048).private_bytes(
+            s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()
+        )
+    )
+    url = f"sqlite:///{tmp_path / 'reg' / 'registry.db'}"
+    reg = open_registry(url)
+    v = reg.push(adapter, "legal")
+    with pytest.raises(SignatureError, match="'enc.key.pem'.*encrypted"):
+        reg.sign(v.ref, key=enc)
+    with pytest.raises(SignatureError, match="'rsa.key.pem': it is not an elliptic-curve key"):
+        reg.sign(v.ref, key=rsa_key)
+    assert reg.signatures(v.ref) == []
+    monkeypatch.setenv("SIGNING_PW", "pw")
+    out = CliRunner().invoke(
+        main,
+        ["sign", "legal@1", "--key", str(enc), "--password-env", "SIGNING_PW", "--registry", url],
+    )
+    assert out.exit_code == 0, out.output
+    assert len(reg.signatures(v.ref)) == 1
+    reg.close()
