@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     device: str = Field(
         "auto", description="`auto` (CUDA if present), `cpu`, `cuda`, `cuda:N`, `mps`"
     )
+    trust_policy: str = Field(
+        "",
+        description="a JSON trust policy file (trusted public keys / certificate identities); "
+        "empty: signatures are reported, not required",
+    )
+    signing_key_password: SecretStr | None = Field(
+        None, description="password of an encrypted key given to `adapters sign --key`"
+    )
 
     # -- adapters serve ------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="address `adapters serve` binds")

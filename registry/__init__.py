@@ -23,12 +23,15 @@ from .errors import (
     InvalidReferenceError,
     RegistryError,
     RemoteError,
+    SignatureError,
     VersionConflictError,
 )
 from .local import Registry
 from .refs import Ref, parse_ref
 from .reports import GcReport, VerifyReport
+from .signing import SignatureReport, TrustPolicy, load_trust_policy, verify_signatures
 from .tables import AdapterVersion, FileInfo
+from .validate import AdapterConfig, AdapterInfo, LoraModule, read_adapter_config, validate_folder
 
 if TYPE_CHECKING:
     from .remote import RemoteRegistry
@@ -40,19 +43,27 @@ def open_registry(
     settings: Settings | None = None,
     blob_dir: str | Path | None = None,
     token: str | None = None,
+    trust_policy: TrustPolicy | None = None,
 ) -> Registry | RemoteRegistry:
     """Open the registry at ``url`` (``None`` -> ``settings.registry_url``).
 
     ``sqlite:///path`` or ``postgresql://...`` give a local :class:`Registry`;
     ``http(s)://...`` gives a :class:`RemoteRegistry` with the same methods.
+    ``trust_policy`` (default: ``settings.trust_policy``) makes pull and local_path refuse
+    versions without a trusted signature.
     """
     settings = settings or get_settings()
     url = url or settings.registry_url
     if url.startswith(("http://", "https://")):
         from .remote import RemoteRegistry
 
-        return RemoteRegistry(url, token=token, settings=settings)
-    return Registry(url, settings=settings, blob_dir=Path(blob_dir) if blob_dir else None)
+        return RemoteRegistry(url, token=token, settings=settings, trust_policy=trust_policy)
+    return Registry(
+        url,
+        settings=settings,
+        blob_dir=Path(blob_dir) if blob_dir else None,
+        trust_policy=trust_policy,
+    )
 
 
 def __getattr__(name: str):  # RemoteRegistry imports httpx; load it on first use
@@ -64,6 +75,8 @@ def __getattr__(name: str):  # RemoteRegistry imports httpx; load it on first us
 
 
 __all__ = [
+    "AdapterConfig",
+    "AdapterInfo",
     "AdapterNotFoundError",
     "AdapterVersion",
     "AuthError",
@@ -72,13 +85,21 @@ __all__ = [
     "IntegrityError",
     "InvalidAdapterError",
     "InvalidReferenceError",
+    "LoraModule",
     "Ref",
     "Registry",
     "RegistryError",
     "RemoteError",
     "RemoteRegistry",
+    "SignatureError",
+    "SignatureReport",
+    "TrustPolicy",
     "VerifyReport",
     "VersionConflictError",
+    "load_trust_policy",
     "open_registry",
     "parse_ref",
+    "read_adapter_config",
+    "validate_folder",
+    "verify_signatures",
 ]

@@ -30,13 +30,15 @@ def materialize(
     chunks: ChunkSource,
     *,
     progress: Callable[[str, int, int], None] | None = None,
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``v``'s files to ``dest`` (which must be absent or empty) via a temp folder.
 
     Every file is re-hashed as it is written; a mismatch raises IntegrityError and leaves
-    ``dest`` untouched. Raises FileExistsError if ``dest`` appeared meanwhile. The rename makes
-    the folder appear whole to other processes even if this one is killed; files are not
-    fsynced (a pulled folder can be pulled again; see ``checkout_ok`` for the cached ones).
+    ``dest`` untouched, as does any error of ``check`` (run on the complete temp folder).
+    Raises FileExistsError if ``dest`` appeared meanwhile. The rename makes the folder appear
+    whole to other processes even if this one is killed; files are not fsynced (a pulled
+    folder can be pulled again; see ``checkout_ok`` for the cached ones).
     """
     dest = Path(dest).absolute()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -67,6 +69,8 @@ def materialize(
                     f"{actual}; the stored blob is corrupted (run `adapters verify`) or the "
                     f"transfer failed"
                 )
+        if check is not None:
+            check(tmp)
         if dest.is_dir():
             dest.rmdir()  # empty (checked above); rename cannot replace it portably
         try:

@@ -1,5 +1,5 @@
-"""``adapters`` registry verbs: push, pull, ls, show, alias, rm, verify, gc, export, import,
-and ``registry serve`` / ``registry token create``.
+"""``adapters`` registry verbs: push, pull, ls, show, alias, rm, verify, sign, gc, export,
+import, and ``registry serve`` / ``registry token create``.
 
 Every command takes ``--registry URL`` and ``--token`` (:mod:`loraroute.cli_options`).
 Read commands take ``--json``. Heavy imports happen inside commands.
@@ -18,11 +18,22 @@ import click
 
 from loraroute.cli_options import json_option, registry_option, token_option
 
+trust_policy_option = click.option(
+    "--trust-policy",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON trust policy: refuse versions without a trusted signature "
+    "(default: LORAROUTE_TRUST_POLICY, else none: signatures are only reported).",
+)
 
-def _open(url: str | None, token: str | None = None) -> Any:
+
+def _open(url: str | None, token: str | None = None, trust_policy: Path | None = None) -> Any:
+    from loraroute.settings import get_settings
+
     from . import open_registry
 
-    return open_registry(url, token=token)
+    settings = get_settings(trust_policy=str(trust_policy) if trust_policy else None)
+    return open_registry(url, token=token, settings=settings)
 
 
 def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -196,9 +207,11 @@ def push(
 )
 @registry_option
 @token_option
-def pull(ref: str, dest: Path, registry_url, token) -> None:
-    """Download REF into a plain PEFT folder, verifying every file."""
-    reg = _open(registry_url, token)
+@trust_policy_option
+def pull(ref: str, dest: Path, registry_url, token, trust_policy) -> None:
+    """Download REF into a plain PEFT folder, verifying every file (and, under a trust policy,
+    its signature); a signature is written beside the files as model.sig."""
+    reg = _open(registry_url, token, trust_policy)
     with _progress("pull") as progress:
         out = reg.pull(ref, dest, progress=progress)
     click.echo(str(out))
@@ -209,9 +222,10 @@ def pull(ref: str, dest: Path, registry_url, token) -> None:
 @click.argument("dest", type=click.Path(path_type=Path))
 @registry_option
 @token_option
-def export(ref: str, dest: Path, registry_url, token) -> None:
+@trust_policy_option
+def export(ref: str, dest: Path, registry_url, token, trust_policy) -> None:
     """Write REF to DEST as a plain PEFT folder (PeftModel.from_pretrained, vLLM, LoRAX)."""
-    click.echo(str(_open(registry_url, token).pull(ref, dest)))
+    click.echo(str(_open(registry_url, token, trust_policy).pull(ref, dest)))
 
 
 @click.command("import")
@@ -340,13 +354,22 @@ def rm(ref: str, force: bool, registry_url, token) -> None:
 @click.argument("ref", required=False)
 @registry_option
 @token_option
+@trust_policy_option
 @json_option
-def verify(ref, registry_url, token, as_json) -> None:
-    """Re-hash the blobs of REF (or of every version); exit 1 on any problem."""
-    report = _open(registry_url, token).verify(ref)
+def verify(ref, registry_url, token, trust_policy, as_json) -> None:
+    """Re-hash the blobs of REF (or of every version) and check its signatures (against the
+    trust policy, if any); exit 1 on any problem."""
+    report = _open(registry_url, token, trust_policy).verify(ref)
     if as_json:
         _dump(report.to_dict())
     else:
+        for sig in report.signatures:
+            for c in sig["checks"]:
+                trust = {True: "trusted", False: "NOT trusted", None: "not checked (no policy)"}
+                state = trust[c["trusted"]] if c["covers_files"] else "does NOT cover the files"
+                click.echo(f"{sig['subject']}: signature by {c['signer'][:48]}: {state}")
+            if sig["policy"] and not sig["checks"]:
+                click.echo(f"{sig['subject']}: unsigned")
         for p in report.problems:
             click.echo(p, err=True)
         click.echo(
@@ -355,6 +378,49 @@ def verify(ref, registry_url, token, as_json) -> None:
         )
     if not report.ok:
         sys.exit(1)
+
+
+@click.command()
+@click.argument("ref")
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="EC private key (PEM, P-256/384/521) to sign with.",
+)
+@click.option(
+    "--certificate",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Signing certificate (PEM) of --key, for certificate-based signing.",
+)
+@click.option(
+    "--chain",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA/intermediate certificate (PEM) of --certificate (repeatable).",
+)
+@registry_option
+@token_option
+@json_option
+def sign(ref, key, certificate, chain, registry_url, token, as_json) -> None:
+    """Sign REF's files with OpenSSF model-signing and store the signature with the version.
+
+    An encrypted key's password comes from LORAROUTE_SIGNING_KEY_PASSWORD (never the command
+    line). The bundle is model-signing's standard one: a pulled folder's model.sig also verifies with
+    `model_signing verify key --signature model.sig --public_key KEY.pub FOLDER`.
+    """
+    from loraroute.settings import get_settings
+
+    secret = get_settings().signing_key_password
+    password = None if secret is None else secret.get_secret_value()
+    reg = _open(registry_url, token)
+    v = reg.resolve(ref)
+    sig = reg.sign(v.ref, key=key, password=password, certificate=certificate, chain=list(chain))
+    if as_json:
+        _dump({"ref": v.ref, **{k: x for k, x in sig.to_dict().items() if k != "bundle"}})
+    else:
+        click.echo(f"signed {v.ref} as {sig.signer} ({sig.digest})")
 
 
 @click.command()
@@ -426,7 +492,7 @@ def token_create(scope, token_name, registry_url, as_json) -> None:
 
 def register(group: click.Group) -> None:
     """Add the registry commands to the root ``adapters`` group."""
-    for cmd in (push, pull, ls, show, alias, rm, verify, gc, export, import_, registry_group):
+    for cmd in (push, pull, ls, show, alias, rm, verify, sign, gc, export, import_, registry_group):
         group.add_command(cmd)
 
 

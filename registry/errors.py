@@ -21,7 +21,12 @@ class InvalidReferenceError(RegistryError, ValueError):
 
 
 class InvalidAdapterError(RegistryError, ValueError):
-    """An adapter folder was refused at push: unsafe, malformed or inconsistent."""
+    """An adapter was refused: unsafe, malformed, inconsistent, or not fitting the base model."""
+
+
+class SignatureError(RegistryError, ValueError):
+    """A signature bundle is malformed or does not cover the version's files, or a version is
+    unsigned or mis-signed under the trust policy."""
 
 
 class VersionConflictError(RegistryError, RuntimeError):
@@ -48,5 +53,6 @@ __all__ = [
     "InvalidReferenceError",
     "RegistryError",
     "RemoteError",
+    "SignatureError",
     "VersionConflictError",
 ]

@@ -20,7 +20,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from sqlmodel import Session, col, delete, select
 
 from loraroute.settings import Settings, get_settings
 
+from ._checkout import cached_checkout_ok, new_checkout_check, sign_version
 from ._db import bump_revision, create_schema, make_engines, sqlite_path
 from ._manifest import manifest_digest
 from ._transfer import checkout_ok, materialize
@@ -39,10 +40,20 @@ from .errors import (
     AdapterNotFoundError,
     IntegrityError,
     InvalidAdapterError,
+    SignatureError,
     VersionConflictError,
 )
 from .refs import Ref, check_name, parse_ref
 from .reports import GcReport, VerifyReport
+from .signing import (
+    MAX_SIGNATURES_PER_VERSION,
+    SignatureInfo,
+    SignatureReport,
+    TrustPolicy,
+    check_signatures,
+    describe_bundle,
+    load_trust_policy,
+)
 from .tables import (
     _TAGS,
     Adapter,
@@ -53,6 +64,7 @@ from .tables import (
     FileInfo,
     State,
     Version,
+    VersionSignature,
 )
 from .validate import AdapterInfo, check_file_name, validate_files, validate_folder
 
@@ -128,6 +140,47 @@ def _public(name: str, v: Version) -> AdapterVersion:
     return AdapterVersion.from_dict({**data, "name": name, "version": v.number})
 
 
+def read_signature_file(info: AdapterInfo) -> builtins.list[str]:
+    """The ``model.sig`` bundle found in a pushed folder, as a one-item list (or none)."""
+    from ._model_signing import MAX_SIGNATURE_BYTES
+
+    if info.signature is None:
+        return []
+    with open(info.signature, "rb") as f:
+        data = f.read(MAX_SIGNATURE_BYTES + 1)
+    try:
+        return [data.decode("utf-8")]
+    except UnicodeDecodeError:
+        raise SignatureError("model.sig is not a model-signing bundle (not UTF-8)") from None
+
+
+def folder_files(info: AdapterInfo) -> builtins.list[FileInfo]:
+    """The files of a validated folder with their digests (hashed here)."""
+    from .blobs import sha256_file
+
+    return [FileInfo(rel, *sha256_file(p)) for rel, p in sorted(info.files.items())]
+
+
+def bind_signatures(
+    label: str, bundles: builtins.list[str], files: builtins.list[FileInfo]
+) -> builtins.list[SignatureInfo]:
+    """Parse each bundle and refuse one that does not sign exactly ``files``."""
+    if len(bundles) > MAX_SIGNATURES_PER_VERSION:
+        raise SignatureError(
+            f"{label} would carry {len(bundles)} signatures; the limit is "
+            f"{MAX_SIGNATURES_PER_VERSION}"
+        )
+    digests = {f.path: f.digest for f in files}
+    report = check_signatures(label, digests, bundles, None)
+    for check in report.checks:
+        if not check.covers_files:
+            raise SignatureError(
+                f"the signature ({check.signer[:40]}) does not cover {label}'s files: "
+                f"{check.problem}; sign the folder as it is pushed (model.sig itself excluded)"
+            )
+    return [describe_bundle(b) for b in bundles]
+
+
 def _metrics(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():
@@ -153,9 +206,20 @@ def _gc_paused() -> Iterator[None]:
 class Registry:
     """A registry stored in SQL (``url``) plus blobs on disk (``blob_dir``)."""
 
-    def __init__(self, url: str, *, blob_dir: Path | None = None, settings: Settings | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        blob_dir: Path | None = None,
+        settings: Settings | None = None,
+        trust_policy: TrustPolicy | None = None,
+    ):
         self.url = url
         self.settings = settings or get_settings()
+        # under a policy, pull and local_path refuse unsigned or mis-signed versions
+        self.trust_policy = (
+            trust_policy if trust_policy is not None else load_trust_policy(self.settings)
+        )
         db_file = sqlite_path(url)
         if blob_dir is None:
             blob_dir = db_file.parent / "blobs" if db_file else self.settings.blob_dir
@@ -191,6 +255,9 @@ class Registry:
         check_name(name)
         info = validate_folder(Path(folder))
         meta = complete_meta(info, meta, require_base, self.settings)
+        bundles = read_signature_file(info)
+        if bundles:  # refuse a model.sig that does not sign these files before storing any
+            bind_signatures(name, bundles, folder_files(info))
         files: builtins.list[FileInfo] = []
         total = sum(p.stat().st_size for p in info.files.values())
         done = 0
@@ -200,7 +267,7 @@ class Registry:
             if progress:
                 progress(rel, done, total)
             files.append(FileInfo(path=rel, digest=digest, size=size))
-        return self.commit_version(name, files, info, meta, version=version)
+        return self.commit_version(name, files, info, meta, version=version, signatures=bundles)
 
     def commit_version(
         self,
@@ -210,10 +277,12 @@ class Registry:
         meta: dict[str, Any],
         *,
         version: int | None = None,
+        signatures: Sequence[str] = (),
     ) -> AdapterVersion:
         """Record a version whose blobs are already stored (the last step of every push).
 
         ``info`` None means: validate the stored blobs themselves (the HTTP server's path).
+        ``signatures`` (model-signing bundles) must sign exactly ``files``; they are attached.
         """
         check_name(name)
         paths = [check_file_name(f.path) for f in files]
@@ -227,6 +296,7 @@ class Registry:
                 )
         if info is None:
             info = validate_files({f.path: self.blobs.path(f.digest) for f in files})
+        signed = bind_signatures(name, list(signatures), files)
         digest = manifest_digest(files)
         if meta.get("parent"):
             meta["parent"] = self.resolve(meta["parent"]).ref
@@ -249,7 +319,10 @@ class Registry:
         row.training_config = json.loads(json.dumps(row.training_config or {}, default=str))
         for attempt in range(20):
             try:
-                return self._insert_version(name, row, files, version)
+                pushed = self._insert_version(name, row, files, version)
+                for sig in signed:
+                    self._store_signature(pushed, sig)
+                return pushed
             except exc.IntegrityError as e:  # a concurrent writer took the number; retry
                 logger.debug("version insert raced (%s), attempt %d", e.orig, attempt)
                 time.sleep(0.01 * (attempt + 1))
@@ -440,7 +513,8 @@ class Registry:
     def pull(self, ref: str, dest: str | Path, *, progress: Progress | None = None) -> Path:
         """Write the version's files into ``dest`` (new or empty), verified, atomically."""
         v = self.resolve(ref)
-        return materialize(v, Path(dest), self.blobs.iter_chunks, progress=progress)
+        check = new_checkout_check(v, self.signatures(v), self.trust_policy)
+        return materialize(v, Path(dest), self.blobs.iter_chunks, progress=progress, check=check)
 
     export = pull
 
@@ -449,20 +523,125 @@ class Registry:
         be a version already resolved: no second lookup)."""
         v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
         dest = self.checkout_dir / v.digest.split(":", 1)[1]
+        policy = self.trust_policy
         if dest.is_dir():
-            if checkout_ok(v, dest):
+            if checkout_ok(v, dest) and (
+                policy is None or cached_checkout_ok(v, dest, self.signatures(v), policy)
+            ):
                 return dest
             logger.warning("cached checkout %s is incomplete; fetching it again", dest)
             shutil.rmtree(dest, ignore_errors=True)
         self.checkout_dir.mkdir(parents=True, exist_ok=True)
+        check = new_checkout_check(v, self.signatures(v), policy)
         try:
-            return materialize(v, dest, self.blobs.iter_chunks)
-        except FileExistsError:  # another process materialized it first
+            return materialize(v, dest, self.blobs.iter_chunks, check=check)
+        except FileExistsError:  # another process materialized (and checked) it first
             return dest
 
     def import_folder(self, folder: str | Path, name: str, **meta: Any) -> AdapterVersion:
         """Import an existing PEFT folder (same checks as push)."""
         return self.push(folder, name, **meta)
+
+    # -- signatures ------------------------------------------------------------------------
+    def _version_id(self, s: Session, v: AdapterVersion) -> int:
+        _, row = self._find(s, Ref(v.name, digest=v.digest))
+        return row.id  # type: ignore[return-value]
+
+    def _store_signature(self, v: AdapterVersion, sig: SignatureInfo) -> SignatureInfo:
+        with Session(self._write) as s:
+            bump_revision(s)
+            vid = self._version_id(s, v)
+            rows = s.exec(select(VersionSignature).where(VersionSignature.version_id == vid)).all()
+            same = next((r for r in rows if r.digest == sig.digest), None)
+            if same is not None:
+                s.rollback()
+                sig.created_at = same.created_at
+                return sig
+            if len(rows) >= MAX_SIGNATURES_PER_VERSION:
+                raise SignatureError(
+                    f"{v.ref} already carries {len(rows)} signatures; the limit is "
+                    f"{MAX_SIGNATURES_PER_VERSION}"
+                )
+            row = VersionSignature(
+                version_id=vid,
+                digest=sig.digest,
+                kind=sig.kind,
+                signer=sig.signer,
+                bundle=sig.bundle,
+            )
+            s.add(row)
+            s.commit()
+            sig.created_at = row.created_at
+        logger.info("%s: stored signature %s (%s)", v.ref, sig.digest, sig.signer)
+        return sig
+
+    def attach_signature(self, ref: str | AdapterVersion, bundle: str) -> SignatureInfo:
+        """Store a model-signing bundle with a version, after checking it signs exactly the
+        version's files (its signer is judged later, by each reader's trust policy).
+
+        Example: ``reg.attach_signature("legal@3", Path("model.sig").read_text())``
+        """
+        v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
+        (sig,) = bind_signatures(v.ref, [bundle], v.files)
+        return self._store_signature(v, sig)
+
+    def signatures(self, ref: str | AdapterVersion) -> builtins.list[SignatureInfo]:
+        """The signatures stored with a version, oldest first.
+
+        Example: ``[s.signer for s in reg.signatures("legal@3")]``
+        """
+        v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
+        with Session(self._read) as s:
+            vid = self._version_id(s, v)
+            rows = s.exec(
+                select(VersionSignature)
+                .where(VersionSignature.version_id == vid)
+                .order_by(col(VersionSignature.id))
+            ).all()
+        return [
+            SignatureInfo(
+                r.digest,
+                r.kind,  # type: ignore[arg-type]
+                r.signer,
+                r.bundle,
+                r.created_at,
+            )
+            for r in rows
+        ]
+
+    def signature_report(
+        self, ref: str | AdapterVersion, policy: TrustPolicy | None = None
+    ) -> SignatureReport:
+        """Check a version's signatures against its recorded digests and ``policy`` (default:
+        this registry's ``trust_policy``); a report, never raises for a bad signature.
+
+        Example: ``reg.signature_report("legal@3", TrustPolicy.from_file("trust.json")).ok``
+        """
+        v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
+        bundles = [sig.bundle for sig in self.signatures(v)]
+        return check_signatures(
+            v.ref, {f.path: f.digest for f in v.files}, bundles, policy or self.trust_policy
+        )
+
+    def sign(
+        self,
+        ref: str,
+        *,
+        key: str | Path,
+        password: str | None = None,
+        certificate: str | Path | None = None,
+        chain: Sequence[str | Path] = (),
+    ) -> SignatureInfo:
+        """Sign a version's files with model-signing (an EC private key PEM, or a certificate
+        and its chain) and store the bundle with the version.
+
+        Example: ``reg.sign("legal@3", key="release.key.pem")``
+        """
+        v = self.resolve(ref)
+        bundle = sign_version(
+            v, self.blobs.iter_chunks, key, password=password, certificate=certificate, chain=chain
+        )
+        return self.attach_signature(v, bundle)
 
     # -- aliases and removal ---------------------------------------------------------------
     def alias_set(self, name: str, alias: str, version: int | str) -> AdapterVersion:
@@ -539,6 +718,7 @@ class Registry:
                 )
             )
             s.execute(delete(Alias).where(col(Alias.version_id).in_(vids)))
+            s.execute(delete(VersionSignature).where(col(VersionSignature.version_id).in_(vids)))
             s.execute(delete(FileEntry).where(col(FileEntry.version_id).in_(vids)))
             s.execute(delete(Version).where(col(Version.id).in_(vids)))
             left = s.exec(select(func.count()).where(col(Version.adapter_id) == adapter.id)).one()
@@ -561,6 +741,7 @@ class Registry:
                     seen[f.digest] = self.blobs.verify(f.digest)
                 if seen[f.digest]:
                     report.problems.append(f"{v.ref} {f.path}: {seen[f.digest]}")
+            report.add_signatures(self.signature_report(v))
         report.blobs = len(seen)
         return report
 

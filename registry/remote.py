@@ -14,7 +14,7 @@ from __future__ import annotations
 import builtins
 import logging
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,20 @@ import httpx
 from loraroute.settings import Settings, get_settings
 
 from . import errors
+from ._checkout import cached_checkout_ok, new_checkout_check, sign_version
 from ._transfer import checkout_ok, materialize
 from .blobs import CHUNK, sha256_file
-from .errors import RegistryError, RemoteError
-from .local import complete_meta
+from .errors import RegistryError, RemoteError, SignatureError
+from .local import bind_signatures, complete_meta, read_signature_file
 from .refs import check_name
 from .reports import GcReport, VerifyReport
+from .signing import (
+    SignatureInfo,
+    SignatureReport,
+    TrustPolicy,
+    check_signatures,
+    load_trust_policy,
+)
 from .tables import AdapterVersion, FileInfo
 from .validate import validate_folder
 
@@ -47,9 +55,14 @@ class RemoteRegistry:
         token: str | None = None,
         settings: Settings | None = None,
         timeout: float = 60.0,
+        trust_policy: TrustPolicy | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.settings = settings or get_settings()
+        # the client's own policy: signatures the server returns are checked here
+        self.trust_policy = (
+            trust_policy if trust_policy is not None else load_trust_policy(self.settings)
+        )
         if token is None and self.settings.registry_token is not None:
             token = self.settings.registry_token.get_secret_value()
         headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -137,11 +150,15 @@ class RemoteRegistry:
         check_name(name)
         info = validate_folder(Path(folder))
         meta = complete_meta(info, meta, require_base, self.settings)
+        bundles = read_signature_file(info)
         files: builtins.list[FileInfo] = []
         total = sum(p.stat().st_size for p in info.files.values())
         done = 0
+        hashed = {rel: sha256_file(path) for rel, path in sorted(info.files.items())}
+        if bundles:  # refuse a model.sig that does not sign these files before uploading
+            bind_signatures(name, bundles, [FileInfo(r, *h) for r, h in hashed.items()])
         for rel, path in sorted(info.files.items()):
-            digest, size = sha256_file(path)
+            digest, size = hashed[rel]
             files.append(FileInfo(path=rel, digest=digest, size=size))
             if not self.has_blob(digest):
 
@@ -156,7 +173,13 @@ class RemoteRegistry:
                 done += size
                 if progress:
                     progress(rel, done, total)
-        payload = {"files": [f.to_dict() for f in files], "meta": meta, "version": version}
+        payload: dict[str, Any] = {
+            "files": [f.to_dict() for f in files],
+            "meta": meta,
+            "version": version,
+        }
+        if bundles:  # only then: a server without signature support still takes the rest
+            payload["signatures"] = bundles
         return self._version(self._json("POST", f"/adapters/{name}/versions", json=payload))
 
     def import_folder(self, folder: str | Path, name: str, **meta: Any) -> AdapterVersion:
@@ -204,8 +227,11 @@ class RemoteRegistry:
             raise RemoteError(f"download of {digest} from {self.url} failed: {e}") from e
 
     def pull(self, ref: str, dest: str | Path, *, progress: Progress | None = None) -> Path:
-        """Download ``ref`` into ``dest`` (new or empty), verified, atomically."""
-        return materialize(self.resolve(ref), Path(dest), self._download, progress=progress)
+        """Download ``ref`` into ``dest`` (new or empty), verified, atomically; under a trust
+        policy its signatures are verified too, and one is written as ``model.sig``."""
+        v = self.resolve(ref)
+        check = new_checkout_check(v, self.signatures(v), self.trust_policy)
+        return materialize(v, Path(dest), self._download, progress=progress, check=check)
 
     export = pull
 
@@ -214,16 +240,80 @@ class RemoteRegistry:
         version already resolved: no second request)."""
         v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
         dest = self.checkout_dir / v.digest.split(":", 1)[1]
+        policy = self.trust_policy
         if dest.is_dir():
-            if checkout_ok(v, dest):
+            if checkout_ok(v, dest) and (
+                policy is None or cached_checkout_ok(v, dest, self.signatures(v), policy)
+            ):
                 return dest
             logger.warning("cached checkout %s is incomplete; fetching it again", dest)
             shutil.rmtree(dest, ignore_errors=True)
         self.checkout_dir.mkdir(parents=True, exist_ok=True)
+        check = new_checkout_check(v, self.signatures(v), policy)
         try:
-            return materialize(v, dest, self._download)
+            return materialize(v, dest, self._download, check=check)
         except FileExistsError:
             return dest
+
+    # -- signatures ------------------------------------------------------------------------
+    def signatures(self, ref: str | AdapterVersion) -> builtins.list[SignatureInfo]:
+        """The signatures the server stores with a version (each bundle parsed again here;
+        one that does not parse is skipped with a warning)."""
+        target = ref.digest_ref if isinstance(ref, AdapterVersion) else ref
+        try:
+            resp = self._http.get("/signatures", params={"ref": target})
+        except httpx.HTTPError as e:
+            raise RemoteError(f"registry {self.url} is unreachable or failed: {e}") from e
+        if resp.status_code == 404 and "error" not in resp.text:
+            return []  # a server from before signatures: none (a policy then refuses)
+        self._raise_for(resp)
+        data = resp.json()
+        out = []
+        for item in data if isinstance(data, list) else []:
+            try:
+                out.append(SignatureInfo.from_dict(item if isinstance(item, dict) else {}))
+            except SignatureError as exc:
+                logger.warning(
+                    "%s: skipping a malformed signature from the server: %s", target, exc
+                )
+        return out
+
+    def attach_signature(self, ref: str | AdapterVersion, bundle: str) -> SignatureInfo:
+        """Send a model-signing bundle to be stored with a version (needs a write token)."""
+        v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
+        bind_signatures(v.ref, [bundle], v.files)  # the same check as the server's, first
+        data = self._json(
+            "POST", "/signatures", params={"ref": v.digest_ref}, json={"bundle": bundle}
+        )
+        return SignatureInfo.from_dict(data)
+
+    def signature_report(
+        self, ref: str | AdapterVersion, policy: TrustPolicy | None = None
+    ) -> SignatureReport:
+        """Check a version's signatures against its digests and ``policy`` (default: this
+        client's ``trust_policy``), here on the client."""
+        v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
+        bundles = [sig.bundle for sig in self.signatures(v)]
+        return check_signatures(
+            v.ref, {f.path: f.digest for f in v.files}, bundles, policy or self.trust_policy
+        )
+
+    def sign(
+        self,
+        ref: str,
+        *,
+        key: str | Path,
+        password: str | None = None,
+        certificate: str | Path | None = None,
+        chain: Sequence[str | Path] = (),
+    ) -> SignatureInfo:
+        """Download and verify the version, sign it here (the key never leaves this machine),
+        and send the bundle to the server."""
+        v = self.resolve(ref)
+        bundle = sign_version(
+            v, self._download, key, password=password, certificate=certificate, chain=chain
+        )
+        return self.attach_signature(v, bundle)
 
     # -- writes ----------------------------------------------------------------------------
     def alias_set(self, name: str, alias: str, version: int | str) -> AdapterVersion:
@@ -240,8 +330,15 @@ class RemoteRegistry:
 
     def verify(self, ref: str | None = None) -> VerifyReport:
         data = self._json("POST", "/verify", params={"ref": ref} if ref else {})
-        data.pop("ok", None)
-        return VerifyReport(**data)
+        report = VerifyReport(
+            versions=int(data.get("versions", 0)),
+            blobs=int(data.get("blobs", 0)),
+            problems=[str(p) for p in data.get("problems", [])],
+        )
+        # signatures are judged here, under this client's policy, not the server's
+        for v in [self.resolve(ref)] if ref else self.list():
+            report.add_signatures(self.signature_report(v))
+        return report
 
     def gc(self, *, dry_run: bool = False, grace_seconds: float = 3600.0) -> GcReport:
         data = self._json(

@@ -8,15 +8,25 @@ from typing import Any
 
 @dataclass
 class VerifyReport:
-    """``problems`` is empty when every checked blob hashes to its digest."""
+    """``problems`` is empty when every checked blob hashes to its digest and no signature is
+    broken (or, under a trust policy, every version has a trusted one); ``signatures`` holds
+    the signature checks of each signed version (``SignatureReport.to_dict()``)."""
 
     versions: int = 0
     blobs: int = 0
     problems: list[str] = field(default_factory=list)
+    signatures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def add_signatures(self, report: Any) -> None:
+        """Record a version's ``SignatureReport``; a failing one is a problem."""
+        if report.checks or report.policy:
+            self.signatures.append(report.to_dict())
+        if not report.ok:
+            self.problems.append(report.reason)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}

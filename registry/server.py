@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from .auth import allows, token_scope
@@ -29,9 +29,11 @@ from .errors import (
     InvalidAdapterError,
     InvalidReferenceError,
     RegistryError,
+    SignatureError,
     VersionConflictError,
 )
 from .local import Registry
+from .signing import MAX_SIGNATURE_BYTES, MAX_SIGNATURES_PER_VERSION
 from .tables import FileInfo
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ _STATUS = {
     InvalidAdapterError: 422,
     VersionConflictError: 409,
     IntegrityError: 422,
+    SignatureError: 422,
     AuthError: 401,
 }
 
@@ -74,6 +77,13 @@ class ManifestIn(BaseModel):
     files: list[FileInfo]
     meta: PushMeta = PushMeta()
     version: int | None = None
+    # model-signing bundles (JSON text) over exactly these files, stored with the version
+    signatures: list[str] = Field(default_factory=list, max_length=MAX_SIGNATURES_PER_VERSION)
+
+
+class SignatureIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bundle: str = Field(max_length=MAX_SIGNATURE_BYTES)
 
 
 class AliasIn(BaseModel):
@@ -156,7 +166,9 @@ def create_app(
     @app.post(f"{API}/adapters/{{name}}/versions", status_code=201, dependencies=[need("write")])
     def push_manifest(name: str, body: ManifestIn) -> dict[str, Any]:
         meta = body.meta.model_dump(exclude_none=True)
-        v = reg.commit_version(name, body.files, None, meta, version=body.version)
+        v = reg.commit_version(
+            name, body.files, None, meta, version=body.version, signatures=body.signatures
+        )
         return dump(v)
 
     @app.get(f"{API}/versions", dependencies=[need("read")])
@@ -183,6 +195,14 @@ def create_app(
     @app.get(f"{API}/model-card", dependencies=[need("read")])
     def model_card(ref: str) -> dict[str, str | None]:
         return {"model_card": reg.model_card(ref)}
+
+    @app.get(f"{API}/signatures", dependencies=[need("read")])
+    def signatures(ref: str) -> list[dict[str, Any]]:
+        return [sig.to_dict() for sig in reg.signatures(ref)]
+
+    @app.post(f"{API}/signatures", status_code=201, dependencies=[need("write")])
+    def attach_signature(ref: str, body: SignatureIn) -> dict[str, Any]:
+        return reg.attach_signature(ref, body.bundle).to_dict()
 
     @app.put(f"{API}/adapters/{{name}}/aliases/{{alias}}", dependencies=[need("write")])
     def alias_set(name: str, alias: str, body: AliasIn) -> dict[str, Any]:

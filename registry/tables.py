@@ -107,6 +107,20 @@ class FileEntry(SQLModel, table=True):
     size: int
 
 
+class VersionSignature(SQLModel, table=True):
+    """A model-signing bundle over a version's files (a version may carry several)."""
+
+    __tablename__ = "lr_signature"
+    __table_args__ = (UniqueConstraint("version_id", "digest", name="uq_lr_signature"),)
+    id: int | None = Field(default=None, primary_key=True)
+    version_id: int = Field(foreign_key="lr_version.id", index=True)
+    digest: str  # sha256 of the bundle text
+    kind: str  # key | certificate
+    signer: str  # "key:<hint>" or "cert:<identity>", as parsed when attached
+    bundle: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class Token(SQLModel, table=True):
     """A bearer token of the HTTP server; only its sha256 is stored."""
 
@@ -126,7 +140,10 @@ class State(SQLModel, table=True):
     revision: int = 0
 
 
-TABLES = [t.__table__ for t in (Adapter, Version, Alias, Blob, FileEntry, Token, State)]  # type: ignore[union-attr]
+TABLES = [
+    t.__table__  # type: ignore[union-attr]
+    for t in (Adapter, Version, Alias, Blob, FileEntry, VersionSignature, Token, State)
+]
 
 
 @dataclass(slots=True)
@@ -233,4 +250,5 @@ __all__ = [
     "Token",
     "Version",
     "VersionBase",
+    "VersionSignature",
 ]

@@ -70,10 +70,105 @@ def push_variants(
     return numbers
 
 
+def write_safetensors(
+    path: str | Path, tensors: dict[str, tuple[str, list[int], bytes]], *, header_extra=None
+) -> Path:
+    """Write a safetensors file from raw ``{name: (dtype, shape, little-endian bytes)}``
+    without torch (so tests can write BF16, NaN payloads or malformed entries)."""
+    import json
+    import struct
+
+    header: dict = dict(header_extra or {})
+    offset, body = 0, []
+    for name, (dtype, shape, data) in tensors.items():
+        header[name] = {
+            "dtype": dtype,
+            "shape": shape,
+            "data_offsets": [offset, offset + len(data)],
+        }
+        offset += len(data)
+        body.append(data)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = Path(path)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(body))
+    return path
+
+
+# (in_features, out_features) of the Linear layers a LoRA targets in ``make_tiny_base``'s model
+TINY_LINEAR = {"q_proj": (32, 32), "k_proj": (32, 16), "v_proj": (32, 16), "o_proj": (32, 32)}
+
+
+def tiny_base_shapes(layers: int = 2) -> dict[str, tuple[int, int]]:
+    """``base_shapes`` (module -> (in, out)) of the attention Linears of ``make_tiny_base``."""
+    return {
+        f"model.layers.{i}.self_attn.{name}": shape
+        for i in range(layers)
+        for name, shape in TINY_LINEAR.items()
+    }
+
+
+def write_lora_folder(
+    folder: str | Path,
+    *,
+    r: int = 4,
+    targets: tuple[str, ...] = ("q_proj", "v_proj"),
+    layers: int = 2,
+    dtype: str = "F32",
+    config: dict | None = None,
+    seed: int = 0,
+) -> Path:
+    """A PEFT-shaped LoRA folder for ``make_tiny_base``'s model, written with numpy only.
+
+    ``config`` entries override the written ``adapter_config.json`` (None values delete keys).
+    """
+    import json
+
+    import numpy as np
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    np_dtype = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}.get(dtype)
+    tensors = {}
+    for i in range(layers):
+        for name in targets:
+            fan_in, fan_out = TINY_LINEAR[name]
+            key = f"base_model.model.model.layers.{i}.self_attn.{name}"
+            for which, shape in (("A", [r, fan_in]), ("B", [fan_out, r])):
+                values = rng.standard_normal(shape).astype("<f4") * 0.1
+                if dtype == "BF16":  # the top half of each float32
+                    data = (values.view("<u4") >> 16).astype("<u2").tobytes()
+                else:
+                    data = values.astype(np_dtype).tobytes()
+                tensors[f"{key}.lora_{which}.weight"] = (dtype, shape, data)
+    write_safetensors(folder / "adapter_model.safetensors", tensors)
+    cfg = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": r,
+        "lora_alpha": 2 * r,
+        "target_modules": sorted(targets),
+        "bias": "none",
+        "base_model_name_or_path": "tiny",
+    }
+    for k, v in (config or {}).items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    return folder
+
+
 __all__ = [
     "DEFAULT_ADMIN_URL",
+    "TINY_LINEAR",
     "PostgresUnavailable",
     "make_variant",
     "push_variants",
     "temporary_postgres",
+    "tiny_base_shapes",
+    "write_lora_folder",
+    "write_safetensors",
 ]

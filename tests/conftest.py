@@ -18,14 +18,10 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # Tests never touch the user's own registry or cache: the whole session uses a home inside the
 # checkout (git-ignored), so the real SmolLM2 is converted once per clone and reused after.
 TEST_HOME = Path(os.environ.get("LORAROUTE_TEST_HOME", REPO_ROOT / ".lr-home"))
+for _var in list(os.environ):  # no setting of the developer's leaks into a test
+    if _var.startswith("LORAROUTE_") and _var != "LORAROUTE_TEST_HOME":
+        os.environ.pop(_var)
 os.environ["LORAROUTE_HOME"] = str(TEST_HOME)
-for _var in (
-    "LORAROUTE_REGISTRY",
-    "LORAROUTE_BASE_MODEL",
-    "LORAROUTE_EMBEDDER",
-    "LORAROUTE_DEVICE",
-):
-    os.environ.pop(_var, None)
 
 
 @pytest.fixture
