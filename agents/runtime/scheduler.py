@@ -37,6 +37,7 @@ import torch
 from ..errors import EngineClosedError
 from ..lora import AdapterContext
 from .requests import Generation, RequestHandle
+from .sampling import choose_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -243,21 +244,10 @@ class BatchScheduler:
                     **{self._cache_kw: self._cache},
                 )
             logits = out.logits[:, -1, :]
-        # greedy rows without a grammar: one argmax and one device-to-host copy for all of them
-        plain = [
-            i
-            for i, row in enumerate(self._rows)
-            if row.handle.params.temperature == 0 and row.handle.constraint is None
-        ]
-        greedy: dict[int, int] = {}
-        if plain:
-            picked = (
-                logits.argmax(-1) if len(plain) == len(self._rows) else logits[plain].argmax(-1)
-            )
-            greedy = dict(zip(plain, picked.tolist(), strict=True))
-        for i, row in enumerate(self._rows):
+        chosen = choose_tokens(logits, self._rows)
+        for row, token in zip(self._rows, chosen, strict=True):
             row.position += 1
-            self._next_token(row, greedy.get(i), logits[i])
+            self._next_token(row, token)
         self.steps += 1
         self.decode_tokens += len(self._rows)
         self.decode_seconds += time.perf_counter() - started
@@ -333,7 +323,7 @@ class BatchScheduler:
             row.generator = torch.Generator(device="cpu").manual_seed(handle.params.seed)
         mask = torch.ones(1, n, dtype=torch.long, device=self.device)
         self._merge(row, cache, mask)
-        self._next_token(row, None, out.logits[0, -1, :])
+        self._next_token(row, choose_tokens(out.logits[:, -1, :], [row])[0])
         self.max_rows_seen = max(self.max_rows_seen, len(self._rows))
 
     def _merge(self, row: _Row, cache: Any, mask: torch.Tensor) -> None:
@@ -380,30 +370,17 @@ class BatchScheduler:
         )
         self._rows.append(row)
 
-    def _next_token(self, row: _Row, token: int | None, logits: torch.Tensor) -> None:
-        """Accept ``token`` (sampled from ``logits`` when ``None``). A failure here (sampling,
-        a grammar) belongs to this request alone: the row ends with the error at the next
-        drop and the other rows go on."""
+    def _next_token(self, row: _Row, token: int | BaseException) -> None:
+        """Accept ``token``, or end the row with the error its choice raised. A failure here
+        (sampling, a grammar) belongs to this request alone: the row ends with the error at the
+        next drop and the other rows go on."""
         try:
-            self._accept(row, token if token is not None else self._sample(row, logits.float()))
+            if isinstance(token, BaseException):
+                raise token
+            self._accept(row, token)
         except Exception as exc:  # noqa: BLE001 - handed to this request's caller
             logger.exception("request %s failed while choosing its next token", row.handle.id)
             row.done, row.error = "error", exc
-
-    def _sample(self, row: _Row, logits: torch.Tensor) -> int:
-        p = row.handle.params
-        if row.handle.constraint is not None:
-            logits = row.handle.constraint.mask(logits)
-        if p.temperature == 0:
-            return int(torch.argmax(logits))
-        probs = torch.softmax(logits / p.temperature, -1).cpu()
-        if p.top_p < 1.0:
-            sorted_p, order = torch.sort(probs, descending=True)
-            cum = torch.cumsum(sorted_p, -1)
-            drop = cum - sorted_p > p.top_p  # keep the smallest set reaching top_p
-            sorted_p[drop] = 0
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-        return int(torch.multinomial(probs, 1, generator=row.generator))
 
     def _accept(self, row: _Row, token: int) -> None:
         """Add ``token`` to ``row``; stream what is safe to stream; mark the row done if it is."""

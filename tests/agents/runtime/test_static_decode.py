@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from loraroute.agents.lora import TILE_M, StaticPlanBuffers
+from loraroute.agents.runtime import scheduler as scheduler_module
 from loraroute.agents.runtime import static_decode as _static_decode
 from loraroute.agents.runtime.engine import Engine
 from loraroute.agents.runtime.requests import SamplingParams
@@ -54,13 +55,14 @@ def _run(eng: Engine, *, static: bool) -> tuple[list[list[int]], dict]:
         return torch.randint(3, vocab, (n,), generator=gen).tolist()
 
     logits: dict = {}
-    orig = sched._next_token
+    orig = scheduler_module.choose_tokens
 
-    def spy(row, token, step_logits):
-        logits[(row.handle.id, len(row.tokens))] = step_logits.detach().float().clone()
-        return orig(row, token, step_logits)
+    def spy(step_logits, rows):
+        for i, row in enumerate(rows):
+            logits[(row.handle.id, len(row.tokens))] = step_logits[i].detach().float().clone()
+        return orig(step_logits, rows)
 
-    sched._next_token = spy
+    scheduler_module.choose_tokens = spy
     steps = sched.steps
     try:
         with eng._model_lock:  # the first wave is queued before the first step
@@ -73,7 +75,7 @@ def _run(eng: Engine, *, static: bool) -> tuple[list[list[int]], dict]:
         handles = first + second
         tokens = [h.result(timeout=120).token_ids for h in handles]
     finally:
-        sched._next_token = orig
+        scheduler_module.choose_tokens = orig
     order = {h.id: i for i, h in enumerate(handles)}
     return tokens, {(order[i], n): v for (i, n), v in logits.items()}
 
