@@ -36,16 +36,33 @@ class AuthError(RegistryError, PermissionError):
     """A remote registry refused the request's token (missing, unknown or lacking a scope)."""
 
 
+class ForbiddenError(AuthError):
+    """A valid token whose scope or adapter-name prefix does not allow the request (403)."""
+
+
+class LimitError(RegistryError, ValueError):
+    """A size or count limit was exceeded: a blob, a manifest, routing examples, a model card
+    or a request body (413 over HTTP). The message names the limit and its setting."""
+
+
 class RemoteError(RegistryError, ConnectionError):
     """A remote registry could not be reached or answered with an unexpected error."""
+
+
+class InvalidResponseError(RemoteError, ValueError):
+    """A remote registry answered with a value that fails validation (a malformed digest,
+    name, path, size or count); the answer was not used and nothing was written."""
 
 
 __all__ = [
     "AdapterNotFoundError",
     "AuthError",
+    "ForbiddenError",
     "IntegrityError",
     "InvalidAdapterError",
     "InvalidReferenceError",
+    "InvalidResponseError",
+    "LimitError",
     "RegistryError",
     "RemoteError",
     "VersionConflictError",
