@@ -18,13 +18,17 @@ from loraroute.settings import Settings, get_settings
 from .errors import (
     AdapterNotFoundError,
     AuthError,
+    ForbiddenError,
     IntegrityError,
     InvalidAdapterError,
     InvalidReferenceError,
+    InvalidResponseError,
+    LimitError,
     RegistryError,
     RemoteError,
     VersionConflictError,
 )
+from .limits import Limits
 from .local import Registry
 from .refs import Ref, parse_ref
 from .reports import GcReport, VerifyReport
@@ -40,19 +44,23 @@ def open_registry(
     settings: Settings | None = None,
     blob_dir: str | Path | None = None,
     token: str | None = None,
+    limits: Limits | None = None,
 ) -> Registry | RemoteRegistry:
     """Open the registry at ``url`` (``None`` -> ``settings.registry_url``).
 
     ``sqlite:///path`` or ``postgresql://...`` give a local :class:`Registry`;
-    ``http(s)://...`` gives a :class:`RemoteRegistry` with the same methods.
+    ``http(s)://...`` gives a :class:`RemoteRegistry` with the same methods. ``limits``
+    default to :class:`Limits` from the environment (``LORAROUTE_REGISTRY_MAX_*``).
     """
     settings = settings or get_settings()
     url = url or settings.registry_url
     if url.startswith(("http://", "https://")):
         from .remote import RemoteRegistry
 
-        return RemoteRegistry(url, token=token, settings=settings)
-    return Registry(url, settings=settings, blob_dir=Path(blob_dir) if blob_dir else None)
+        return RemoteRegistry(url, token=token, settings=settings, limits=limits)
+    return Registry(
+        url, settings=settings, blob_dir=Path(blob_dir) if blob_dir else None, limits=limits
+    )
 
 
 def __getattr__(name: str):  # RemoteRegistry imports httpx; load it on first use
@@ -68,10 +76,14 @@ __all__ = [
     "AdapterVersion",
     "AuthError",
     "FileInfo",
+    "ForbiddenError",
     "GcReport",
     "IntegrityError",
     "InvalidAdapterError",
     "InvalidReferenceError",
+    "InvalidResponseError",
+    "LimitError",
+    "Limits",
     "Ref",
     "Registry",
     "RegistryError",

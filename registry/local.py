@@ -25,23 +25,29 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import exc, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, delete, select
 
+from loraroute.redact import redact_url
 from loraroute.settings import Settings, get_settings
 
 from ._db import bump_revision, create_schema, make_engines, sqlite_path
 from ._manifest import manifest_digest
+from ._text import check_text
 from ._transfer import checkout_ok, materialize
 from .blobs import BlobStore
 from .errors import (
     AdapterNotFoundError,
     IntegrityError,
     InvalidAdapterError,
+    InvalidReferenceError,
     VersionConflictError,
 )
-from .refs import Ref, check_name, parse_ref
+from .limits import CARD_NAMES, Limits
+from .protocol import PushMeta
+from .refs import Ref, check_name, check_version, parse_ref, parse_version
 from .reports import GcReport, VerifyReport
 from .tables import (
     _TAGS,
@@ -52,6 +58,7 @@ from .tables import (
     FileEntry,
     FileInfo,
     State,
+    Tombstone,
     Version,
 )
 from .validate import AdapterInfo, check_file_name, validate_files, validate_folder
@@ -139,6 +146,19 @@ def _metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def check_meta(meta: dict[str, Any], name: str) -> dict[str, Any]:
+    """``meta`` checked by the wire model (types, NUL, surrogates, finite metrics), with
+    None values dropped; raises InvalidAdapterError naming the field."""
+    try:
+        return PushMeta.model_validate(meta).model_dump(exclude_none=True)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'metadata'}: {err['msg']}"
+            for err in e.errors()[:5]
+        )
+        raise InvalidAdapterError(f"the metadata of {name!r} was refused: {problems}") from None
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     was_enabled = gc.isenabled()
@@ -153,9 +173,17 @@ def _gc_paused() -> Iterator[None]:
 class Registry:
     """A registry stored in SQL (``url``) plus blobs on disk (``blob_dir``)."""
 
-    def __init__(self, url: str, *, blob_dir: Path | None = None, settings: Settings | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        blob_dir: Path | None = None,
+        settings: Settings | None = None,
+        limits: Limits | None = None,
+    ):
         self.url = url
         self.settings = settings or get_settings()
+        self.limits = limits or Limits()
         db_file = sqlite_path(url)
         if blob_dir is None:
             blob_dir = db_file.parent / "blobs" if db_file else self.settings.blob_dir
@@ -165,7 +193,12 @@ class Registry:
         create_schema(self._write)
 
     def __repr__(self) -> str:
-        return f"Registry({self.url!r})"
+        return f"Registry({self.display_url!r})"
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked: what messages and logs show."""
+        return redact_url(self.url)
 
     def close(self) -> None:
         self._read.dispose()
@@ -189,10 +222,16 @@ class Registry:
         Identical content pushed again returns the existing version.
         """
         check_name(name)
+        if version is not None:
+            check_version(version)
         info = validate_folder(Path(folder))
-        meta = complete_meta(info, meta, require_base, self.settings)
+        meta = check_meta(complete_meta(info, meta, require_base, self.settings), name)
+        # refuse over-limit folders before a single blob is stored
+        sizes = {rel: p.stat().st_size for rel, p in info.files.items()}
+        self.limits.check_files([FileInfo(r, "", n) for r, n in sorted(sizes.items())], name)
+        self.limits.check_meta(meta, name)
         files: builtins.list[FileInfo] = []
-        total = sum(p.stat().st_size for p in info.files.values())
+        total = sum(sizes.values())
         done = 0
         for rel, path in sorted(info.files.items()):
             digest, size = self.blobs.put_file(path)
@@ -210,15 +249,23 @@ class Registry:
         meta: dict[str, Any],
         *,
         version: int | None = None,
+        limits: Limits | None = None,
     ) -> AdapterVersion:
         """Record a version whose blobs are already stored (the last step of every push).
 
         ``info`` None means: validate the stored blobs themselves (the HTTP server's path).
+        ``limits`` (default: the registry's) bound the manifest, model card and metadata.
         """
         check_name(name)
+        if version is not None:
+            check_version(version)
+        limits = limits or self.limits
         paths = [check_file_name(f.path) for f in files]
         if len(set(paths)) != len(paths):
             raise InvalidAdapterError(f"the manifest of {name!r} lists a file path twice: {paths}")
+        limits.check_files(files, name)
+        meta = check_meta(meta, name)
+        limits.check_meta(meta, name)
         for f in files:
             if self.blobs.size(f.digest) != f.size:
                 raise IntegrityError(
@@ -290,7 +337,17 @@ class Registry:
             latest = s.exec(
                 select(func.max(Version.number)).where(Version.adapter_id == adapter.id)
             ).one()
+            removed = s.exec(select(func.max(Tombstone.number)).where(Tombstone.name == name)).one()
             if number is not None:
+                grave = s.exec(
+                    select(Tombstone).where(Tombstone.name == name, Tombstone.number == number)
+                ).first()
+                if grave is not None:
+                    raise VersionConflictError(
+                        f"{name}@{number} was removed on {grave.removed_at:%Y-%m-%d %H:%M} UTC "
+                        f"(it held {grave.digest}); version numbers are never reused, push "
+                        f"without a version number to get a new one"
+                    )
                 taken = s.exec(
                     select(Version).where(
                         Version.adapter_id == adapter.id, Version.number == number
@@ -303,7 +360,7 @@ class Registry:
                     )
             row = Version.model_validate(proto.model_dump())
             row.adapter_id = adapter.id  # type: ignore[assignment]
-            row.number = number if number is not None else (latest or 0) + 1
+            row.number = number if number is not None else max(latest or 0, removed or 0) + 1
             row.doc = _public(name, row).to_doc()
             s.add(row)
             s.flush()
@@ -330,7 +387,9 @@ class Registry:
         r = parse_ref(ref) if isinstance(ref, str) else ref
         adapter = s.exec(select(Adapter).where(Adapter.name == r.name)).first()
         if adapter is None:
-            raise AdapterNotFoundError(f"no adapter named {r.name!r} in the registry ({self.url})")
+            raise AdapterNotFoundError(
+                f"no adapter named {r.name!r} in the registry ({self.display_url})"
+            )
         q = select(Version).where(Version.adapter_id == adapter.id)
         if r.version is not None:
             q = q.where(Version.number == r.version)
@@ -373,6 +432,11 @@ class Registry:
     ) -> builtins.list[AdapterVersion]:
         """Versions sorted by name and number; ``tag`` is ``key`` or ``key=value``; ``base``
         matches the base model id or fingerprint."""
+        if name is not None:
+            check_name(name)
+        for what, value in (("tag", tag), ("domain", domain), ("base", base)):
+            if value is not None:
+                check_text(value, f"{what} filter", max_chars=4096)
         # Two columns, not ORM objects, and one JSON decode: 10,000 versions list fast.
         vt = Version.__table__  # type: ignore[attr-defined]
         q = sa_select(vt.c.id, vt.c.doc).join(
@@ -429,11 +493,14 @@ class Registry:
             return str(st.revision if st else 0)
 
     def model_card(self, ref: str) -> str | None:
-        """The adapter's README.md, if it has one."""
+        """The adapter's README.md, if it has one (at most ``limits.max_model_card_bytes``:
+        a larger card, stored before the limit, raises LimitError; pull the version instead)."""
         v = self.resolve(ref)
         for f in v.files:
-            if f.path.lower() == "readme.md":
-                return self.blobs.path(f.digest).read_text(errors="replace")
+            if f.path.lower() in CARD_NAMES:
+                self.limits.check_card(f.size, f"the model card {f.path} of {v.ref}")
+                with self.blobs.open(f.digest) as fh:
+                    return fh.read(self.limits.max_model_card_bytes).decode(errors="replace")
         return None
 
     # -- pull ------------------------------------------------------------------------------
@@ -472,8 +539,10 @@ class Registry:
             raise VersionConflictError(
                 "alias 'latest' is implicit (the newest version); pick another"
             )
+        if isinstance(version, int) and not isinstance(version, bool):
+            check_version(version)
         target = str(version)
-        if target.isdigit() or target.startswith("sha256:"):
+        if parse_version(target) is not None or target.startswith("sha256:"):
             ref = f"{name}@{target}"
         elif "@" in target or ":" in target:
             ref = target
@@ -520,7 +589,9 @@ class Registry:
         r = parse_ref(ref)
         victims = self.list(name=r.name) if r == Ref(r.name) else [self.resolve(ref)]
         if not victims:
-            raise AdapterNotFoundError(f"no adapter named {r.name!r} in the registry ({self.url})")
+            raise AdapterNotFoundError(
+                f"no adapter named {r.name!r} in the registry ({self.display_url})"
+            )
         aliased = [f"{v.name}:{a} -> {v.ref}" for v in victims for a in v.aliases]
         if aliased and not force:
             raise VersionConflictError(
@@ -529,15 +600,22 @@ class Registry:
             )
         with Session(self._write) as s:
             bump_revision(s)
-            adapter = s.exec(select(Adapter).where(Adapter.name == r.name)).one()
-            vids = list(
+            adapter = s.exec(select(Adapter).where(Adapter.name == r.name)).first()
+            rows = (
                 s.exec(
-                    select(Version.id).where(
+                    select(Version.id, Version.number, Version.digest).where(
                         Version.adapter_id == adapter.id,
                         col(Version.digest).in_([v.digest for v in victims]),
                     )
-                )
+                ).all()
+                if adapter is not None
+                else []
             )
+            if not rows:  # a concurrent rm got there first
+                raise AdapterNotFoundError(f"adapter reference {ref!r} matches no version")
+            for _, number, digest in rows:  # the numbers stay taken
+                s.add(Tombstone(name=r.name, number=number, digest=digest))
+            vids = [vid for vid, _, _ in rows]
             s.execute(delete(Alias).where(col(Alias.version_id).in_(vids)))
             s.execute(delete(FileEntry).where(col(FileEntry.version_id).in_(vids)))
             s.execute(delete(Version).where(col(Version.id).in_(vids)))
@@ -546,7 +624,8 @@ class Registry:
                 s.execute(delete(Alias).where(col(Alias.adapter_id) == adapter.id))
                 s.delete(adapter)
             s.commit()
-        return victims
+        removed = {digest for _, _, digest in rows}
+        return [v for v in victims if v.digest in removed]
 
     # -- integrity -------------------------------------------------------------------------
     def verify(self, ref: str | None = None) -> VerifyReport:
@@ -565,8 +644,12 @@ class Registry:
         return report
 
     def gc(self, *, dry_run: bool = False, grace_seconds: float = GC_GRACE_SECONDS) -> GcReport:
-        """Delete blobs no version references (files younger than ``grace_seconds`` are kept,
-        since a push may be about to reference them)."""
+        """Delete blobs no version references, and temp files of interrupted writes (files
+        younger than ``grace_seconds`` are kept, since a push may be about to use them)."""
+        if not isinstance(grace_seconds, int | float) or not 0 <= grace_seconds < float("inf"):
+            raise InvalidReferenceError(
+                f"grace_seconds={grace_seconds!r} is not allowed: use a finite number >= 0"
+            )
         with Session(self._read) as s:
             used = set(s.exec(select(FileEntry.blob_digest).distinct()))
         report = GcReport(dry_run=dry_run)
@@ -582,8 +665,8 @@ class Registry:
             report.bytes += st.st_size
             if not dry_run:
                 path.unlink(missing_ok=True)
+        report.tmp_files, report.tmp_bytes = self.blobs.clean_tmp(grace_seconds, dry_run=dry_run)
         if not dry_run:
-            self.blobs.clean_tmp(grace_seconds)
             with Session(self._write) as s:
                 used = set(s.exec(select(FileEntry.blob_digest).distinct()))
                 stmt = delete(Blob)
