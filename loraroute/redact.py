@@ -36,7 +36,8 @@ _SECRET_PARAM = re.compile(
     r"(?i)(?P<key>\b(?:password|passwd|pwd|token|access_token|refresh_token|id_token|"
     r"api_key|apikey|api-key|secret|client_secret|auth)=)(?P<value>[^\s&;'\"]+)"
 )
-_BEARER = re.compile(r"(?i)\b(?P<key>bearer\s+)(?P<value>[^\s'\",;]+)")
+# a credential after "Bearer" is long (prose such as "a bearer token" is left alone)
+_BEARER = re.compile(r"(?i)\b(?P<key>bearer\s+)(?P<value>[A-Za-z0-9._~+/\-]{16,}=*)")
 _REGISTRY_TOKEN = re.compile(r"\blrt_[A-Za-z0-9_\-]{4,}")
 
 

@@ -34,7 +34,8 @@ Bytes = Annotated[ByteSize, Field(ge=0)]
 Count = Annotated[int, Field(ge=0)]
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
+    """``70000`` -> ``'70000 bytes (68.4KiB)'``."""
     return f"{n} bytes ({ByteSize(n).human_readable()})" if n >= KiB else f"{n} bytes"
 
 
@@ -66,7 +67,7 @@ class Limits(BaseSettings):
     def refuse(self, field: str, what: str) -> LimitError:
         """The error for ``what`` (e.g. "legal has 4 routing examples") passing ``field``."""
         limit = getattr(self, field)
-        shown = _size(limit) if field.endswith("_bytes") else f"{limit}"
+        shown = size_text(limit) if field.endswith("_bytes") else f"{limit}"
         return LimitError(
             f"{what}; this registry accepts at most {shown} "
             f"(setting {ENV_PREFIX}{field.upper()}); make it smaller or ask the registry's "
@@ -75,7 +76,7 @@ class Limits(BaseSettings):
 
     def check_blob(self, size: int, what: str = "a blob") -> None:
         if size > self.max_blob_bytes:
-            raise self.refuse("max_blob_bytes", f"{what} has {_size(size)}")
+            raise self.refuse("max_blob_bytes", f"{what} has {size_text(size)}")
 
     def check_files(self, files: Iterable[FileInfo], name: str = "the adapter") -> None:
         """Refuse a file list beyond the manifest, blob or model-card limits."""
@@ -91,12 +92,12 @@ class Limits(BaseSettings):
         raw = len(json.dumps([f.to_dict() for f in files], separators=(",", ":")).encode())
         if raw > self.max_manifest_bytes:
             raise self.refuse(
-                "max_manifest_bytes", f"the manifest of {name} takes {_size(raw)} as JSON"
+                "max_manifest_bytes", f"the manifest of {name} takes {size_text(raw)} as JSON"
             )
 
     def check_card(self, size: int, what: str = "the model card") -> None:
         if size > self.max_model_card_bytes:
-            raise self.refuse("max_model_card_bytes", f"{what} has {_size(size)}")
+            raise self.refuse("max_model_card_bytes", f"{what} has {size_text(size)}")
 
     def check_meta(self, meta: Mapping[str, Any], name: str = "the adapter") -> None:
         """Refuse routing examples or other metadata beyond the limits."""
@@ -115,8 +116,8 @@ class Limits(BaseSettings):
         raw = len(json.dumps(rest, separators=(",", ":"), default=str).encode())
         if raw > self.max_metadata_bytes:
             raise self.refuse(
-                "max_metadata_bytes", f"the metadata of {name} takes {_size(raw)} as JSON"
+                "max_metadata_bytes", f"the metadata of {name} takes {size_text(raw)} as JSON"
             )
 
 
-__all__ = ["ENV_PREFIX", "Limits"]
+__all__ = ["ENV_PREFIX", "Limits", "size_text"]

@@ -42,7 +42,7 @@ from .errors import (
     AdapterNotFoundError,
     IntegrityError,
     InvalidAdapterError,
-    InvalidReferenceError,
+    InvalidRequestError,
     VersionConflictError,
 )
 from .limits import CARD_NAMES, Limits
@@ -492,15 +492,17 @@ class Registry:
             st = s.get(State, 1)
             return str(st.revision if st else 0)
 
-    def model_card(self, ref: str) -> str | None:
-        """The adapter's README.md, if it has one (at most ``limits.max_model_card_bytes``:
-        a larger card, stored before the limit, raises LimitError; pull the version instead)."""
+    def model_card(self, ref: str, *, limits: Limits | None = None) -> str | None:
+        """The adapter's README.md, if it has one (at most ``max_model_card_bytes`` of
+        ``limits``, default the registry's: a larger card, stored before the limit, raises
+        LimitError; pull the version instead)."""
+        limits = limits or self.limits
         v = self.resolve(ref)
         for f in v.files:
             if f.path.lower() in CARD_NAMES:
-                self.limits.check_card(f.size, f"the model card {f.path} of {v.ref}")
+                limits.check_card(f.size, f"the model card {f.path} of {v.ref}")
                 with self.blobs.open(f.digest) as fh:
-                    return fh.read(self.limits.max_model_card_bytes).decode(errors="replace")
+                    return fh.read(limits.max_model_card_bytes).decode(errors="replace")
         return None
 
     # -- pull ------------------------------------------------------------------------------
@@ -647,7 +649,7 @@ class Registry:
         """Delete blobs no version references, and temp files of interrupted writes (files
         younger than ``grace_seconds`` are kept, since a push may be about to use them)."""
         if not isinstance(grace_seconds, int | float) or not 0 <= grace_seconds < float("inf"):
-            raise InvalidReferenceError(
+            raise InvalidRequestError(
                 f"grace_seconds={grace_seconds!r} is not allowed: use a finite number >= 0"
             )
         with Session(self._read) as s:
