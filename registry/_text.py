@@ -7,7 +7,7 @@ import math
 import unicodedata
 from typing import Any
 
-from .errors import InvalidReferenceError
+from .errors import InvalidRequestError
 
 
 def shown(value: object, limit: int = 80) -> str:
@@ -29,31 +29,31 @@ def _bad_char(text: str, multiline: bool) -> str | None:
 
 
 def check_text(value: object, what: str, *, max_chars: int, multiline: bool = False) -> str:
-    """Return ``value`` if it is a string fit to store, else raise InvalidReferenceError."""
+    """Return ``value`` if it is a string fit to store, else raise InvalidRequestError."""
     if not isinstance(value, str):
-        raise InvalidReferenceError(f"{what} must be a string, got {type(value).__name__}")
+        raise InvalidRequestError(f"{what} must be a string, got {type(value).__name__}")
     if len(value) > max_chars:
-        raise InvalidReferenceError(
+        raise InvalidRequestError(
             f"{what} has {len(value)} characters; at most {max_chars} are allowed"
         )
     bad = _bad_char(value, multiline)
     if bad:
-        raise InvalidReferenceError(f"{what} {shown(value)} contains {bad}; remove it")
+        raise InvalidRequestError(f"{what} {shown(value)} contains {bad}; remove it")
     return value
 
 
 def check_json(value: Any, what: str, depth: int = 0) -> Any:
     """Return ``value`` if every string in it (keys too) can be stored (no NUL, no lone
-    surrogate) and every number is finite; else raise InvalidReferenceError."""
+    surrogate) and every number is finite; else raise InvalidRequestError."""
     if depth > 32:
-        raise InvalidReferenceError(f"{what} is nested more than 32 levels deep")
+        raise InvalidRequestError(f"{what} is nested more than 32 levels deep")
     if isinstance(value, str):
         bad = _bad_char(value, multiline=True)
         if bad:
-            raise InvalidReferenceError(f"{what} contains {bad}; remove it")
+            raise InvalidRequestError(f"{what} contains {bad}; remove it")
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise InvalidReferenceError(f"{what} holds {value}; only finite numbers are allowed")
+            raise InvalidRequestError(f"{what} holds {value}; only finite numbers are allowed")
     elif isinstance(value, dict):
         for k, v in value.items():
             check_json(k, what, depth + 1)

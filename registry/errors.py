@@ -20,6 +20,11 @@ class InvalidReferenceError(RegistryError, ValueError):
     """A reference string is malformed (see :func:`loraroute.registry.parse_ref`)."""
 
 
+class InvalidRequestError(RegistryError, ValueError):
+    """An argument or request field is malformed (a filter, a token setting, a duration);
+    references have their own :class:`InvalidReferenceError`."""
+
+
 class InvalidAdapterError(RegistryError, ValueError):
     """An adapter folder was refused at push: unsafe, malformed or inconsistent."""
 
@@ -61,6 +66,7 @@ __all__ = [
     "IntegrityError",
     "InvalidAdapterError",
     "InvalidReferenceError",
+    "InvalidRequestError",
     "InvalidResponseError",
     "LimitError",
     "RegistryError",
