@@ -100,8 +100,13 @@ def create_schema(engine: Engine) -> None:
             return
         except (exc.IntegrityError, exc.ProgrammingError, exc.OperationalError) as e:
             if attempt == 4:
+                cause = getattr(e, "orig", None) or e
+                first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
                 raise RegistryError(
-                    f"cannot create the registry schema: {redact_text(str(e))}"
+                    f"cannot open the registry database "
+                    f"{engine.url.render_as_string(hide_password=True)}: "
+                    f"{redact_text(first)}; check the URL and that the database server runs "
+                    f"and accepts connections"
                 ) from None
             logger.debug("schema creation raced (%s); retrying", redact_text(str(e)))
             time.sleep(0.05 * (attempt + 1))

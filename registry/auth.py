@@ -141,6 +141,18 @@ def create_token(
 ) -> str:
     """Store a new token's hash with ``scope`` (and optionally an adapter-name ``prefix`` and
     a lifetime); return the token, which is shown once and cannot be recovered."""
+    return issue_token(reg, scope, name=name, prefix=prefix, expires_in=expires_in)[0]
+
+
+def issue_token(
+    reg: Registry,
+    scope: str,
+    *,
+    name: str = "",
+    prefix: str | None = None,
+    expires_in: timedelta | None = None,
+) -> tuple[str, TokenInfo]:
+    """:func:`create_token`, also returning the new token's :class:`TokenInfo` (its id)."""
     if scope not in SCOPES:
         raise AuthError(f"token scope {scope!r} is not one of {', '.join(SCOPES)}")
     reg = _local(reg)
@@ -164,7 +176,8 @@ def create_token(
             )
         )
         s.commit()
-    return token
+        (info,) = _rows(s, col(Token.id) == row.id)
+    return token, info
 
 
 def _rows(s: Session, *where: Any) -> list[TokenInfo]:
@@ -268,6 +281,7 @@ __all__ = [
     "check_prefix",
     "create_token",
     "hash_token",
+    "issue_token",
     "list_tokens",
     "parse_duration",
     "revoke_token",
