@@ -29,6 +29,7 @@ from .tables import FileInfo
 ENV_PREFIX = "LORAROUTE_REGISTRY_"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 CARD_NAMES = ("readme.md",)
+_UNHASHED = "sha256:" + "0" * 64  # stands in for a digest not computed yet (same length)
 
 Bytes = Annotated[ByteSize, Field(ge=0)]
 Count = Annotated[int, Field(ge=0)]
@@ -95,6 +96,10 @@ class Limits(BaseSettings):
                 "max_manifest_bytes", f"the manifest of {name} takes {size_text(raw)} as JSON"
             )
 
+    def check_sizes(self, sizes: Mapping[str, int], name: str = "the adapter") -> None:
+        """:meth:`check_files` for a folder not hashed yet (relative path -> size)."""
+        self.check_files([FileInfo(p, _UNHASHED, n) for p, n in sorted(sizes.items())], name)
+
     def check_card(self, size: int, what: str = "the model card") -> None:
         if size > self.max_model_card_bytes:
             raise self.refuse("max_model_card_bytes", f"{what} has {size_text(size)}")
@@ -120,4 +125,4 @@ class Limits(BaseSettings):
             )
 
 
-__all__ = ["ENV_PREFIX", "Limits", "size_text"]
+__all__ = ["CARD_NAMES", "ENV_PREFIX", "Limits", "size_text"]

@@ -228,7 +228,7 @@ class Registry:
         meta = check_meta(complete_meta(info, meta, require_base, self.settings), name)
         # refuse over-limit folders before a single blob is stored
         sizes = {rel: p.stat().st_size for rel, p in info.files.items()}
-        self.limits.check_files([FileInfo(r, "", n) for r, n in sorted(sizes.items())], name)
+        self.limits.check_sizes(sizes, name)
         self.limits.check_meta(meta, name)
         files: builtins.list[FileInfo] = []
         total = sum(sizes.values())
@@ -613,7 +613,7 @@ class Registry:
                 if adapter is not None
                 else []
             )
-            if not rows:  # a concurrent rm got there first
+            if adapter is None or not rows:  # a concurrent rm got there first
                 raise AdapterNotFoundError(f"adapter reference {ref!r} matches no version")
             for _, number, digest in rows:  # the numbers stay taken
                 s.add(Tombstone(name=r.name, number=number, digest=digest))

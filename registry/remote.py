@@ -231,7 +231,7 @@ class RemoteRegistry:
         info = validate_folder(Path(folder))
         meta = check_meta(complete_meta(info, meta, require_base, self.settings), name)
         sizes = {rel: p.stat().st_size for rel, p in info.files.items()}
-        self.limits.check_files([FileInfo(r, "", n) for r, n in sorted(sizes.items())], name)
+        self.limits.check_sizes(sizes, name)
         self.limits.check_meta(meta, name)
         files: builtins.list[FileInfo] = []
         total = sum(sizes.values())
@@ -253,9 +253,9 @@ class RemoteRegistry:
                 if progress:
                     progress(rel, done, total)
         payload = {"files": [f.to_dict() for f in files], "meta": meta, "version": version}
-        path = f"/adapters/{name}/versions"
-        v = self._one("POST", path, json=payload)
-        return self._expect(v, "POST", path, name=name, version=version)
+        route = f"/adapters/{name}/versions"
+        v = self._one("POST", route, json=payload)
+        return self._expect(v, "POST", route, name=name, version=version)
 
     def import_folder(self, folder: str | Path, name: str, **meta: Any) -> AdapterVersion:
         return self.push(folder, name, **meta)
