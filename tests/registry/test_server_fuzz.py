@@ -17,12 +17,23 @@ from loraroute.registry import Limits, open_registry  # noqa: E402
 from loraroute.registry.auth import create_token  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def fuzzed(tmp_path_factory, tiny_adapter_factory, serve):
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def fuzzed(request, tmp_path_factory, tiny_adapter_factory, serve):
     from loraroute.registry.server import create_app
+    from loraroute.registry.testing import PostgresUnavailable, temporary_postgres
 
     root = tmp_path_factory.mktemp("fuzz-registry")
-    reg = open_registry(f"sqlite:///{root / 'registry.db'}")
+    url = f"sqlite:///{root / 'registry.db'}"
+    if request.param == "postgres":
+        try:
+            cm = temporary_postgres()
+            url = cm.__enter__()
+        except PostgresUnavailable as exc:
+            pytest.skip(str(exc))
+        request.addfinalizer(lambda: cm.__exit__(None, None, None))
+    reg = open_registry(url, blob_dir=root / "blobs")
     reg.push(tiny_adapter_factory(1), "legal", routing_examples=["draft an NDA"])
     reg.alias_set("legal", "prod", 1)
     token = create_token(reg, "admin")
@@ -66,7 +77,7 @@ def test_no_server_errors(fuzzed, mode):
                 f"{label} answered {response.status_code}: {response.text[:500]}\n"
                 f"request: {case.as_curl_command()}"
             )
-            for secret in (str(fuzzed.root), "sqlite:"):
+            for secret in (str(fuzzed.root), "sqlite:", "postgresql"):
                 assert secret not in response.text, f"{label} leaked {secret!r}"
 
         try:
@@ -74,6 +85,8 @@ def test_no_server_errors(fuzzed, mode):
         except Unsatisfiable:  # nothing to break in an operation without inputs
             assert mode is GenerationMode.NEGATIVE
     assert seen and max(seen) < 500
+    if mode is GenerationMode.POSITIVE:
+        assert {200, 201} & set(seen)  # fuzzed requests did get through to the store
 
 
 def test_gc_inputs_are_checked(fuzzed):
