@@ -35,7 +35,7 @@ from loraroute.settings import Settings, get_settings
 from . import errors
 from ._transfer import checkout_ok, materialize
 from .blobs import CHUNK, check_digest, sha256_file
-from .errors import InvalidResponseError, RegistryError, RemoteError
+from .errors import InvalidResponseError, LimitError, RegistryError, RemoteError
 from .limits import Limits
 from .local import check_meta, complete_meta
 from .protocol import ErrorOut, GcOut, ModelCardOut, RevisionOut, VerifyOut, VersionOut
@@ -164,13 +164,27 @@ class RemoteRegistry:
         except ValidationError as e:
             raise self._invalid(method, path, f"an invalid value: {_problems(e)}") from None
 
+    def _bounded(self, v: AdapterVersion, method: str, path: str) -> AdapterVersion:
+        """``v`` if it is within this client's limits (files, sizes, routing examples)."""
+        try:
+            self.limits.check_files(v.files, v.ref)
+            if len(v.routing_examples) > self.limits.max_routing_examples or any(
+                len(x) > self.limits.max_routing_example_chars for x in v.routing_examples
+            ):
+                self.limits.check_meta({"routing_examples": v.routing_examples}, v.ref)
+        except LimitError as e:
+            raise self._invalid(
+                method, path, f"a version beyond this client's limits: {e}"
+            ) from None
+        return v
+
     def _one(self, method: str, path: str, **kw: Any) -> AdapterVersion:
         out: VersionOut = self._call(method, path, _VERSION, **kw)
-        return out.to_version()
+        return self._bounded(out.to_version(), method, path)
 
     def _many(self, method: str, path: str, **kw: Any) -> builtins.list[AdapterVersion]:
         out: builtins.list[VersionOut] = self._call(method, path, _VERSIONS, **kw)
-        return [v.to_version() for v in out]
+        return [self._bounded(v.to_version(), method, path) for v in out]
 
     def _expect(self, v: AdapterVersion, method: str, path: str, **want: Any) -> AdapterVersion:
         for key, value in want.items():

@@ -41,6 +41,10 @@ def good_version(**overrides) -> dict:
         "aliases": [],
     }
     v.update(overrides)
+    if "files" in overrides and "digest" not in overrides:
+        # a consistent digest, so that the refusal comes from the file check under test
+        listed = [FileInfo(f["path"], f["digest"], f["size"]) for f in overrides["files"]]
+        v["digest"] = manifest_digest(listed)
     return v
 
 
@@ -131,6 +135,11 @@ HOSTILE_VERSIONS = {
     "file size huge": good_version(
         files=[{"path": "a.json", "digest": CONFIG_DIGEST, "size": 1 << 60}]
     ),
+    "file size over the blob limit": good_version(
+        files=[{"path": "a.json", "digest": CONFIG_DIGEST, "size": (4 << 30) + 1}]
+    ),
+    "routing examples over the limit": good_version(routing_examples=["x"] * 10_001),
+    "routing example too long": good_version(routing_examples=["x" * 4097]),
     "duplicate paths": good_version(
         files=[{"path": "a.json", "digest": CONFIG_DIGEST, "size": 29}] * 2
     ),
