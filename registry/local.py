@@ -148,7 +148,16 @@ def _metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def check_meta(meta: dict[str, Any], name: str) -> dict[str, Any]:
     """``meta`` checked by the wire model (types, NUL, surrogates, finite metrics), with
-    None values dropped; raises InvalidAdapterError naming the field."""
+    None values dropped; raises InvalidAdapterError naming the field.
+
+    As before the wire model existed, tag keys and values may be any scalars (stored as
+    text) and a metric of None is left out.
+    """
+    meta = dict(meta)
+    if isinstance(meta.get("tags"), dict):
+        meta["tags"] = {str(k): str(v) for k, v in meta["tags"].items()}
+    if isinstance(meta.get("metrics"), dict):
+        meta["metrics"] = {k: v for k, v in meta["metrics"].items() if v is not None}
     try:
         return PushMeta.model_validate(meta).model_dump(exclude_none=True)
     except ValidationError as e:

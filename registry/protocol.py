@@ -59,7 +59,7 @@ Size = Annotated[StrictInt, Field(ge=0, le=MAX_SIZE)]
 Line = Annotated[StrictStr, _line(512)]
 Text = Annotated[StrictStr, _text(1 << 20)]
 Example = Annotated[StrictStr, _text(1 << 20)]
-Metric = Annotated[float, Field(allow_inf_nan=False)]
+Metric = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # a number, not a bool or text
 JsonObject = Annotated[dict[str, Any], AfterValidator(lambda v: check_json(v, "value"))]
 
 
