@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 MASK = "***"
@@ -58,6 +59,27 @@ def redact_url(url: str) -> str:
     without credentials comes back unchanged.
     """
     return redact_text(url)
+
+
+class Scrubber:
+    """Text for clients: each private string (a store's URL, its folders) replaced by its label,
+    then :func:`redact_text`. Longer strings go first, so a folder inside another is caught.
+
+    Example::
+
+        >>> scrub = Scrubber({"/srv/reg/blobs": "<store>"})
+        >>> scrub("blob missing in /srv/reg/blobs/sha256/ab")
+        'blob missing in <store>/sha256/ab'
+    """
+
+    def __init__(self, hide: Mapping[str, str] | Iterable[str] = ()) -> None:
+        pairs = hide.items() if isinstance(hide, Mapping) else ((h, "<hidden>") for h in hide)
+        self.hide = sorted(((k, v) for k, v in pairs if k), key=lambda kv: -len(kv[0]))
+
+    def __call__(self, text: str) -> str:
+        for secret, label in self.hide:
+            text = text.replace(secret, label)
+        return redact_text(text)
 
 
 def _redact_arg(arg: Any) -> Any:
@@ -125,6 +147,7 @@ def uvicorn_log_config(base: dict[str, Any] | None = None) -> dict[str, Any]:
 __all__ = [
     "MASK",
     "RedactingFilter",
+    "Scrubber",
     "install_log_redaction",
     "redact_text",
     "redact_url",

@@ -209,6 +209,19 @@ class Registry:
         """The URL with its password masked: what messages and logs show."""
         return redact_url(self.url)
 
+    def private_strings(self) -> dict[str, str]:
+        """What must not reach a remote client, with a neutral label for each: the URL (in
+        every form messages use) and the store's folders. For ``loraroute.redact.Scrubber``."""
+        hide = {self.url: "the server's registry", self.display_url: "the server's registry"}
+        folders = [self.blobs.root, self.checkout_dir, self.settings.home]
+        db = sqlite_path(self.url)
+        if db is not None:
+            folders += [db, db.parent]
+        for folder in folders:
+            for form in (str(folder), str(Path(folder).resolve())):
+                hide[form] = "<store>"
+        return hide
+
     def close(self) -> None:
         self._read.dispose()
         self._write.dispose()

@@ -100,6 +100,14 @@ class RemoteRegistry:
     def close(self) -> None:
         self._http.close()
 
+    def private_strings(self) -> dict[str, str]:
+        """What must not reach a third party (see ``Registry.private_strings``)."""
+        return {
+            self.url: "the registry",
+            self.display_url: "the registry",
+            str(self.checkout_dir): "<checkouts>",
+        }
+
     # -- plumbing --------------------------------------------------------------------------
     def _unreachable(self, e: httpx.HTTPError, what: str) -> RemoteError:
         return RemoteError(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -29,10 +28,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loraroute.redact import install_log_redaction, redact_text
+from loraroute.redact import Scrubber, install_log_redaction, redact_text
 
 from ._asgi import BodyLimit, RefuseQueryTokens
-from ._db import sqlite_path
 from .auth import TokenInfo, authenticate
 from .blobs import check_digest
 from .errors import (
@@ -102,30 +100,6 @@ class _BlobResponse(FileResponse):
     chunk_size = 1 << 20  # starlette's 64 KiB default costs ~2x throughput on large blobs
 
 
-class _Scrubber:
-    """Removes the store's URL and folders from messages bound for clients."""
-
-    def __init__(self, reg: Registry) -> None:
-        hide: dict[str, str] = {
-            reg.url: "the server's store",
-            reg.display_url: "the server's store",
-        }
-        db = sqlite_path(reg.url)
-        folders = [reg.blobs.root, reg.checkout_dir, reg.settings.home]
-        if db is not None:
-            folders += [db, db.parent]
-        for p in folders:
-            for form in {str(p), str(Path(p).resolve())}:
-                hide[form] = "<store>"
-        self.hide = sorted(hide.items(), key=lambda kv: -len(kv[0]))
-
-    def __call__(self, text: str) -> str:
-        for secret, label in self.hide:
-            if secret:
-                text = text.replace(secret, label)
-        return redact_text(text)
-
-
 def create_app(
     registry: Registry | str | None = None,
     *,
@@ -143,7 +117,7 @@ def create_app(
     if not isinstance(reg, Registry):
         raise RegistryError("the HTTP server serves a local store (sqlite:// or postgresql://)")
     limits = limits or reg.limits
-    scrub = _Scrubber(reg)
+    scrub = Scrubber(reg.private_strings())
     install_log_redaction()  # uvicorn's access lines carry URLs; its tracebacks, messages
     app = FastAPI(title="loraroute registry", version="1")
     app.state.registry = reg

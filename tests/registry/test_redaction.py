@@ -167,3 +167,15 @@ def test_sqlite_failure_is_a_generic_503_without_paths(tmp_path, lr_home, serve)
 
 def test_fixture_password_is_the_one_checked(pg_password):
     assert pg_password == PG_PASSWORD
+
+
+def test_scrubber_hides_the_registry_store(sqlite_store, tmp_path):
+    from loraroute.redact import Scrubber
+
+    scrub = Scrubber(sqlite_store.private_strings())
+    text = scrub(
+        f"no adapter named 'x' in the registry ({sqlite_store.display_url}); blob at "
+        f"{sqlite_store.blobs.root}/sha256/ab; postgresql://u:pw@db/x"
+    )
+    assert str(tmp_path) not in text and "sqlite" not in text and "pw@" not in text
+    assert "the server's registry" in text and "<store>/sha256/ab" in text
