@@ -18,19 +18,20 @@ import click
 
 from . import __version__
 from .errors import LoraRouteError
+from .redact import redact_text, redact_url
 from .settings import ENV_VARS, get_settings
 
 _PACKAGE_CLIS = ("loraroute.registry.cli", "loraroute.router.cli", "loraroute.agents.cli")
 
 
 class _Group(click.Group):
-    """Turns domain errors into clean CLI errors (exit 1, no traceback)."""
+    """Turns domain errors into clean CLI errors (exit 1, no traceback, secrets masked)."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except LoraRouteError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(redact_text(str(exc))) from exc
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,13 +80,13 @@ def doctor(as_json: bool) -> None:
             "converted": converted,
         }
     except LoraRouteError as exc:
-        report["base_model"] = {"name": s.base_model, "error": str(exc)}
+        report["base_model"] = {"name": s.base_model, "error": redact_text(str(exc))}
     try:
         emb = models.resolve_embedder(s.embedder, settings=s)
         report["embedder"] = {"name": emb.name, "source": emb.source, "path": str(emb.path)}
     except LoraRouteError as exc:
-        report["embedder"] = {"name": s.embedder, "error": str(exc)}
-    report["registry"] = s.registry_url
+        report["embedder"] = {"name": s.embedder, "error": redact_text(str(exc))}
+    report["registry"] = redact_url(s.registry_url)  # a PostgreSQL URL may hold a password
     report["home"] = str(s.home)
     report["cache_dir"] = str(s.cache_dir)
     try:

@@ -18,14 +18,19 @@ from loraroute.settings import Settings, get_settings
 from .errors import (
     AdapterNotFoundError,
     AuthError,
+    ForbiddenError,
     IntegrityError,
     InvalidAdapterError,
     InvalidReferenceError,
+    InvalidRequestError,
+    InvalidResponseError,
+    LimitError,
     RegistryError,
     RemoteError,
     SignatureError,
     VersionConflictError,
 )
+from .limits import Limits
 from .local import Registry
 from .refs import Ref, parse_ref
 from .reports import GcReport, VerifyReport
@@ -44,6 +49,7 @@ def open_registry(
     blob_dir: str | Path | None = None,
     token: str | None = None,
     trust_policy: TrustPolicy | None = None,
+    limits: Limits | None = None,
 ) -> Registry | RemoteRegistry:
     """Open the registry at ``url`` (``None`` -> ``settings.registry_url``).
 
@@ -51,18 +57,22 @@ def open_registry(
     ``http(s)://...`` gives a :class:`RemoteRegistry` with the same methods.
     ``trust_policy`` (default: ``settings.trust_policy``) makes pull and local_path refuse
     versions without a trusted signature.
+    ``limits`` default to :class:`Limits` from the environment (``LORAROUTE_REGISTRY_MAX_*``).
     """
     settings = settings or get_settings()
     url = url or settings.registry_url
     if url.startswith(("http://", "https://")):
         from .remote import RemoteRegistry
 
-        return RemoteRegistry(url, token=token, settings=settings, trust_policy=trust_policy)
+        return RemoteRegistry(
+            url, token=token, settings=settings, trust_policy=trust_policy, limits=limits
+        )
     return Registry(
         url,
         settings=settings,
         blob_dir=Path(blob_dir) if blob_dir else None,
         trust_policy=trust_policy,
+        limits=limits,
     )
 
 
@@ -81,10 +91,15 @@ __all__ = [
     "AdapterVersion",
     "AuthError",
     "FileInfo",
+    "ForbiddenError",
     "GcReport",
     "IntegrityError",
     "InvalidAdapterError",
     "InvalidReferenceError",
+    "InvalidRequestError",
+    "InvalidResponseError",
+    "LimitError",
+    "Limits",
     "LoraModule",
     "Ref",
     "Registry",

@@ -11,6 +11,8 @@ from sqlalchemy import Engine, create_engine, event, exc, update
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, select
 
+from loraroute.redact import redact_text, redact_url
+
 from .errors import RegistryError
 from .tables import TABLES, State
 
@@ -19,13 +21,19 @@ BUSY_TIMEOUT_MS = 30_000
 
 
 def sqlite_path(url: str) -> Path | None:
-    u = make_url(url)
+    try:
+        u = make_url(url)
+    except exc.ArgumentError:
+        raise RegistryError(
+            f"cannot read registry URL {redact_url(url)!r}: use sqlite:///path.db, "
+            f"postgresql://user@host/db or http(s)://host:port"
+        ) from None
     if u.get_backend_name() != "sqlite":
         return None
     if not u.database or u.database == ":memory:":
         raise RegistryError(
-            f"registry URL {url!r} names an in-memory SQLite database; blobs and metadata must "
-            f"persist, use sqlite:///path/to/registry.db"
+            f"registry URL {redact_url(url)!r} names an in-memory SQLite database; blobs and "
+            f"metadata must persist, use sqlite:///path/to/registry.db"
         )
     return Path(u.database).expanduser().absolute()
 
@@ -73,9 +81,10 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
         engine = create_engine(_pg_driver(url), pool_pre_ping=True)
     except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as e:
         raise RegistryError(
-            f"cannot open registry URL {url!r}: {e}. Use sqlite:///path.db, "
+            f"cannot open registry URL {redact_url(url)!r}: {redact_text(str(e))}. Use "
+            f"sqlite:///path.db, "
             f"postgresql://user@host/db (pip install psycopg2-binary) or http(s)://host:port"
-        ) from e
+        ) from None
     return engine, engine
 
 
@@ -91,8 +100,15 @@ def create_schema(engine: Engine) -> None:
             return
         except (exc.IntegrityError, exc.ProgrammingError, exc.OperationalError) as e:
             if attempt == 4:
-                raise RegistryError(f"cannot create the registry schema: {e}") from e
-            logger.debug("schema creation raced (%s); retrying", e)
+                cause = getattr(e, "orig", None) or e
+                first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+                raise RegistryError(
+                    f"cannot open the registry database "
+                    f"{engine.url.render_as_string(hide_password=True)}: "
+                    f"{redact_text(first)}; check the URL and that the database server runs "
+                    f"and accepts connections"
+                ) from None
+            logger.debug("schema creation raced (%s); retrying", redact_text(str(e)))
             time.sleep(0.05 * (attempt + 1))
 
 

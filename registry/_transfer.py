@@ -34,11 +34,12 @@ def materialize(
 ) -> Path:
     """Write ``v``'s files to ``dest`` (which must be absent or empty) via a temp folder.
 
-    Every file is re-hashed as it is written; a mismatch raises IntegrityError and leaves
-    ``dest`` untouched, as does any error of ``check`` (run on the complete temp folder).
-    Raises FileExistsError if ``dest`` appeared meanwhile. The rename makes the folder appear
-    whole to other processes even if this one is killed; files are not fsynced (a pulled
-    folder can be pulled again; see ``checkout_ok`` for the cached ones).
+    Every file is re-hashed as it is written and cut off once it passes its recorded size (a
+    source cannot fill the disk); a mismatch raises IntegrityError and leaves ``dest``
+    untouched, as does any error of ``check`` (run on the complete temp folder). Raises
+    FileExistsError if ``dest`` appeared meanwhile. The rename makes the folder appear whole to
+    other processes even if this one is killed; files are not fsynced (a pulled folder can be
+    pulled again; see ``checkout_ok`` for the cached ones).
     """
     dest = Path(dest).absolute()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -55,13 +56,27 @@ def materialize(
             out_path = tmp / check_file_name(f.path)
             out_path.parent.mkdir(parents=True, exist_ok=True)
             h = hashlib.sha256()
-            with open(out_path, "wb") as out:
-                for block in chunks(f.digest):
-                    h.update(block)
-                    out.write(block)
-                    done += len(block)
-                    if progress:
-                        progress(f.path, done, total)
+            written = 0
+            source = chunks(f.digest)
+            try:
+                with open(out_path, "wb") as out:
+                    for block in source:
+                        written += len(block)
+                        if written > f.size:
+                            raise IntegrityError(
+                                f"{v.ref}: {f.path!r} should have {f.size} bytes but its source "
+                                f"sent more; the stored blob is corrupted (run `adapters "
+                                f"verify`) or the source is not to be trusted"
+                            )
+                        h.update(block)
+                        out.write(block)
+                        done += len(block)
+                        if progress:
+                            progress(f.path, done, total)
+            finally:  # hang up on a source that would send more (a generator over a stream)
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
             actual = "sha256:" + h.hexdigest()
             if actual != f.digest:
                 raise IntegrityError(

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ._text import shown
 from .errors import IntegrityError, InvalidReferenceError
 from .refs import DIGEST_RE
 
@@ -36,8 +37,8 @@ def sha256_file(path: Path, chunk: int = CHUNK) -> tuple[str, int]:
 
 
 def check_digest(digest: str) -> str:
-    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
-        raise InvalidReferenceError(f"invalid digest {digest!r}: expected 'sha256:<64 hex>'")
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+        raise InvalidReferenceError(f"invalid digest {shown(digest)}: expected 'sha256:<64 hex>'")
     return digest
 
 
@@ -119,7 +120,7 @@ class BlobStore:
         """``None`` if the blob is intact, else a sentence saying what is wrong."""
         p = self.path(digest)
         if not p.is_file():
-            return f"blob {digest} is missing from {p.parent}"
+            return f"blob {digest} is missing from the blob store"
         actual, _ = sha256_file(p)
         if actual != digest:
             return f"blob {digest} is corrupted on disk: its bytes hash to {actual}"
@@ -133,20 +134,30 @@ class BlobStore:
             for p in sorted(sub.iterdir()):
                 yield f"sha256:{p.name}", p
 
-    def clean_tmp(self, older_than: float) -> int:
-        """Remove temporary files left by killed writers, older than ``older_than`` seconds."""
+    def clean_tmp(self, older_than: float, *, dry_run: bool = False) -> tuple[int, int]:
+        """Remove temporary files (or folders) left by killed writers, older than
+        ``older_than`` seconds; return how many and their bytes (``dry_run``: only count)."""
         if not self.tmp_dir.is_dir():
-            return 0
+            return 0, 0
         now = time.time()
-        n = 0
+        n = size = 0
         for p in self.tmp_dir.iterdir():
-            if now - p.stat().st_mtime >= older_than:
-                if p.is_dir():
+            try:
+                st = p.lstat()
+            except FileNotFoundError:  # its writer finished meanwhile
+                continue
+            if now - st.st_mtime < older_than:
+                continue
+            n += 1
+            if p.is_dir() and not p.is_symlink():
+                size += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+                if not dry_run:
                     shutil.rmtree(p, ignore_errors=True)
-                else:
+            else:
+                size += st.st_size
+                if not dry_run:
                     p.unlink(missing_ok=True)
-                n += 1
-        return n
+        return n, size
 
 
 class BlobWriter:

@@ -1,8 +1,9 @@
 """``adapters`` registry verbs: push, pull, ls, show, alias, rm, verify, sign, gc, export,
-import, and ``registry serve`` / ``registry token create``.
+import, and ``registry serve`` / ``registry token create|list|revoke``.
 
 Every command takes ``--registry URL`` and ``--token`` (:mod:`loraroute.cli_options`).
-Read commands take ``--json``. Heavy imports happen inside commands.
+Read commands take ``--json``. Heavy imports happen inside commands. A database failure is a
+one-line error with the password masked, never a traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +26,54 @@ trust_policy_option = click.option(
     help="JSON trust policy: refuse versions without a trusted signature "
     "(default: LORAROUTE_TRUST_POLICY, else none: signatures are only reported).",
 )
+
+
+class _Command(click.Command):
+    """A registry command: a database failure becomes a clean, redacted CLI error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from loraroute.redact import redact_text
+
+        try:
+            return super().invoke(ctx)
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            first = (str(cause).strip().splitlines() or [""])[0]
+            raise click.ClickException(
+                f"the registry's database failed ({type(cause).__name__}: "
+                f"{redact_text(first)[:300]}); check --registry / LORAROUTE_REGISTRY and that "
+                f"the database is reachable"
+            ) from None
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+_Group.group_class = _Group
+
+
+class _Duration(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from .auth import parse_duration
+
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise click.BadParameter(f"{path} is not valid JSON: {e}", param_hint=what) from None
 
 
 def _open(url: str | None, token: str | None = None, trust_policy: Path | None = None) -> Any:
@@ -109,7 +158,7 @@ def _table(versions: list[Any]) -> None:
     Console().print(table)
 
 
-@click.command()
+@click.command(cls=_Command)
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Adapter name.")
 @click.option("--domain", default=None)
@@ -159,9 +208,12 @@ def push(
     """Validate FOLDER (a PEFT adapter) and store it as the next version of NAME."""
     routing = list(examples)
     if examples_file:
-        text = examples_file.read_text()
+        text = examples_file.read_text(errors="replace")
         if text.lstrip().startswith("["):
-            routing += [str(x) for x in json.loads(text)]
+            loaded = _read_json(examples_file, "--examples-file")
+            if not isinstance(loaded, list):
+                raise click.BadParameter("expected a JSON list", param_hint="--examples-file")
+            routing += [str(x) for x in loaded]
         else:
             routing += [line.strip() for line in text.splitlines() if line.strip()]
     try:
@@ -182,7 +234,9 @@ def push(
             metrics=metric_values or None,
             parent=parent,
             data_digest=data_digest,
-            training_config=json.loads(training_config.read_text()) if training_config else None,
+            training_config=(
+                _read_json(training_config, "--training-config") if training_config else None
+            ),
             author=author,
             license=license_,
             base_model_id=base_model_id,
@@ -195,7 +249,7 @@ def push(
         click.echo(f"{v.ref} {v.digest}")
 
 
-@click.command()
+@click.command(cls=_Command)
 @click.argument("ref")
 @click.option(
     "-o",
@@ -217,7 +271,7 @@ def pull(ref: str, dest: Path, registry_url, token, trust_policy) -> None:
     click.echo(str(out))
 
 
-@click.command()
+@click.command(cls=_Command)
 @click.argument("ref")
 @click.argument("dest", type=click.Path(path_type=Path))
 @registry_option
@@ -228,7 +282,7 @@ def export(ref: str, dest: Path, registry_url, token, trust_policy) -> None:
     click.echo(str(_open(registry_url, token, trust_policy).pull(ref, dest)))
 
 
-@click.command("import")
+@click.command("import", cls=_Command)
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--name", required=True)
 @registry_option
@@ -239,7 +293,7 @@ def import_(folder: Path, name: str, registry_url, token) -> None:
     click.echo(f"{v.ref} {v.digest}")
 
 
-@click.command("ls")
+@click.command("ls", cls=_Command)
 @click.option("--name", default=None)
 @click.option("--tag", default=None, metavar="K[=V]")
 @click.option("--domain", default=None)
@@ -256,7 +310,7 @@ def ls(name, tag, domain, base, registry_url, token, as_json) -> None:
         _table(versions)
 
 
-@click.command()
+@click.command(cls=_Command)
 @click.argument("ref")
 @registry_option
 @token_option
@@ -311,7 +365,7 @@ def show(ref: str, registry_url, token, as_json) -> None:
         console.print(Markdown(card))
 
 
-@click.group()
+@click.group(cls=_Group)
 def alias() -> None:
     """Move or remove an adapter's aliases (``legal:prod``)."""
 
@@ -339,7 +393,7 @@ def alias_rm(name, alias_name, registry_url, token) -> None:
     click.echo(f"removed {name}:{alias_name}")
 
 
-@click.command()
+@click.command(cls=_Command)
 @click.argument("ref")
 @click.option("--force", is_flag=True, help="Also remove versions that aliases point to.")
 @registry_option
@@ -350,7 +404,7 @@ def rm(ref: str, force: bool, registry_url, token) -> None:
         click.echo(f"removed {v.ref}")
 
 
-@click.command()
+@click.command(cls=_Command)
 @click.argument("ref", required=False)
 @registry_option
 @token_option
@@ -380,7 +434,7 @@ def verify(ref, registry_url, token, trust_policy, as_json) -> None:
         sys.exit(1)
 
 
-@click.command()
+@click.command(cls=_Command)
 @click.argument("ref")
 @click.option(
     "--key",
@@ -423,7 +477,7 @@ def sign(ref, key, certificate, chain, registry_url, token, as_json) -> None:
         click.echo(f"signed {v.ref} as {sig.signer} ({sig.digest})")
 
 
-@click.command()
+@click.command(cls=_Command)
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.option(
     "--grace",
@@ -441,10 +495,13 @@ def gc(dry_run, grace, registry_url, token, as_json) -> None:
         _dump(report.to_dict())
     else:
         verb = "would remove" if dry_run else "removed"
-        click.echo(f"{verb} {len(report.removed)} blob(s), {report.bytes} bytes")
+        click.echo(
+            f"{verb} {len(report.removed)} blob(s), {report.bytes} bytes; "
+            f"{report.tmp_files} temp file(s), {report.tmp_bytes} bytes"
+        )
 
 
-@click.group("registry")
+@click.group("registry", cls=_Group)
 def registry_group() -> None:
     """Run an HTTP registry server and manage its tokens."""
 
@@ -455,8 +512,16 @@ def registry_group() -> None:
 @click.option("--allow-anonymous-read", is_flag=True, help="Let requests without a token read.")
 @registry_option
 def serve(host, port, allow_anonymous_read, registry_url) -> None:
-    """Serve the local registry (SQLite/PostgreSQL + blobs) over HTTP."""
+    """Serve the local registry (SQLite/PostgreSQL + blobs) over HTTP.
+
+    Size limits come from LORAROUTE_REGISTRY_MAX_* (e.g. LORAROUTE_REGISTRY_MAX_BLOB_BYTES=8GiB);
+    logs, access lines included, are redacted of passwords and tokens.
+    """
+    import logging
+
     import uvicorn
+
+    from loraroute.redact import RedactingFilter, uvicorn_log_config
 
     from .server import create_app
 
@@ -464,30 +529,104 @@ def serve(host, port, allow_anonymous_read, registry_url) -> None:
         raise click.BadParameter(
             "serve needs a local store URL (sqlite/postgresql)", param_hint="--registry"
         )
+    for handler in logging.getLogger().handlers:  # the CLI's own handler, for our loggers
+        handler.addFilter(RedactingFilter())
     app = create_app(registry_url, allow_anonymous_read=allow_anonymous_read)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=uvicorn_log_config())
 
 
-@registry_group.group("token")
+@registry_group.group("token", cls=_Group)
 def token_group() -> None:
-    """Bearer tokens of the HTTP server (stored hashed)."""
+    """Bearer tokens of the HTTP server (stored hashed): create, list, revoke."""
 
 
 @token_group.command("create")
 @click.option("--scope", type=click.Choice(["read", "write", "admin"]), required=True)
 @click.option("--name", "token_name", default="", help="A label for the token.")
+@click.option(
+    "--prefix",
+    default=None,
+    metavar="PREFIX",
+    help="Limit the token to adapters whose names start with PREFIX (e.g. legal).",
+)
+@click.option(
+    "--expires",
+    type=_Duration(),
+    default=None,
+    help="Lifetime: a number and s, m, h, d or w (e.g. 30d); default: no expiry.",
+)
 @registry_option
 @json_option
-def token_create(scope, token_name, registry_url, as_json) -> None:
+def token_create(scope, token_name, prefix, expires, registry_url, as_json) -> None:
     """Create a token; it is printed once and only its sha256 is stored."""
-    from .auth import create_token
+    from .auth import issue_token
 
-    reg = _open(registry_url)
-    token = create_token(reg, scope, name=token_name)
+    token, info = issue_token(
+        _open(registry_url), scope, name=token_name, prefix=prefix, expires_in=expires
+    )
     if as_json:
-        _dump({"token": token, "scope": scope, "name": token_name})
+        _dump({"token": token, **info.to_dict()})
     else:
         click.echo(token)
+
+
+def _token_status(info: Any) -> str:
+    from datetime import datetime, timezone
+
+    if info.revoked_at is not None:
+        return "revoked"
+    if info.expires_at is not None and info.expires_at <= datetime.now(timezone.utc):
+        return "expired"
+    return "active"
+
+
+@token_group.command("list")
+@registry_option
+@json_option
+def token_list(registry_url, as_json) -> None:
+    """List tokens: id, name, scope, prefix, created, expires, last used (never the secret)."""
+    from .auth import list_tokens
+
+    rows = list_tokens(_open(registry_url))
+    if as_json:
+        _dump([{**t.to_dict(), "status": _token_status(t)} for t in rows])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def when(dt: Any) -> str:
+        return dt.strftime("%Y-%m-%d %H:%M") if dt else ""
+
+    table = Table(title=f"{len(rows)} token(s)")
+    for col in ("id", "name", "scope", "prefix", "created", "expires", "last used", "status"):
+        table.add_column(col, no_wrap=col in ("id", "prefix"))
+    for t in rows:
+        table.add_row(
+            str(t.id),
+            t.name,
+            t.scope,
+            t.prefix or "",
+            when(t.created_at),
+            when(t.expires_at) or "never",
+            when(t.last_used_at),
+            _token_status(t),
+        )
+    Console().print(table)
+
+
+@token_group.command("revoke")
+@click.argument("token_id", metavar="ID", type=int)
+@registry_option
+@json_option
+def token_revoke(token_id, registry_url, as_json) -> None:
+    """Revoke token ID (see `token list`); the server refuses it from the next request on."""
+    from .auth import revoke_token
+
+    info = revoke_token(_open(registry_url), token_id)
+    if as_json:
+        _dump(info.to_dict())
+    else:
+        click.echo(f"revoked token #{info.id} ({info.name or 'no name'}, scope {info.scope})")
 
 
 def register(group: click.Group) -> None:

@@ -20,6 +20,11 @@ class InvalidReferenceError(RegistryError, ValueError):
     """A reference string is malformed (see :func:`loraroute.registry.parse_ref`)."""
 
 
+class InvalidRequestError(RegistryError, ValueError):
+    """An argument or request field is malformed (a filter, a token setting, a duration);
+    references have their own :class:`InvalidReferenceError`."""
+
+
 class InvalidAdapterError(RegistryError, ValueError):
     """An adapter was refused: unsafe, malformed, inconsistent, or not fitting the base model."""
 
@@ -41,16 +46,34 @@ class AuthError(RegistryError, PermissionError):
     """A remote registry refused the request's token (missing, unknown or lacking a scope)."""
 
 
+class ForbiddenError(AuthError):
+    """A valid token whose scope or adapter-name prefix does not allow the request (403)."""
+
+
+class LimitError(RegistryError, ValueError):
+    """A size or count limit was exceeded: a blob, a manifest, routing examples, a model card
+    or a request body (413 over HTTP). The message names the limit and its setting."""
+
+
 class RemoteError(RegistryError, ConnectionError):
     """A remote registry could not be reached or answered with an unexpected error."""
+
+
+class InvalidResponseError(RemoteError, ValueError):
+    """A remote registry answered with a value that fails validation (a malformed digest,
+    name, path, size or count); the answer was not used and nothing was written."""
 
 
 __all__ = [
     "AdapterNotFoundError",
     "AuthError",
+    "ForbiddenError",
     "IntegrityError",
     "InvalidAdapterError",
     "InvalidReferenceError",
+    "InvalidRequestError",
+    "InvalidResponseError",
+    "LimitError",
     "RegistryError",
     "RemoteError",
     "SignatureError",

@@ -29,21 +29,34 @@ from sqlalchemy import exc, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, delete, select
 
+from loraroute.redact import redact_url
 from loraroute.settings import Settings, get_settings
 
 from ._checkout import cached_checkout_ok, new_checkout_check, sign_version
 from ._db import bump_revision, create_schema, make_engines, sqlite_path
 from ._manifest import manifest_digest
+from ._meta import (
+    META_KEYS,
+    bind_signatures,
+    check_meta,
+    complete_meta,
+    folder_files,
+    metrics_of,
+    read_signature_file,
+)
+from ._text import check_text
 from ._transfer import checkout_ok, materialize
 from .blobs import BlobStore
 from .errors import (
     AdapterNotFoundError,
     IntegrityError,
     InvalidAdapterError,
+    InvalidRequestError,
     SignatureError,
     VersionConflictError,
 )
-from .refs import Ref, check_name, parse_ref
+from .limits import CARD_NAMES, Limits
+from .refs import Ref, check_name, check_version, parse_ref, parse_version
 from .reports import GcReport, VerifyReport
 from .signing import (
     MAX_SIGNATURES_PER_VERSION,
@@ -51,7 +64,6 @@ from .signing import (
     SignatureReport,
     TrustPolicy,
     check_signatures,
-    describe_bundle,
     load_trust_policy,
 )
 from .tables import (
@@ -63,6 +75,7 @@ from .tables import (
     FileEntry,
     FileInfo,
     State,
+    Tombstone,
     Version,
     VersionSignature,
 )
@@ -77,119 +90,12 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (file path, bytes done, bytes total)
 GC_GRACE_SECONDS = 3600.0
-_META_KEYS = (
-    "domain",
-    "description",
-    "routing_examples",
-    "tags",
-    "metrics",
-    "parent",
-    "data_digest",
-    "training_config",
-    "author",
-    "license",
-    "base_model_id",
-    "base_fingerprint",
-)
-
-
-def _base_fingerprint(info: AdapterInfo, settings: Settings) -> str | None:
-    """The base model's fingerprint when its folder is available here, else None (logged)."""
-    from loraroute import models
-    from loraroute.errors import ModelResolutionError
-
-    base = info.base_model_id
-    if not base:
-        logger.warning("adapter_config.json names no base model; base_fingerprint left empty")
-        return None
-    try:
-        resolved = models.resolve_base_model(base, settings=settings, convert=False)
-    except ModelResolutionError as e:
-        logger.warning(
-            "base model %r not resolvable here (%s); base_fingerprint left empty", base, e
-        )
-        return None
-    if not resolved.path.is_dir():
-        logger.warning("base model %r is not on this machine; base_fingerprint left empty", base)
-        return None
-    return models.fingerprint(resolved.path, settings=settings)
-
-
-def complete_meta(
-    info: AdapterInfo, meta: dict[str, Any], require_base: str | None, settings: Settings
-) -> dict[str, Any]:
-    """Push metadata with None dropped, base id/fingerprint filled in, ``require_base`` checked."""
-    unknown = set(meta) - set(_META_KEYS)
-    if unknown:
-        raise TypeError(f"push() got unknown metadata {sorted(unknown)}; allowed: {_META_KEYS}")
-    meta = {k: v for k, v in meta.items() if v is not None}
-    meta.setdefault("base_model_id", info.base_model_id)
-    if "base_fingerprint" not in meta:
-        meta["base_fingerprint"] = _base_fingerprint(info, settings)
-    if require_base is not None and meta["base_fingerprint"] != require_base:
-        raise InvalidAdapterError(
-            f"adapter base fingerprint is {meta['base_fingerprint']}, but "
-            f"{require_base} is required; push an adapter trained on that base"
-        )
-    return meta
 
 
 def _public(name: str, v: Version) -> AdapterVersion:
     data = v.model_dump(exclude={"id", "adapter_id", "number", "files_json", "doc"})
     data["files"] = v.files_json
     return AdapterVersion.from_dict({**data, "name": name, "version": v.number})
-
-
-def read_signature_file(info: AdapterInfo) -> builtins.list[str]:
-    """The ``model.sig`` bundle found in a pushed folder, as a one-item list (or none)."""
-    from ._model_signing import MAX_SIGNATURE_BYTES
-
-    if info.signature is None:
-        return []
-    with open(info.signature, "rb") as f:
-        data = f.read(MAX_SIGNATURE_BYTES + 1)
-    try:
-        return [data.decode("utf-8")]
-    except UnicodeDecodeError:
-        raise SignatureError("model.sig is not a model-signing bundle (not UTF-8)") from None
-
-
-def folder_files(info: AdapterInfo) -> builtins.list[FileInfo]:
-    """The files of a validated folder with their digests (hashed here)."""
-    from .blobs import sha256_file
-
-    return [FileInfo(rel, *sha256_file(p)) for rel, p in sorted(info.files.items())]
-
-
-def bind_signatures(
-    label: str, bundles: builtins.list[str], files: builtins.list[FileInfo]
-) -> builtins.list[SignatureInfo]:
-    """Parse each bundle and refuse one that does not sign exactly ``files``."""
-    if len(bundles) > MAX_SIGNATURES_PER_VERSION:
-        raise SignatureError(
-            f"{label} would carry {len(bundles)} signatures; the limit is "
-            f"{MAX_SIGNATURES_PER_VERSION}"
-        )
-    digests = {f.path: f.digest for f in files}
-    report = check_signatures(label, digests, bundles, None)
-    for check in report.checks:
-        if not check.covers_files:
-            raise SignatureError(
-                f"the signature ({check.signer[:40]}) does not cover {label}'s files: "
-                f"{check.problem}; sign the folder as it is pushed (model.sig itself excluded)"
-            )
-    return [describe_bundle(b) for b in bundles]
-
-
-def _metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise InvalidAdapterError(f"metric {k!r} is {v!r}; metrics must be numbers")
-        out[str(k)] = float(v)
-    return out
 
 
 @contextmanager
@@ -213,6 +119,7 @@ class Registry:
         blob_dir: Path | None = None,
         settings: Settings | None = None,
         trust_policy: TrustPolicy | None = None,
+        limits: Limits | None = None,
     ):
         self.url = url
         self.settings = settings or get_settings()
@@ -220,6 +127,7 @@ class Registry:
         self.trust_policy = (
             trust_policy if trust_policy is not None else load_trust_policy(self.settings)
         )
+        self.limits = limits or Limits()
         db_file = sqlite_path(url)
         if blob_dir is None:
             blob_dir = db_file.parent / "blobs" if db_file else self.settings.blob_dir
@@ -229,7 +137,25 @@ class Registry:
         create_schema(self._write)
 
     def __repr__(self) -> str:
-        return f"Registry({self.url!r})"
+        return f"Registry({self.display_url!r})"
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked: what messages and logs show."""
+        return redact_url(self.url)
+
+    def private_strings(self) -> dict[str, str]:
+        """What must not reach a remote client, with a neutral label for each: the URL (in
+        every form messages use) and the store's folders. For ``loraroute.redact.Scrubber``."""
+        hide = {self.url: "the server's registry", self.display_url: "the server's registry"}
+        folders = [self.blobs.root, self.checkout_dir, self.settings.home]
+        db = sqlite_path(self.url)
+        if db is not None:
+            folders += [db, db.parent]
+        for folder in folders:
+            for form in (str(folder), str(Path(folder).resolve())):
+                hide[form] = "<store>"
+        return hide
 
     def close(self) -> None:
         self._read.dispose()
@@ -253,13 +179,19 @@ class Registry:
         Identical content pushed again returns the existing version.
         """
         check_name(name)
+        if version is not None:
+            check_version(version)
         info = validate_folder(Path(folder))
-        meta = complete_meta(info, meta, require_base, self.settings)
+        meta = check_meta(complete_meta(info, meta, require_base, self.settings), name)
+        # refuse over-limit folders before a single blob is stored
+        sizes = {rel: p.stat().st_size for rel, p in info.files.items()}
+        self.limits.check_sizes(sizes, name)
+        self.limits.check_meta(meta, name)
         bundles = read_signature_file(info)
         if bundles:  # refuse a model.sig that does not sign these files before storing any
             bind_signatures(name, bundles, folder_files(info))
         files: builtins.list[FileInfo] = []
-        total = sum(p.stat().st_size for p in info.files.values())
+        total = sum(sizes.values())
         done = 0
         for rel, path in sorted(info.files.items()):
             digest, size = self.blobs.put_file(path)
@@ -278,16 +210,24 @@ class Registry:
         *,
         version: int | None = None,
         signatures: Sequence[str] = (),
+        limits: Limits | None = None,
     ) -> AdapterVersion:
         """Record a version whose blobs are already stored (the last step of every push).
 
         ``info`` None means: validate the stored blobs themselves (the HTTP server's path).
         ``signatures`` (model-signing bundles) must sign exactly ``files``; they are attached.
+        ``limits`` (default: the registry's) bound the manifest, model card and metadata.
         """
         check_name(name)
+        if version is not None:
+            check_version(version)
+        limits = limits or self.limits
         paths = [check_file_name(f.path) for f in files]
         if len(set(paths)) != len(paths):
             raise InvalidAdapterError(f"the manifest of {name!r} lists a file path twice: {paths}")
+        limits.check_files(files, name)
+        meta = check_meta(meta, name)
+        limits.check_meta(meta, name)
         for f in files:
             if self.blobs.size(f.digest) != f.size:
                 raise IntegrityError(
@@ -311,11 +251,11 @@ class Registry:
             dtype=info.dtype,
             size=sum(f.size for f in files),
             files_json=[f.to_dict() for f in sorted(files, key=lambda f: f.path)],
-            **{k: v for k, v in meta.items() if k in _META_KEYS},
+            **{k: v for k, v in meta.items() if k in META_KEYS},
         )
         row.routing_examples = list(row.routing_examples or [])
         row.tags = {str(k): str(v) for k, v in (row.tags or {}).items()}
-        row.metrics = _metrics(row.metrics or {})
+        row.metrics = metrics_of(row.metrics or {})
         row.training_config = json.loads(json.dumps(row.training_config or {}, default=str))
         for attempt in range(20):
             try:
@@ -363,7 +303,17 @@ class Registry:
             latest = s.exec(
                 select(func.max(Version.number)).where(Version.adapter_id == adapter.id)
             ).one()
+            removed = s.exec(select(func.max(Tombstone.number)).where(Tombstone.name == name)).one()
             if number is not None:
+                grave = s.exec(
+                    select(Tombstone).where(Tombstone.name == name, Tombstone.number == number)
+                ).first()
+                if grave is not None:
+                    raise VersionConflictError(
+                        f"{name}@{number} was removed on {grave.removed_at:%Y-%m-%d %H:%M} UTC "
+                        f"(it held {grave.digest}); version numbers are never reused, push "
+                        f"without a version number to get a new one"
+                    )
                 taken = s.exec(
                     select(Version).where(
                         Version.adapter_id == adapter.id, Version.number == number
@@ -376,7 +326,7 @@ class Registry:
                     )
             row = Version.model_validate(proto.model_dump())
             row.adapter_id = adapter.id  # type: ignore[assignment]
-            row.number = number if number is not None else (latest or 0) + 1
+            row.number = number if number is not None else max(latest or 0, removed or 0) + 1
             row.doc = _public(name, row).to_doc()
             s.add(row)
             s.flush()
@@ -403,7 +353,9 @@ class Registry:
         r = parse_ref(ref) if isinstance(ref, str) else ref
         adapter = s.exec(select(Adapter).where(Adapter.name == r.name)).first()
         if adapter is None:
-            raise AdapterNotFoundError(f"no adapter named {r.name!r} in the registry ({self.url})")
+            raise AdapterNotFoundError(
+                f"no adapter named {r.name!r} in the registry ({self.display_url})"
+            )
         q = select(Version).where(Version.adapter_id == adapter.id)
         if r.version is not None:
             q = q.where(Version.number == r.version)
@@ -446,6 +398,11 @@ class Registry:
     ) -> builtins.list[AdapterVersion]:
         """Versions sorted by name and number; ``tag`` is ``key`` or ``key=value``; ``base``
         matches the base model id or fingerprint."""
+        if name is not None:
+            check_name(name)
+        for what, value in (("tag", tag), ("domain", domain), ("base", base)):
+            if value is not None:
+                check_text(value, f"{what} filter", max_chars=4096)
         # Two columns, not ORM objects, and one JSON decode: 10,000 versions list fast.
         vt = Version.__table__  # type: ignore[attr-defined]
         q = sa_select(vt.c.id, vt.c.doc).join(
@@ -501,12 +458,17 @@ class Registry:
             st = s.get(State, 1)
             return str(st.revision if st else 0)
 
-    def model_card(self, ref: str) -> str | None:
-        """The adapter's README.md, if it has one."""
+    def model_card(self, ref: str, *, limits: Limits | None = None) -> str | None:
+        """The adapter's README.md, if it has one (at most ``max_model_card_bytes`` of
+        ``limits``, default the registry's: a larger card, stored before the limit, raises
+        LimitError; pull the version instead)."""
+        limits = limits or self.limits
         v = self.resolve(ref)
         for f in v.files:
-            if f.path.lower() == "readme.md":
-                return self.blobs.path(f.digest).read_text(errors="replace")
+            if f.path.lower() in CARD_NAMES:
+                limits.check_card(f.size, f"the model card {f.path} of {v.ref}")
+                with self.blobs.open(f.digest) as fh:
+                    return fh.read(limits.max_model_card_bytes).decode(errors="replace")
         return None
 
     # -- pull ------------------------------------------------------------------------------
@@ -651,8 +613,10 @@ class Registry:
             raise VersionConflictError(
                 "alias 'latest' is implicit (the newest version); pick another"
             )
+        if isinstance(version, int) and not isinstance(version, bool):
+            check_version(version)
         target = str(version)
-        if target.isdigit() or target.startswith("sha256:"):
+        if parse_version(target) is not None or target.startswith("sha256:"):
             ref = f"{name}@{target}"
         elif "@" in target or ":" in target:
             ref = target
@@ -699,7 +663,9 @@ class Registry:
         r = parse_ref(ref)
         victims = self.list(name=r.name) if r == Ref(r.name) else [self.resolve(ref)]
         if not victims:
-            raise AdapterNotFoundError(f"no adapter named {r.name!r} in the registry ({self.url})")
+            raise AdapterNotFoundError(
+                f"no adapter named {r.name!r} in the registry ({self.display_url})"
+            )
         aliased = [f"{v.name}:{a} -> {v.ref}" for v in victims for a in v.aliases]
         if aliased and not force:
             raise VersionConflictError(
@@ -708,15 +674,22 @@ class Registry:
             )
         with Session(self._write) as s:
             bump_revision(s)
-            adapter = s.exec(select(Adapter).where(Adapter.name == r.name)).one()
-            vids = list(
+            adapter = s.exec(select(Adapter).where(Adapter.name == r.name)).first()
+            rows = (
                 s.exec(
-                    select(Version.id).where(
+                    select(Version.id, Version.number, Version.digest).where(
                         Version.adapter_id == adapter.id,
                         col(Version.digest).in_([v.digest for v in victims]),
                     )
-                )
+                ).all()
+                if adapter is not None
+                else []
             )
+            if adapter is None or not rows:  # a concurrent rm got there first
+                raise AdapterNotFoundError(f"adapter reference {ref!r} matches no version")
+            for _, number, digest in rows:  # the numbers stay taken
+                s.add(Tombstone(name=r.name, number=number, digest=digest))
+            vids = [vid for vid, _, _ in rows]
             s.execute(delete(Alias).where(col(Alias.version_id).in_(vids)))
             s.execute(delete(VersionSignature).where(col(VersionSignature.version_id).in_(vids)))
             s.execute(delete(FileEntry).where(col(FileEntry.version_id).in_(vids)))
@@ -726,7 +699,8 @@ class Registry:
                 s.execute(delete(Alias).where(col(Alias.adapter_id) == adapter.id))
                 s.delete(adapter)
             s.commit()
-        return victims
+        removed = {digest for _, _, digest in rows}
+        return [v for v in victims if v.digest in removed]
 
     # -- integrity -------------------------------------------------------------------------
     def verify(self, ref: str | None = None) -> VerifyReport:
@@ -746,8 +720,12 @@ class Registry:
         return report
 
     def gc(self, *, dry_run: bool = False, grace_seconds: float = GC_GRACE_SECONDS) -> GcReport:
-        """Delete blobs no version references (files younger than ``grace_seconds`` are kept,
-        since a push may be about to reference them)."""
+        """Delete blobs no version references, and temp files of interrupted writes (files
+        younger than ``grace_seconds`` are kept, since a push may be about to use them)."""
+        if not isinstance(grace_seconds, int | float) or not 0 <= grace_seconds < float("inf"):
+            raise InvalidRequestError(
+                f"grace_seconds={grace_seconds!r} is not allowed: use a finite number >= 0"
+            )
         with Session(self._read) as s:
             used = set(s.exec(select(FileEntry.blob_digest).distinct()))
         report = GcReport(dry_run=dry_run)
@@ -763,8 +741,8 @@ class Registry:
             report.bytes += st.st_size
             if not dry_run:
                 path.unlink(missing_ok=True)
+        report.tmp_files, report.tmp_bytes = self.blobs.clean_tmp(grace_seconds, dry_run=dry_run)
         if not dry_run:
-            self.blobs.clean_tmp(grace_seconds)
             with Session(self._write) as s:
                 used = set(s.exec(select(FileEntry.blob_digest).distinct()))
                 stmt = delete(Blob)

@@ -3,6 +3,12 @@
 Uploads stream in chunks and skip blobs the server already has; the manifest goes last.
 Downloads stream into a temp folder, are re-hashed, and are renamed into place.
 
+Every answer is untrusted input: it is read up to ``limits.max_response_bytes`` and checked
+in full by the models of :mod:`.protocol` (digests, names, version numbers, file paths, sizes,
+counts) before any value is used; a version's digest must be the digest of its file list, so
+a checkout folder is named only by a well-formed digest of the files it holds. A bad answer
+raises :class:`InvalidResponseError` and nothing is written.
+
 Example::
 
     >>> reg = open_registry("http://127.0.0.1:8765", token="lrt_...")  # doctest: +SKIP
@@ -12,23 +18,29 @@ Example::
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import shutil
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from loraroute.redact import redact_text, redact_url
 from loraroute.settings import Settings, get_settings
 
 from . import errors
 from ._checkout import cached_checkout_ok, new_checkout_check, sign_version
+from ._meta import bind_signatures, check_meta, complete_meta, read_signature_file
 from ._transfer import checkout_ok, materialize
-from .blobs import CHUNK, sha256_file
-from .errors import RegistryError, RemoteError, SignatureError
-from .local import bind_signatures, complete_meta, read_signature_file
-from .refs import check_name
+from .blobs import CHUNK, check_digest, sha256_file
+from .errors import InvalidResponseError, LimitError, RegistryError, RemoteError, SignatureError
+from .limits import Limits
+from .protocol import ErrorOut, GcOut, ModelCardOut, RevisionOut, VerifyOut, VersionOut
+from .refs import check_name, parse_ref
 from .reports import GcReport, VerifyReport
 from .signing import (
     SignatureInfo,
@@ -42,7 +54,31 @@ from .validate import validate_folder
 
 logger = logging.getLogger(__name__)
 
+MAX_DETAIL_CHARS = 2000
+MAX_SIGNATURES = 64  # a version's signatures a client reads
 Progress = Callable[[str, int, int], None]
+M = TypeVar("M")
+
+_VERSION = TypeAdapter(VersionOut)
+_VERSIONS = TypeAdapter(list[VersionOut])
+
+
+def _clean_detail(text: str) -> str:
+    """A server's message, safe to show: control characters replaced, length bounded."""
+    text = "".join(
+        "?" if unicodedata.category(c) in ("Cc", "Cs") and c not in "\n\t" else c
+        for c in text[: MAX_DETAIL_CHARS + 1]
+    )
+    return text if len(text) <= MAX_DETAIL_CHARS else text[:MAX_DETAIL_CHARS] + "..."
+
+
+def _problems(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors()[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "answer"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    more = f" (and {e.error_count() - 3} more)" if e.error_count() > 3 else ""
+    return _clean_detail("; ".join(parts) + more)
 
 
 class RemoteRegistry:
@@ -56,8 +92,10 @@ class RemoteRegistry:
         settings: Settings | None = None,
         timeout: float = 60.0,
         trust_policy: TrustPolicy | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.display_url = redact_url(self.url)
         self.settings = settings or get_settings()
         # the client's own policy: signatures the server returns are checked here
         self.trust_policy = (
@@ -65,59 +103,136 @@ class RemoteRegistry:
         )
         if token is None and self.settings.registry_token is not None:
             token = self.settings.registry_token.get_secret_value()
+        self.limits = limits or Limits()
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url + "/v1", headers=headers, timeout=timeout)
         self.checkout_dir = self.settings.registry_dir / "remote-checkouts"
 
     def __repr__(self) -> str:
-        return f"RemoteRegistry({self.url!r})"
+        return f"RemoteRegistry({self.display_url!r})"
 
     def close(self) -> None:
         self._http.close()
 
+    def private_strings(self) -> dict[str, str]:
+        """What must not reach a third party (see ``Registry.private_strings``)."""
+        return {
+            self.url: "the registry",
+            self.display_url: "the registry",
+            str(self.checkout_dir): "<checkouts>",
+        }
+
     # -- plumbing --------------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    def _unreachable(self, e: httpx.HTTPError, what: str) -> RemoteError:
+        return RemoteError(
+            f"registry {self.display_url} is unreachable or failed during {what}: "
+            f"{redact_text(str(e))}"
+        )
+
+    def _invalid(self, method: str, path: str, why: str) -> InvalidResponseError:
+        return InvalidResponseError(
+            f"registry {self.display_url} answered {method} {path} with {why}; the server is "
+            f"broken, hostile or not a loraroute registry, so the answer was not used"
+        )
+
+    def _read(self, method: str, path: str, **kw: Any) -> tuple[int, bytes]:
+        """(status, body) of a request, the body read up to ``limits.max_response_bytes``."""
+        limit = self.limits.max_response_bytes
         try:
-            resp = self._http.request(method, path, **kw)
+            with self._http.stream(method, path, **kw) as resp:
+                body = bytearray()
+                for block in resp.iter_bytes():
+                    body += block
+                    if len(body) > limit:
+                        raise self._invalid(
+                            method,
+                            path,
+                            f"more than {limit} bytes (max_response_bytes, "
+                            f"LORAROUTE_REGISTRY_MAX_RESPONSE_BYTES)",
+                        )
+                return resp.status_code, bytes(body)
         except httpx.HTTPError as e:
-            raise RemoteError(f"registry {self.url} is unreachable or failed: {e}") from e
-        self._raise_for(resp)
-        return resp
+            raise self._unreachable(e, f"{method} {path}") from None
 
-    def _raise_for(self, resp: httpx.Response) -> None:
-        if resp.status_code < 400:
+    def _raise_for(self, status: int, body: bytes, method: str, path: str) -> None:
+        if status < 400:
             return
+        cls: type[RegistryError] = RemoteError
+        detail = ""
         try:
-            body = resp.json()
-            cls = getattr(errors, body.get("error", ""), None)
-            detail = body.get("detail")
-        except ValueError:
-            cls, detail = None, None
-        if not (isinstance(cls, type) and issubclass(cls, RegistryError)):
-            cls = RemoteError
-        raise cls(str(detail or f"{resp.status_code} from {self.url}{resp.request.url.path}"))
+            err = ErrorOut.model_validate_json(body)
+        except ValidationError:
+            err = None
+        if err is not None:
+            named = getattr(errors, err.error, None) if err.error in errors.__all__ else None
+            if isinstance(named, type) and issubclass(named, RegistryError):
+                cls = named
+            detail = _clean_detail(err.detail)
+        if cls is RemoteError:
+            detail = f"{status} from {self.display_url} on {method} {path}" + (
+                f": {detail}" if detail else ""
+            )
+        raise cls(detail)
 
-    def _json(self, method: str, path: str, **kw: Any) -> Any:
-        return self._request(method, path, **kw).json()
+    def _call(
+        self, method: str, path: str, model: TypeAdapter[M] | type[BaseModel], **kw: Any
+    ) -> Any:
+        status, body = self._read(method, path, **kw)
+        self._raise_for(status, body, method, path)
+        try:
+            if isinstance(model, TypeAdapter):
+                return model.validate_json(body)
+            return model.model_validate_json(body)
+        except ValidationError as e:
+            raise self._invalid(method, path, f"an invalid value: {_problems(e)}") from None
 
-    @staticmethod
-    def _version(data: dict[str, Any]) -> AdapterVersion:
-        return AdapterVersion.from_dict(data)
+    def _bounded(self, v: AdapterVersion, method: str, path: str) -> AdapterVersion:
+        """``v`` if it is within this client's limits (files, sizes, routing examples)."""
+        try:
+            self.limits.check_files(v.files, v.ref)
+            if len(v.routing_examples) > self.limits.max_routing_examples or any(
+                len(x) > self.limits.max_routing_example_chars for x in v.routing_examples
+            ):
+                self.limits.check_meta({"routing_examples": v.routing_examples}, v.ref)
+        except LimitError as e:
+            raise self._invalid(
+                method, path, f"a version beyond this client's limits: {e}"
+            ) from None
+        return v
+
+    def _one(self, method: str, path: str, **kw: Any) -> AdapterVersion:
+        out: VersionOut = self._call(method, path, _VERSION, **kw)
+        return self._bounded(out.to_version(), method, path)
+
+    def _many(self, method: str, path: str, **kw: Any) -> builtins.list[AdapterVersion]:
+        out: builtins.list[VersionOut] = self._call(method, path, _VERSIONS, **kw)
+        return [self._bounded(v.to_version(), method, path) for v in out]
+
+    def _expect(self, v: AdapterVersion, method: str, path: str, **want: Any) -> AdapterVersion:
+        for key, value in want.items():
+            if value is not None and getattr(v, key) != value:
+                raise self._invalid(
+                    method, path, f"{key} {getattr(v, key)!r} where {value!r} was asked for"
+                )
+        return v
 
     # -- push ------------------------------------------------------------------------------
     def has_blob(self, digest: str) -> bool:
+        check_digest(digest)
         try:
             resp = self._http.head(f"/blobs/{digest}")
         except httpx.HTTPError as e:
-            raise RemoteError(f"registry {self.url} is unreachable: {e}") from e
+            raise self._unreachable(e, f"HEAD /blobs/{digest}") from None
         if resp.status_code == 404:
             return False
-        self._raise_for(resp)
+        self._raise_for(resp.status_code, b"", "HEAD", f"/blobs/{digest}")
         return True
 
     def upload_blob(
         self, path: Path, digest: str, on_bytes: Callable[[int], None] | None = None
     ) -> None:
+        check_digest(digest)
+
         def body() -> Iterator[bytes]:
             with open(path, "rb") as f:
                 while block := f.read(CHUNK):
@@ -125,7 +240,7 @@ class RemoteRegistry:
                         on_bytes(len(block))
                     yield block
 
-        self._request(
+        status, answer = self._read(
             "PUT",
             f"/blobs/{digest}",
             content=body(),
@@ -135,6 +250,7 @@ class RemoteRegistry:
                 "content-length": str(path.stat().st_size),
             },
         )
+        self._raise_for(status, answer, "PUT", f"/blobs/{digest}")
 
     def push(
         self,
@@ -149,10 +265,13 @@ class RemoteRegistry:
         """Validate locally, upload missing blobs, then post the manifest (same as Registry.push)."""
         check_name(name)
         info = validate_folder(Path(folder))
-        meta = complete_meta(info, meta, require_base, self.settings)
+        meta = check_meta(complete_meta(info, meta, require_base, self.settings), name)
+        sizes = {rel: p.stat().st_size for rel, p in info.files.items()}
+        self.limits.check_sizes(sizes, name)
+        self.limits.check_meta(meta, name)
         bundles = read_signature_file(info)
         files: builtins.list[FileInfo] = []
-        total = sum(p.stat().st_size for p in info.files.values())
+        total = sum(sizes.values())
         done = 0
         hashed = {rel: sha256_file(path) for rel, path in sorted(info.files.items())}
         if bundles:  # refuse a model.sig that does not sign these files before uploading
@@ -180,17 +299,18 @@ class RemoteRegistry:
         }
         if bundles:  # only then: a server without signature support still takes the rest
             payload["signatures"] = bundles
-        return self._version(self._json("POST", f"/adapters/{name}/versions", json=payload))
+        route = f"/adapters/{name}/versions"
+        v = self._one("POST", route, json=payload)
+        return self._expect(v, "POST", route, name=name, version=version)
 
     def import_folder(self, folder: str | Path, name: str, **meta: Any) -> AdapterVersion:
         return self.push(folder, name, **meta)
 
     # -- read ------------------------------------------------------------------------------
     def resolve(self, ref: str) -> AdapterVersion:
-        from .refs import parse_ref
-
-        parse_ref(ref)  # same error, before any network
-        return self._version(self._json("GET", "/resolve", params={"ref": ref}))
+        r = parse_ref(ref)  # same error, before any network
+        v = self._one("GET", "/resolve", params={"ref": ref})
+        return self._expect(v, "GET", "/resolve", name=r.name, version=r.version, digest=r.digest)
 
     def list(
         self,
@@ -199,38 +319,59 @@ class RemoteRegistry:
         domain: str | None = None,
         base: str | None = None,
     ) -> builtins.list[AdapterVersion]:
+        if name is not None:
+            check_name(name)
         params = {
             k: v
             for k, v in {"name": name, "tag": tag, "domain": domain, "base": base}.items()
             if v is not None
         }
-        return [self._version(d) for d in self._json("GET", "/versions", params=params)]
+        out = self._many("GET", "/versions", params=params)
+        if name is not None:
+            for v in out:
+                self._expect(v, "GET", "/versions", name=name)
+        return out
 
     def serving(self, alias: str = "prod") -> builtins.list[AdapterVersion]:
-        return [self._version(d) for d in self._json("GET", "/serving", params={"alias": alias})]
+        return self._many("GET", "/serving", params={"alias": alias})
 
     def revision(self) -> str:
-        return self._json("GET", "/revision")["revision"]
+        out: RevisionOut = self._call("GET", "/revision", RevisionOut)
+        return out.revision
 
     def model_card(self, ref: str) -> str | None:
-        return self._json("GET", "/model-card", params={"ref": ref})["model_card"]
+        parse_ref(ref)
+        out: ModelCardOut = self._call("GET", "/model-card", ModelCardOut, params={"ref": ref})
+        card = out.model_card
+        if (
+            card is not None
+            and len(card.encode(errors="replace")) > self.limits.max_model_card_bytes
+        ):
+            raise self._invalid(
+                "GET",
+                "/model-card",
+                f"a model card of more than {self.limits.max_model_card_bytes} bytes "
+                f"(LORAROUTE_REGISTRY_MAX_MODEL_CARD_BYTES)",
+            )
+        return card
 
     # -- pull ------------------------------------------------------------------------------
     def _download(self, digest: str) -> Iterator[bytes]:
+        check_digest(digest)
         try:
             with self._http.stream("GET", f"/blobs/{digest}") as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    self._raise_for(resp)
+                    self._raise_for(resp.status_code, resp.content, "GET", f"/blobs/{digest}")
                 yield from resp.iter_bytes()  # decoded if a proxy compressed it
         except httpx.HTTPError as e:
-            raise RemoteError(f"download of {digest} from {self.url} failed: {e}") from e
+            raise self._unreachable(e, f"download of {digest}") from None
 
     def pull(self, ref: str, dest: str | Path, *, progress: Progress | None = None) -> Path:
         """Download ``ref`` into ``dest`` (new or empty), verified, atomically; under a trust
         policy its signatures are verified too, and one is written as ``model.sig``."""
         v = self.resolve(ref)
-        check = new_checkout_check(v, self.signatures(v), self.trust_policy)
+        check = new_checkout_check(v, self._checkout_signatures(v), self.trust_policy)
         return materialize(v, Path(dest), self._download, progress=progress, check=check)
 
     export = pull
@@ -239,7 +380,7 @@ class RemoteRegistry:
         """A verified local folder for ``ref``, cached by manifest digest (``ref`` may be a
         version already resolved: no second request)."""
         v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
-        dest = self.checkout_dir / v.digest.split(":", 1)[1]
+        dest = self.checkout_dir / check_digest(v.digest).split(":", 1)[1]
         policy = self.trust_policy
         if dest.is_dir():
             if checkout_ok(v, dest) and (
@@ -249,27 +390,38 @@ class RemoteRegistry:
             logger.warning("cached checkout %s is incomplete; fetching it again", dest)
             shutil.rmtree(dest, ignore_errors=True)
         self.checkout_dir.mkdir(parents=True, exist_ok=True)
-        check = new_checkout_check(v, self.signatures(v), policy)
+        check = new_checkout_check(v, self._checkout_signatures(v), policy)
         try:
             return materialize(v, dest, self._download, check=check)
         except FileExistsError:
             return dest
 
     # -- signatures ------------------------------------------------------------------------
+    def _checkout_signatures(self, v: AdapterVersion) -> builtins.list[SignatureInfo]:
+        """The signatures to check (under a policy) and write beside a checkout: without a
+        policy they are a courtesy, so a server that cannot list them gives none."""
+        if self.trust_policy is not None:
+            return self.signatures(v)
+        try:
+            return self.signatures(v)
+        except RegistryError as exc:
+            logger.info("no signatures of %s from %s: %s", v.ref, self.display_url, exc)
+            return []
+
     def signatures(self, ref: str | AdapterVersion) -> builtins.list[SignatureInfo]:
         """The signatures the server stores with a version (each bundle parsed again here;
         one that does not parse is skipped with a warning)."""
         target = ref.digest_ref if isinstance(ref, AdapterVersion) else ref
-        try:
-            resp = self._http.get("/signatures", params={"ref": target})
-        except httpx.HTTPError as e:
-            raise RemoteError(f"registry {self.url} is unreachable or failed: {e}") from e
-        if resp.status_code == 404 and "error" not in resp.text:
+        path = "/signatures"
+        status, body = self._read("GET", path, params={"ref": target})
+        if status == 404 and b'"error"' not in body:
             return []  # a server from before signatures: none (a policy then refuses)
-        self._raise_for(resp)
-        data = resp.json()
+        self._raise_for(status, body, "GET", path)
+        data = self._json_body(body, "GET", path)
+        if not isinstance(data, builtins.list) or len(data) > MAX_SIGNATURES:
+            raise self._invalid("GET", path, f"not a list of at most {MAX_SIGNATURES} signatures")
         out = []
-        for item in data if isinstance(data, list) else []:
+        for item in data:
             try:
                 out.append(SignatureInfo.from_dict(item if isinstance(item, dict) else {}))
             except SignatureError as exc:
@@ -282,10 +434,19 @@ class RemoteRegistry:
         """Send a model-signing bundle to be stored with a version (needs a write token)."""
         v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
         bind_signatures(v.ref, [bundle], v.files)  # the same check as the server's, first
-        data = self._json(
-            "POST", "/signatures", params={"ref": v.digest_ref}, json={"bundle": bundle}
+        path = "/signatures"
+        status, body = self._read(
+            "POST", path, params={"ref": v.digest_ref}, json={"bundle": bundle}
         )
-        return SignatureInfo.from_dict(data)
+        self._raise_for(status, body, "POST", path)
+        data = self._json_body(body, "POST", path)
+        return SignatureInfo.from_dict(data if isinstance(data, dict) else {})
+
+    def _json_body(self, body: bytes, method: str, path: str) -> Any:
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise self._invalid(method, path, "a body that is not JSON") from None
 
     def signature_report(
         self, ref: str | AdapterVersion, policy: TrustPolicy | None = None
@@ -317,33 +478,44 @@ class RemoteRegistry:
 
     # -- writes ----------------------------------------------------------------------------
     def alias_set(self, name: str, alias: str, version: int | str) -> AdapterVersion:
-        return self._version(
-            self._json("PUT", f"/adapters/{name}/aliases/{alias}", json={"version": version})
-        )
+        check_name(name)
+        check_name(alias, "alias")
+        path = f"/adapters/{name}/aliases/{alias}"
+        v = self._one("PUT", path, json={"version": version})
+        return self._expect(v, "PUT", path, name=name)
 
     def alias_remove(self, name: str, alias: str) -> None:
-        self._request("DELETE", f"/adapters/{name}/aliases/{alias}")
+        check_name(name)
+        check_name(alias, "alias")
+        path = f"/adapters/{name}/aliases/{alias}"
+        status, body = self._read("DELETE", path)
+        self._raise_for(status, body, "DELETE", path)
 
     def rm(self, ref: str, *, force: bool = False) -> builtins.list[AdapterVersion]:
-        data = self._json("DELETE", "/versions", params={"ref": ref, "force": force})
-        return [self._version(d) for d in data]
+        r = parse_ref(ref)
+        out = self._many("DELETE", "/versions", params={"ref": ref, "force": force})
+        for v in out:
+            self._expect(v, "DELETE", "/versions", name=r.name)
+        return out
 
     def verify(self, ref: str | None = None) -> VerifyReport:
-        data = self._json("POST", "/verify", params={"ref": ref} if ref else {})
-        report = VerifyReport(
-            versions=int(data.get("versions", 0)),
-            blobs=int(data.get("blobs", 0)),
-            problems=[str(p) for p in data.get("problems", [])],
+        if ref:
+            parse_ref(ref)
+        out: VerifyOut = self._call(
+            "POST", "/verify", VerifyOut, params={"ref": ref} if ref else {}
         )
+        report = VerifyReport(versions=out.versions, blobs=out.blobs, problems=list(out.problems))
         # signatures are judged here, under this client's policy, not the server's
         for v in [self.resolve(ref)] if ref else self.list():
             report.add_signatures(self.signature_report(v))
         return report
 
     def gc(self, *, dry_run: bool = False, grace_seconds: float = 3600.0) -> GcReport:
-        data = self._json(
-            "POST", "/gc", params={"dry_run": dry_run, "grace_seconds": grace_seconds}
+        out: GcOut = self._call(
+            "POST", "/gc", GcOut, params={"dry_run": dry_run, "grace_seconds": grace_seconds}
         )
+        data = out.model_dump()
+        data["removed"] = list(data["removed"])
         return GcReport(**data)
 
 

@@ -34,10 +34,15 @@ class VerifyReport:
 
 @dataclass
 class GcReport:
+    """What ``gc`` removed (or, in a dry run, would remove): unreferenced blobs and the temp
+    files that killed uploads left behind."""
+
     dry_run: bool = False
     removed: list[str] = field(default_factory=list)  # digests removed (or, dry run, removable)
-    bytes: int = 0
+    bytes: int = 0  # of the removed blobs
     kept_recent: int = 0
+    tmp_files: int = 0  # temp files (or folders) of interrupted writes
+    tmp_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -4,6 +4,11 @@ Blobs go first (``PUT /v1/blobs/{digest}``, streamed and verified against the di
 manifest last (``POST /v1/adapters/{name}/versions``), as in the OCI distribution spec; so a
 version is visible only once all its bytes are in.
 
+What a client sends is bounded (:class:`Limits`, 413) and validated (4xx); tokens travel only
+in the Authorization header; what the server answers never carries a filesystem path or a
+database URL: database and storage failures are a generic 503 whose detail goes to the server
+log, redacted.
+
 Example::
 
     $ adapters registry token create --scope write --registry sqlite:///srv/registry.db
@@ -13,146 +18,228 @@ Example::
 from __future__ import annotations
 
 import logging
-from typing import Any
+import secrets
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .auth import allows, token_scope
+from loraroute.redact import Scrubber, install_log_redaction, redact_text
+
+from ._asgi import BodyLimit, RefuseQueryTokens
+from ._model_signing import MAX_SIGNATURE_BYTES
+from .auth import TokenInfo, authenticate
 from .blobs import check_digest
 from .errors import (
     AdapterNotFoundError,
     AuthError,
+    ForbiddenError,
     IntegrityError,
     InvalidAdapterError,
     InvalidReferenceError,
+    InvalidRequestError,
+    LimitError,
     RegistryError,
     SignatureError,
     VersionConflictError,
 )
-from .local import Registry
-from .signing import MAX_SIGNATURE_BYTES, MAX_SIGNATURES_PER_VERSION
-from .tables import FileInfo
+from .limits import Limits
+from .local import GC_GRACE_SECONDS, Registry
+from .protocol import AliasIn, ManifestIn
+from .refs import parse_ref
 
 logger = logging.getLogger(__name__)
 
 API = "/v1"
-_STATUS = {
-    AdapterNotFoundError: 404,
-    InvalidReferenceError: 400,
-    InvalidAdapterError: 422,
-    VersionConflictError: 409,
-    IntegrityError: 422,
-    SignatureError: 422,
-    AuthError: 401,
-}
+_STATUS: tuple[tuple[type[RegistryError], int], ...] = (
+    (AdapterNotFoundError, 404),
+    (InvalidReferenceError, 400),
+    (InvalidRequestError, 400),
+    (InvalidAdapterError, 422),
+    (VersionConflictError, 409),
+    (IntegrityError, 422),
+    (SignatureError, 422),
+    (LimitError, 413),
+    (ForbiddenError, 403),
+    (AuthError, 401),
+)
+Grant = TokenInfo | None  # None: an anonymous reader
+
+
+def _need(scope: str) -> Any:
+    """A dependency: the request's token must allow ``scope``; returns its grant."""
+
+    def check(request: Request, authorization: Annotated[str | None, Header()] = None) -> Grant:
+        if authorization is None:
+            if scope == "read" and request.app.state.allow_anonymous_read:
+                return None
+            raise AuthError(
+                f"this registry needs a bearer token with scope {scope!r}; create one with "
+                f"`adapters registry token create --scope {scope}` and pass --token"
+            )
+        kind, _, token = authorization.partition(" ")
+        if kind.lower() != "bearer" or not token.strip():
+            raise AuthError("unknown or malformed bearer token")
+        grant = authenticate(request.app.state.registry, token.strip())
+        if not grant.allows(scope):
+            raise ForbiddenError(
+                f"token scope {grant.scope!r} does not allow this; it needs scope {scope!r}"
+            )
+        return grant
+
+    return Depends(check)
+
+
+Reader = Annotated[Grant, _need("read")]
+Writer = Annotated[Grant, _need("write")]
+Admin = Annotated[Grant, _need("admin")]
 
 
 class _BlobResponse(FileResponse):
     chunk_size = 1 << 20  # starlette's 64 KiB default costs ~2x throughput on large blobs
 
 
-class PushMeta(BaseModel):
-    """Metadata a client may send with a manifest (the keywords of ``Registry.push``)."""
-
-    model_config = ConfigDict(extra="forbid")
-    domain: str | None = None
-    description: str | None = None
-    routing_examples: list[str] | None = None
-    tags: dict[str, str] | None = None
-    metrics: dict[str, float] | None = None
-    parent: str | None = None
-    data_digest: str | None = None
-    training_config: dict[str, Any] | None = None
-    author: str | None = None
-    license: str | None = None
-    base_model_id: str | None = None
-    base_fingerprint: str | None = None
-
-
-class ManifestIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    files: list[FileInfo]
-    meta: PushMeta = PushMeta()
-    version: int | None = None
-    # model-signing bundles (JSON text) over exactly these files, stored with the version
-    signatures: list[str] = Field(default_factory=list, max_length=MAX_SIGNATURES_PER_VERSION)
-
-
 class SignatureIn(BaseModel):
+    """``POST /v1/signatures``: a model-signing bundle (JSON text) over a version's files."""
+
     model_config = ConfigDict(extra="forbid")
     bundle: str = Field(max_length=MAX_SIGNATURE_BYTES)
 
 
-class AliasIn(BaseModel):
-    version: int | str
-
-
 def create_app(
-    registry: Registry | str | None = None, *, allow_anonymous_read: bool = False
+    registry: Registry | str | None = None,
+    *,
+    allow_anonymous_read: bool = False,
+    limits: Limits | None = None,
 ) -> FastAPI:
-    """A FastAPI app serving ``registry`` (a local Registry or its URL)."""
+    """A FastAPI app serving ``registry`` (a local Registry or its URL).
+
+    ``limits`` (default: the registry's own, from ``LORAROUTE_REGISTRY_MAX_*``) bound request
+    bodies, blobs, manifests, routing examples and model cards; past one the answer is 413.
+    """
     from . import open_registry
 
-    reg = registry if isinstance(registry, Registry) else open_registry(registry)
+    reg = registry if isinstance(registry, Registry) else open_registry(registry, limits=limits)
     if not isinstance(reg, Registry):
         raise RegistryError("the HTTP server serves a local store (sqlite:// or postgresql://)")
+    limits = limits or reg.limits
+    scrub = Scrubber(reg.private_strings())
+    install_log_redaction()  # uvicorn's access lines carry URLs; its tracebacks, messages
     app = FastAPI(title="loraroute registry", version="1")
     app.state.registry = reg
+    app.state.allow_anonymous_read = allow_anonymous_read
+    app.add_middleware(BodyLimit, limits=limits, blob_path=f"{API}/blobs/")
+    app.add_middleware(RefuseQueryTokens)
+
+    def error(status: int, kind: str, detail: str, **headers: str) -> JSONResponse:
+        return JSONResponse(
+            {"error": kind, "detail": scrub(detail)}, status_code=status, headers=headers or None
+        )
 
     @app.exception_handler(RegistryError)
     async def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
-        status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
-        if isinstance(exc, AuthError) and "scope" in str(exc):
-            status = 403
-        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)
+        status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
+        headers = {"www-authenticate": "Bearer"} if status == 401 else {}
+        return error(status, type(exc).__name__, str(exc), **headers)
 
-    def need(scope: str):
-        def check(authorization: str | None = Header(default=None)) -> str | None:
-            if authorization is None:
-                if scope == "read" and allow_anonymous_read:
-                    return None
-                raise AuthError(
-                    f"this registry needs a bearer token with scope {scope!r}; create one with "
-                    f"`adapters registry token create --scope {scope}` and pass --token"
-                )
-            kind, _, token = authorization.partition(" ")
-            have = token_scope(reg, token.strip()) if kind.lower() == "bearer" else None
-            if have is None:
-                raise AuthError("unknown or malformed bearer token")
-            if not allows(have, scope):
-                raise AuthError(
-                    f"token scope {have!r} does not allow this; it needs scope {scope!r}"
-                )
-            return have
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:
+            return error(413, "LimitError", str(exc.detail))
+        if exc.status_code == 404:
+            return error(404, "HTTPError", f"no route {request.method} {request.url.path}")
+        return error(exc.status_code, "HTTPError", str(exc.detail))
 
-        return Depends(check)
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors()[:5]:
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+        return error(422, "InvalidRequestError", "; ".join(parts) or "invalid request")
 
-    def dump(v: Any) -> dict[str, Any]:
-        return v.to_dict()
+    def incident(request: Request, what: str, exc: BaseException) -> str:
+        ident = secrets.token_hex(4)
+        logger.error(
+            "%s",
+            redact_text(
+                f"incident {ident}: {what} failed on {request.method} {request.url.path}: "
+                f"{type(exc).__name__}: {exc}"
+            ),
+        )
+        return ident
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        ident = incident(request, "the database", exc)
+        return error(
+            503,
+            "RemoteError",
+            f"the registry's database is unavailable or failed (incident {ident}); retry "
+            f"later, and if it persists tell the registry's operator (its log has the details)",
+            **{"retry-after": "5"},
+        )
+
+    @app.exception_handler(OSError)
+    async def _storage(request: Request, exc: OSError) -> JSONResponse:
+        ident = incident(request, "blob storage", exc)
+        return error(
+            503,
+            "RemoteError",
+            f"the registry's blob storage failed (incident {ident}); retry later, and if it "
+            f"persists tell the registry's operator (its log has the details)",
+            **{"retry-after": "5"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        ident = incident(request, "the request", exc)
+        return error(
+            500,
+            "RemoteError",
+            f"internal error (incident {ident}); tell the registry's operator (its log has "
+            f"the details)",
+        )
+
+    def may(grant: Grant, name: str) -> None:
+        if grant is not None:
+            grant.check_name(name)
+
+    def whole_registry(grant: Grant, what: str) -> None:
+        if grant is not None and grant.prefix is not None:
+            raise ForbiddenError(
+                f"token #{grant.id} is limited to adapters starting with {grant.prefix!r}; "
+                f"{what} acts on the whole registry and needs a token without a prefix"
+            )
+
+    def visible(grant: Grant, versions: list[Any]) -> list[dict[str, Any]]:
+        return [v.to_dict() for v in versions if grant is None or grant.allows_name(v.name)]
 
     @app.get(f"{API}/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.head(f"{API}/blobs/{{digest}}", dependencies=[need("read")])
-    def blob_head(digest: str) -> Response:
+    @app.head(f"{API}/blobs/{{digest}}")
+    def blob_head(digest: str, _grant: Reader) -> Response:
         size = reg.blobs.size(check_digest(digest))
         if size is None:
             return Response(status_code=404)
         return Response(status_code=200, headers={"content-length": str(size)})
 
-    @app.get(f"{API}/blobs/{{digest}}", dependencies=[need("read")])
-    def blob_get(digest: str) -> Response:
+    @app.get(f"{API}/blobs/{{digest}}")
+    def blob_get(digest: str, _grant: Reader) -> Response:
         path = reg.blobs.path(check_digest(digest))
         if not path.is_file():
             raise AdapterNotFoundError(f"blob {digest} is not in this registry")
         return _BlobResponse(path, media_type="application/octet-stream")
 
-    @app.put(f"{API}/blobs/{{digest}}", status_code=201, dependencies=[need("write")])
-    async def blob_put(digest: str, request: Request) -> dict[str, Any]:
+    @app.put(f"{API}/blobs/{{digest}}", status_code=201)
+    async def blob_put(digest: str, request: Request, _grant: Writer) -> dict[str, Any]:
         check_digest(digest)
         writer = reg.blobs.writer(digest)
         try:
@@ -163,66 +250,97 @@ def create_app(
             writer.abort()
         return {"digest": got, "size": size}
 
-    @app.post(f"{API}/adapters/{{name}}/versions", status_code=201, dependencies=[need("write")])
-    def push_manifest(name: str, body: ManifestIn) -> dict[str, Any]:
+    @app.post(f"{API}/adapters/{{name}}/versions", status_code=201)
+    def push_manifest(name: str, body: ManifestIn, grant: Writer) -> dict[str, Any]:
+        may(grant, name)
+        files = [f.to_info() for f in body.files]
         meta = body.meta.model_dump(exclude_none=True)
+        limits.check_files(files, repr(name))  # before the blobs are looked at
+        limits.check_meta(meta, repr(name))
         v = reg.commit_version(
-            name, body.files, None, meta, version=body.version, signatures=body.signatures
+            name,
+            files,
+            None,
+            meta,
+            version=body.version,
+            limits=limits,
+            signatures=body.signatures,
         )
-        return dump(v)
+        return v.to_dict()
 
-    @app.get(f"{API}/versions", dependencies=[need("read")])
+    @app.get(f"{API}/versions")
     def list_versions(
+        grant: Reader,
         name: str | None = None,
         tag: str | None = None,
         domain: str | None = None,
         base: str | None = None,
     ) -> list[dict[str, Any]]:
-        return [dump(v) for v in reg.list(name=name, tag=tag, domain=domain, base=base)]
+        if name is not None:
+            may(grant, name)
+        return visible(grant, reg.list(name=name, tag=tag, domain=domain, base=base))
 
-    @app.get(f"{API}/resolve", dependencies=[need("read")])
-    def resolve(ref: str) -> dict[str, Any]:
-        return dump(reg.resolve(ref))
+    @app.get(f"{API}/resolve")
+    def resolve(ref: str, grant: Reader) -> dict[str, Any]:
+        may(grant, parse_ref(ref).name)
+        return reg.resolve(ref).to_dict()
 
-    @app.get(f"{API}/serving", dependencies=[need("read")])
-    def serving(alias: str = "prod") -> list[dict[str, Any]]:
-        return [dump(v) for v in reg.serving(alias)]
+    @app.get(f"{API}/serving")
+    def serving(grant: Reader, alias: str = "prod") -> list[dict[str, Any]]:
+        return visible(grant, reg.serving(alias))
 
-    @app.get(f"{API}/revision", dependencies=[need("read")])
-    def revision() -> dict[str, str]:
+    @app.get(f"{API}/revision")
+    def revision(_grant: Reader) -> dict[str, str]:
         return {"revision": reg.revision()}
 
-    @app.get(f"{API}/model-card", dependencies=[need("read")])
-    def model_card(ref: str) -> dict[str, str | None]:
-        return {"model_card": reg.model_card(ref)}
+    @app.get(f"{API}/model-card")
+    def model_card(ref: str, grant: Reader) -> dict[str, str | None]:
+        may(grant, parse_ref(ref).name)
+        return {"model_card": reg.model_card(ref, limits=limits)}
 
-    @app.get(f"{API}/signatures", dependencies=[need("read")])
-    def signatures(ref: str) -> list[dict[str, Any]]:
+    @app.get(f"{API}/signatures")
+    def signatures(ref: str, grant: Reader) -> list[dict[str, Any]]:
+        may(grant, parse_ref(ref).name)
         return [sig.to_dict() for sig in reg.signatures(ref)]
 
-    @app.post(f"{API}/signatures", status_code=201, dependencies=[need("write")])
-    def attach_signature(ref: str, body: SignatureIn) -> dict[str, Any]:
+    @app.post(f"{API}/signatures", status_code=201)
+    def attach_signature(ref: str, body: SignatureIn, grant: Writer) -> dict[str, Any]:
+        may(grant, parse_ref(ref).name)
         return reg.attach_signature(ref, body.bundle).to_dict()
 
-    @app.put(f"{API}/adapters/{{name}}/aliases/{{alias}}", dependencies=[need("write")])
-    def alias_set(name: str, alias: str, body: AliasIn) -> dict[str, Any]:
-        return dump(reg.alias_set(name, alias, body.version))
+    @app.put(f"{API}/adapters/{{name}}/aliases/{{alias}}")
+    def alias_set(name: str, alias: str, body: AliasIn, grant: Writer) -> dict[str, Any]:
+        may(grant, name)
+        return reg.alias_set(name, alias, body.version).to_dict()
 
-    @app.delete(f"{API}/adapters/{{name}}/aliases/{{alias}}", dependencies=[need("write")])
-    def alias_remove(name: str, alias: str) -> dict[str, str]:
+    @app.delete(f"{API}/adapters/{{name}}/aliases/{{alias}}")
+    def alias_remove(name: str, alias: str, grant: Writer) -> dict[str, str]:
+        may(grant, name)
         reg.alias_remove(name, alias)
         return {"removed": f"{name}:{alias}"}
 
-    @app.delete(f"{API}/versions", dependencies=[need("admin")])
-    def remove(ref: str, force: bool = False) -> list[dict[str, Any]]:
-        return [dump(v) for v in reg.rm(ref, force=force)]
+    @app.delete(f"{API}/versions")
+    def remove(ref: str, grant: Admin, force: bool = False) -> list[dict[str, Any]]:
+        may(grant, parse_ref(ref).name)
+        return [v.to_dict() for v in reg.rm(ref, force=force)]
 
-    @app.post(f"{API}/verify", dependencies=[need("admin")])
-    def verify(ref: str | None = None) -> dict[str, Any]:
-        return reg.verify(ref).to_dict()
+    @app.post(f"{API}/verify")
+    def verify(grant: Admin, ref: str | None = None) -> dict[str, Any]:
+        if ref:
+            may(grant, parse_ref(ref).name)
+        else:
+            whole_registry(grant, "verify without a reference")
+        report = reg.verify(ref or None)
+        report.problems = [scrub(p) for p in report.problems]
+        return report.to_dict()
 
-    @app.post(f"{API}/gc", dependencies=[need("admin")])
-    def gc(dry_run: bool = False, grace_seconds: float = 3600.0) -> dict[str, Any]:
+    @app.post(f"{API}/gc")
+    def gc(
+        grant: Admin,
+        dry_run: bool = False,
+        grace_seconds: Annotated[float, Query(ge=0, allow_inf_nan=False)] = GC_GRACE_SECONDS,
+    ) -> dict[str, Any]:
+        whole_registry(grant, "gc")
         return reg.gc(dry_run=dry_run, grace_seconds=grace_seconds).to_dict()
 
     return app

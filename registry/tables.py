@@ -132,6 +132,34 @@ class Token(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class TokenState(SQLModel, table=True):
+    """Lifecycle of a token: adapter-name prefix, expiry, revocation, last use.
+
+    Its own table (one row per token, absent for tokens made before it existed) so that a
+    registry created by an earlier release gains it with ``create_all``, with no migration.
+    """
+
+    __tablename__ = "lr_token_state"
+    token_id: int = Field(foreign_key="lr_token.id", primary_key=True)
+    name_prefix: str | None = Field(default=None, max_length=128)
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class Tombstone(SQLModel, table=True):
+    """A removed version: its number is never given out again, even after the adapter's last
+    version is gone (so the row holds the adapter's name, not its id)."""
+
+    __tablename__ = "lr_tombstone"
+    __table_args__ = (UniqueConstraint("name", "number", name="uq_lr_tombstone"),)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, max_length=128)
+    number: int
+    digest: str
+    removed_at: datetime = Field(default_factory=utcnow)
+
+
 class State(SQLModel, table=True):
     """One row whose counter changes on every write: ``Registry.revision()``."""
 
@@ -142,7 +170,18 @@ class State(SQLModel, table=True):
 
 TABLES = [
     t.__table__  # type: ignore[union-attr]
-    for t in (Adapter, Version, Alias, Blob, FileEntry, VersionSignature, Token, State)
+    for t in (
+        Adapter,
+        Version,
+        Alias,
+        Blob,
+        FileEntry,
+        VersionSignature,
+        Token,
+        TokenState,
+        Tombstone,
+        State,
+    )
 ]
 
 
@@ -248,6 +287,8 @@ __all__ = [
     "State",
     "TABLES",
     "Token",
+    "TokenState",
+    "Tombstone",
     "Version",
     "VersionBase",
     "VersionSignature",

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from loraroute.redact import redact_text, redact_url
+
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -32,7 +34,9 @@ def temporary_postgres(admin_url: str = DEFAULT_ADMIN_URL) -> Iterator[str]:
     try:
         conn = psycopg2.connect(admin_url, connect_timeout=3)
     except psycopg2.OperationalError as exc:
-        raise PostgresUnavailable(f"PostgreSQL at {admin_url} is unreachable: {exc}") from exc
+        raise PostgresUnavailable(
+            f"PostgreSQL at {redact_url(admin_url)} is unreachable: {redact_text(str(exc))}"
+        ) from None
     conn.autocommit = True
     name = f"lr_test_{uuid.uuid4().hex[:12]}"
     try:

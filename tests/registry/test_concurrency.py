@@ -14,8 +14,8 @@ from loraroute.registry.blobs import sha256_file
 from loraroute.registry.testing import push_variants
 
 
-def test_parallel_pushes_give_consecutive_versions(store, tiny_adapter, tmp_path):
-    url, blobs = store
+def test_parallel_pushes_give_consecutive_versions(store_location, tiny_adapter, tmp_path):
+    url, blobs = store_location
     open_registry(url, blob_dir=blobs).close()  # schema first, as a deployment would
     ctx = mp.get_context("spawn")
     jobs = []
@@ -49,8 +49,8 @@ _CHILD = (
 )
 
 
-def test_killed_push_leaves_no_partial_version(store, tiny_adapter, tmp_path):
-    url, blobs = store
+def test_killed_push_leaves_no_partial_version(store_location, tiny_adapter, tmp_path):
+    url, blobs = store_location
     open_registry(url, blob_dir=blobs).close()
     rng = random.Random(1234)
     for it in range(3):

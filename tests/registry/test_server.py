@@ -185,7 +185,7 @@ def test_bad_upload_digest_refused(server):
 
 def test_manifest_without_blobs_refused(server):
     with pytest.raises(IntegrityError, match="upload it before the manifest"):
-        client(server, "write")._json(
+        client(server, "write")._one(
             "POST",
             "/adapters/legal/versions",
             json={
