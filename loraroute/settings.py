@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, ByteSize, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
@@ -66,6 +66,33 @@ class Settings(BaseSettings):
     )
     signing_key_password: SecretStr | None = Field(
         None, description="password of an encrypted key given to `adapters sign --key`"
+    )
+
+    # -- the registry's size limits (loraroute.registry.limits.Limits) -------------------
+    registry_max_blob_bytes: ByteSize = Field(
+        ByteSize(4 << 30), ge=0, description="largest file of an adapter (`4GiB`, `512MiB`, bytes)"
+    )
+    registry_max_request_bytes: ByteSize = Field(
+        ByteSize(32 << 20), ge=0, description="largest HTTP request body other than a blob"
+    )
+    registry_max_manifest_files: int = Field(1000, ge=0, description="most files in one version")
+    registry_max_manifest_bytes: ByteSize = Field(
+        ByteSize(1 << 20), ge=0, description="largest file list of one version, as JSON"
+    )
+    registry_max_routing_examples: int = Field(
+        10_000, ge=0, description="most routing examples of one version"
+    )
+    registry_max_routing_example_chars: int = Field(
+        4096, ge=0, description="longest routing example, in characters"
+    )
+    registry_max_model_card_bytes: ByteSize = Field(
+        ByteSize(1 << 20), ge=0, description="largest model card (README.md)"
+    )
+    registry_max_metadata_bytes: ByteSize = Field(
+        ByteSize(1 << 20), ge=0, description="largest metadata of one version, as JSON"
+    )
+    registry_max_response_bytes: ByteSize = Field(
+        ByteSize(256 << 20), ge=0, description="largest JSON answer a client reads from a registry"
     )
 
     # -- adapters serve ------------------------------------------------------------------

@@ -3,8 +3,9 @@ request and response bodies.
 
 The HTTP server answers 413 when a limit is passed; the local API and the CLI raise
 :class:`LimitError` with the same message; a :class:`RemoteRegistry` refuses answers beyond
-them. Each limit has an environment variable, ``LORAROUTE_REGISTRY_<FIELD>`` (sizes accept
-``4GiB``, ``512MiB``, or a number of bytes).
+them. Each limit is also a setting (``Settings.registry_<field>``, environment variable
+``LORAROUTE_REGISTRY_<FIELD>``; sizes accept ``4GiB``, ``512MiB``, or a number of bytes), which
+:meth:`Limits.from_settings` reads.
 
 Example::
 
@@ -20,8 +21,9 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
-from pydantic import ByteSize, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ByteSize, ConfigDict, Field
+
+from loraroute.settings import Settings
 
 from .errors import LimitError
 from .tables import FileInfo
@@ -40,10 +42,10 @@ def size_text(n: int) -> str:
     return f"{n} bytes ({ByteSize(n).human_readable()})" if n >= KiB else f"{n} bytes"
 
 
-class Limits(BaseSettings):
+class Limits(BaseModel):
     """Limits of one registry (server side) or of what one client accepts (client side)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_blob_bytes: Bytes = ByteSize(4 * GiB)
     """Largest single file of an adapter."""
@@ -64,6 +66,11 @@ class Limits(BaseSettings):
     ...), routing examples not counted."""
     max_response_bytes: Bytes = ByteSize(256 * MiB)
     """Largest JSON answer a client reads from a remote registry."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The limits the settings (the environment) give, defaults where they give none."""
+        return cls(**{f: getattr(settings, "registry_" + f) for f in cls.model_fields})
 
     def refuse(self, field: str, what: str) -> LimitError:
         """The error for ``what`` (e.g. "legal has 4 routing examples") passing ``field``."""

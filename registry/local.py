@@ -127,7 +127,7 @@ class Registry:
         self.trust_policy = (
             trust_policy if trust_policy is not None else load_trust_policy(self.settings)
         )
-        self.limits = limits or Limits()
+        self.limits = limits or Limits.from_settings(self.settings)
         db_file = sqlite_path(url)
         if blob_dir is None:
             blob_dir = db_file.parent / "blobs" if db_file else self.settings.blob_dir

@@ -103,7 +103,7 @@ class RemoteRegistry:
         )
         if token is None and self.settings.registry_token is not None:
             token = self.settings.registry_token.get_secret_value()
-        self.limits = limits or Limits()
+        self.limits = limits or Limits.from_settings(self.settings)
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url + "/v1", headers=headers, timeout=timeout)
         self.checkout_dir = self.settings.registry_dir / "remote-checkouts"

@@ -25,12 +25,15 @@ SMALL = Limits(
 
 
 def test_defaults_and_environment(monkeypatch):
+    from loraroute.settings import get_settings
+
     limits = Limits()
+    assert limits == Limits.from_settings(get_settings())
     assert limits.max_blob_bytes == 4 << 30 and limits.max_manifest_bytes == 1 << 20
     assert limits.max_model_card_bytes == 1 << 20 and limits.max_routing_examples == 10_000
     monkeypatch.setenv("LORAROUTE_REGISTRY_MAX_BLOB_BYTES", "8GiB")
     monkeypatch.setenv("LORAROUTE_REGISTRY_TOKEN", "lrt_x")  # a neighbour, not a limit
-    assert Limits().max_blob_bytes == 8 << 30
+    assert Limits.from_settings(get_settings()).max_blob_bytes == 8 << 30
     with pytest.raises(ValueError):
         Limits(max_blob_bytes=-1)
     with pytest.raises(ValueError):
