@@ -1,55 +1,15 @@
 """Per-route scores for query vectors.
 
-Four scorers, measured on CLINC150's domain protocol (10 domains as routes, K routing examples
-per domain, thresholds fitted on val with its out-of-scope queries, measured once on test;
-``benchmarks/bench_router.py``, results in ``benchmarks/results/router.md``).
-
-``auto`` is the default: ``hybrid`` until :meth:`Router.fit` calibrated thresholds on
-labelled requests; ``fit`` then weighs ``knn`` (neighbour count ``m`` from
-:data:`KNN_M_CHOICES`) against ``hybrid`` on held-out folds and keeps the best by the
-calibration objective. ``knn`` scores a route by the mean similarity of its ``m`` nearest
-neighbours, and once fitted the neighbours are the routing examples *plus the in-scope
-labelled fit requests* (out-of-scope ones never become neighbours). On CLINC150's 10 domains
-(300 labelled requests a route) knn wins; on its 150 intents (20 a route) the hybrid's head
-does (val, cross-fitted, acc + 0.25 x recall, K=10: hybrid 1.182 vs knn 1.134), so neither is
-right for every router and the fit data decides. Why knn wins with enough labelled requests:
-
-- Which route: labelled requests are real traffic, phrased like the requests to route, and
-  there are usually many more of them than routing examples (CLINC150 val: 300 a domain).
-  A nearest-neighbour vote over them is not limited to one linear boundary per route, so on
-  cross-fitted val scores it was right more often than the logistic head trained on the same
-  data (97.0% vs 94.8-95.1% before thresholds, K=10 and K=50).
-- When to abstain: "far from every labelled in-scope request" is the out-of-scope signal that
-  transfers. The head learns its out-of-scope class from the few fit samples labelled ``None``
-  (100 on CLINC150), and a softmax is confident far from all data; the head's and hybrid's
-  AUROC (in-scope vs out-of-scope) of 0.94-0.95 on val fell to 0.87-0.90 on test, kNN's
-  went from 0.98 to 0.95: it needs no out-of-scope training data at all.
-
-Why not knn before a fit: its score is on another scale than the hybrid's, and its unfitted
-default threshold (0.25) is a guess that sits on the score of clear in-domain questions when a
-route has only a few examples (MiniLM gives 0.2499 for "How much is 15% of 240?" against four
-mixed maths examples). The hybrid's head separates the routes with no threshold to calibrate
-(its default 1.0 means "head probability + centroid cosine"), so it is the safer unfitted
-scorer; after ``fit`` the thresholds are calibrated on knn's own scores.
-
-Val, cross-fitted (what the choice was made on; in-scope accuracy with threshold / OOS recall
-/ AUROC; the test figures are in ``router.md``):
-
-===========================================  =====================  =====================
-scorer                                       K=10 examples/route    K=50 examples/route
-===========================================  =====================  =====================
-hybrid (head + centroid; default unfitted)   93.9 / 80.0 / 0.938    93.0 / 84.0 / 0.949
-knn, routing examples + fit requests, m=3    95.3 / 92.0 / 0.983    95.2 / 91.0 / 0.982
-knn, same, m=5                               95.5 / 91.0 / -        95.8 / 90.0 / -
-===========================================  =====================  =====================
-
-(knn plus 0.1 x head probabilities scored the same within the noise of 100 OOS requests and
-was not taken: it adds the head's dependence on the out-of-scope samples.) Without fit data,
-knn over the routing examples alone is also at least as good as the hybrid (val, before
-thresholds: 73.6% vs 74.0% accuracy at K=10, 89.6% vs 88.1% at K=50; AUROC 0.91 vs 0.84 and
-0.95 vs 0.90): the case against it unfitted is its threshold, not its ranking. ``hybrid``
-(a logistic head, trained on the examples and the fit data with an explicit out-of-scope
-class, plus the cosine to the route's centroid), ``head`` and ``centroid`` remain as options.
+``auto`` is the default: ``hybrid`` (a logistic head trained on the routing examples and the fit
+data with an explicit out-of-scope class, plus the cosine to the route's centroid) until
+:meth:`Router.fit` calibrated thresholds on labelled requests; ``fit`` then weighs ``knn`` (the
+mean similarity of a route's ``m`` nearest neighbours, ``m`` from :data:`KNN_M_CHOICES`; once
+fitted the neighbours are the routing examples plus the in-scope fit requests) against
+``hybrid`` on held-out folds and keeps the best by the calibration objective. knn abstains
+well with no out-of-scope training data ("far from every labelled in-scope request"), but its
+unfitted default threshold is a guess, so the hybrid is the safer scorer before a fit. ``head``
+and ``centroid`` remain as options. Why, with the figures: benchmarks/results/router_scorers.md
+(measured with ``benchmarks/bench_router.py`` on CLINC150).
 """
 
 from __future__ import annotations

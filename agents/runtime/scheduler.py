@@ -56,9 +56,9 @@ def _close_live_schedulers() -> None:
 def attention_backends(device: torch.device) -> Any:
     """Scaled-dot-product attention without the cuDNN backend on CUDA.
 
-    cuDNN builds an execution plan for every new sequence length (tens of milliseconds on an
-    H200 with torch 2.11), and a decode batch meets a new length at every step; flash and
-    memory-efficient attention have no such cost.
+    cuDNN builds an execution plan for every new sequence length (tens of milliseconds), and a
+    decode batch meets a new length at every step; flash and memory-efficient attention have no
+    such cost.
     """
     if device.type != "cuda":
         return nullcontext()

@@ -5,10 +5,9 @@ The result is a standard PEFT folder (``adapter_model.safetensors`` + ``adapter_
 metrics, data digest, base fingerprint and the training configuration, ready for
 ``registry.push``.
 
-We use ``transformers.Trainer`` with our own collator rather than a hand-written loop: measured
-on SmolLM2-135M (batch 8 x 128 tokens, 2 CPU cores) both run at ~0.3 steps/s, since the step is
-all forward/backward compute (benchmarks/results/training.md), and Trainer gives gradient
-accumulation, LR schedules, checkpoints with exact resume (optimizer, scheduler, RNG) and early
+We use ``transformers.Trainer`` with our own collator rather than a hand-written loop: the step
+is all forward/backward compute, so both run at the same speed (benchmarks/results/training.md),
+and Trainer gives gradient accumulation, LR schedules, checkpoints with exact resume and early
 stopping for free.
 """
 
