@@ -111,11 +111,10 @@ def _environment_reads(tree: ast.AST) -> list[int]:
     for other tools are fine)."""
     lines = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and any(
+        settings_class = isinstance(node, ast.ClassDef) and any(
             ast.unparse(b).endswith("BaseSettings") for b in node.bases
-        ):
-            lines.append(node.lineno)
-        elif isinstance(node, ast.Attribute) and node.attr == "getenv":
+        )
+        if settings_class or (isinstance(node, ast.Attribute) and node.attr == "getenv"):
             lines.append(node.lineno)
         elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
             if ast.unparse(node.value) == "os.environ":
