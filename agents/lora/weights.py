@@ -8,9 +8,6 @@ refuses an adapter whose base fingerprint, target modules or shapes do not match
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +19,6 @@ from ..errors import IncompatibleAdapterError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-_PEFT_PREFIX = "base_model.model."
-_KEY_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 
 
 @dataclass
@@ -63,20 +58,24 @@ def _content_digest(config: bytes, weights: bytes) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _pattern_value(patterns: dict, module: str, default):
-    # PEFT matches pattern keys as a suffix of the module name, or as a regex.
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
+def read_adapter(
+    folder: Path | str,
+    *,
+    digest: str | None = None,
+    base_shapes: Mapping[str, tuple[int, int]] | None = None,
+    files: Mapping[str, str] | None = None,
+) -> AdapterWeights:
+    """Read a PEFT LoRA folder, checked by the registry's validator first
+    (:func:`loraroute.registry.validate_folder`: safetensors only, no symlinks, every tensor a
+    LoRA A/B of a declared target, ranks and shapes consistent, finite values; with
+    ``base_shapes``, ``{module: (in_features, out_features)}`` of the loaded base, every module
+    exists there with matching shapes).
 
-
-def read_adapter(folder: Path | str, *, digest: str | None = None) -> AdapterWeights:
-    """Read a PEFT LoRA folder; refuses features our layer does not implement.
-
-    ``digest`` is the version digest when the caller already knows it (the registry verified
-    the files when it wrote its checkout); without it the folder's content is hashed, from
-    the same bytes that are parsed, so the file is read once.
+    ``digest`` is the version digest when the caller already knows it; without it the folder's
+    content is hashed. ``files`` (``{relative path: "sha256:..."}``, a registry version's
+    files) makes the bytes read here be checked against their recorded digests, so a checkout
+    altered on disk (even at the same size) is refused. Refusals raise
+    :class:`IncompatibleAdapterError`.
 
     Example::
 
@@ -86,75 +85,54 @@ def read_adapter(folder: Path | str, *, digest: str | None = None) -> AdapterWei
     """
     from safetensors.torch import load
 
+    from loraroute.registry import InvalidAdapterError, validate_folder
+
     folder = Path(folder)
-    cfg_path, w_path = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
-    if not cfg_path.is_file() or not w_path.is_file():
-        raise IncompatibleAdapterError(
-            f"adapter folder {str(folder)!r} must hold {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}; "
-            f"save it with PeftModel.save_pretrained (safe_serialization=True)"
-        )
-    cfg_bytes = cfg_path.read_bytes()
-    cfg = json.loads(cfg_bytes)
-    peft_type = str(cfg.get("peft_type", "LORA")).upper()
-    if peft_type != "LORA":
-        raise IncompatibleAdapterError(
-            f"adapter {str(folder)!r} has peft_type {peft_type!r}; only LORA adapters are served"
-        )
-    unsupported = {
-        "use_dora": bool(cfg.get("use_dora")),
-        "bias": cfg.get("bias", "none") not in (None, "none"),
-        "fan_in_fan_out": bool(cfg.get("fan_in_fan_out")),
-        "modules_to_save": bool(cfg.get("modules_to_save")),
-    }
-    bad = [k for k, v in unsupported.items() if v]
-    if bad:
-        raise IncompatibleAdapterError(
-            f"adapter {str(folder)!r} uses {', '.join(bad)}, which the loraroute runtime does not "
-            f"serve; retrain with plain LoRA (no DoRA, bias='none', no modules_to_save)"
-        )
-    r_default = int(cfg.get("r", 8))
-    alpha_default = float(cfg.get("lora_alpha", r_default))
-    rslora = bool(cfg.get("use_rslora"))
+    try:
+        info = validate_folder(folder, base_shapes=base_shapes)
+    except InvalidAdapterError as exc:
+        raise IncompatibleAdapterError(f"adapter {folder.name!r} is refused: {exc}") from exc
+    cfg_bytes = (folder / ADAPTER_CONFIG).read_bytes()
     # one read into memory, then parsed: cheaper than load_file's memory map for a few MB
-    data = w_path.read_bytes()
+    data = (folder / ADAPTER_WEIGHTS).read_bytes()
+    if files is not None:
+        _check_digests(folder, files, {ADAPTER_CONFIG: cfg_bytes, ADAPTER_WEIGHTS: data})
     if digest is None:
         digest = _content_digest(cfg_bytes, data)
     tensors = load(data)
     del data
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        name = key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
-        m = _KEY_RE.match(name)
-        if m is None:
-            raise IncompatibleAdapterError(
-                f"adapter {str(folder)!r} has tensor {key!r}, which is not a LoRA A/B weight of a "
-                f"linear layer; only linear LoRA layers are served"
-            )
-        parts.setdefault(m["module"], {})[m["which"]] = tensor
-    modules: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
-    for module, ab in sorted(parts.items()):
-        if set(ab) != {"A", "B"}:
-            raise IncompatibleAdapterError(
-                f"adapter {str(folder)!r} has only lora_{''.join(ab)} for module {module!r}"
-            )
-        r = ab["A"].shape[0]
-        alpha = float(_pattern_value(cfg.get("alpha_pattern"), module, alpha_default))
-        scaling = alpha / math.sqrt(r) if rslora else alpha / r
-        modules[module] = (ab["A"], ab["B"], scaling)
+    config = info.adapter_config
+    modules = {
+        name: (tensors[m.a_key], tensors[m.b_key], m.scaling)
+        for name, m in sorted(info.modules.items())
+    }
     if not modules:
-        raise IncompatibleAdapterError(f"adapter {str(folder)!r} holds no LoRA weights")
-    targets = cfg.get("target_modules") or []
-    if isinstance(targets, str):
-        targets = [targets]
+        raise IncompatibleAdapterError(f"adapter {folder.name!r} holds no LoRA weights")
     return AdapterWeights(
         path=folder,
         digest=digest,
-        rank=max(a.shape[0] for a, _, _ in modules.values()),
-        alpha=alpha_default,
-        target_modules=sorted(targets) or sorted({m.rsplit(".", 1)[-1] for m in modules}),
+        rank=max(m.rank for m in info.modules.values()),
+        alpha=float(config.lora_alpha),
+        target_modules=sorted(config.target_list)
+        or sorted({m.rsplit(".", 1)[-1] for m in modules}),
         modules=modules,
-        base_model_name_or_path=cfg.get("base_model_name_or_path"),
+        base_model_name_or_path=config.base_model_name_or_path,
     )
+
+
+def _check_digests(folder: Path, files: Mapping[str, str], read: Mapping[str, bytes]) -> None:
+    """Refuse a folder whose bytes differ from a registry version's recorded digests."""
+    for rel, want in files.items():
+        data = read.get(rel)
+        if data is None:
+            data = (folder / rel).read_bytes()
+        got = "sha256:" + hashlib.sha256(data).hexdigest()
+        if got != want:
+            raise IncompatibleAdapterError(
+                f"adapter folder {folder.name!r}: {rel} does not match the registry's digest "
+                f"({got[:19]}... instead of {want[:19]}...); the checkout was altered on disk, "
+                f"so it is not loaded (remove the folder to fetch it again)"
+            )
 
 
 def check_compatible(

@@ -18,7 +18,7 @@ from typing import Any
 
 from loraroute.settings import Settings, get_settings
 
-from ..errors import AgentError, UnknownAdapterError
+from ..errors import AgentError, IncompatibleAdapterError, UnknownAdapterError
 from ..lora import (
     AdapterWeights,
     LoraKernelConfig,
@@ -142,6 +142,14 @@ class Engine:
         self.dtype = param.dtype
         self.model.eval()
         self.model.requires_grad_(False)
+        from torch import nn
+
+        # the base's linear layers, for the validator: {module: (in_features, out_features)}
+        self.base_shapes = {
+            name: (m.in_features, m.out_features)
+            for name, m in model.named_modules()
+            if isinstance(m, nn.Linear)
+        }
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         max_cpu_adapters = config.max_cpu_adapters
         if max_cpu_adapters is None:
@@ -222,11 +230,13 @@ class Engine:
 
         The base fingerprint to check against is ``base_fingerprint`` if given, else that of
         the ``base_model_name_or_path`` recorded in ``adapter_config.json`` when it is a local
-        folder.
+        folder. The folder passes the registry's validator against this base's module shapes
+        and, under a trust policy (``LORAROUTE_TRUST_POLICY``), its signature (``model.sig``).
         """
         path = Path(path)
         name = name or path.name
-        weights = read_adapter(path)
+        self._verify_signature(path)
+        weights = read_adapter(path, base_shapes=self.base_shapes)
         recorded = base_fingerprint or self._recorded_fingerprint(weights)
         entry = self._install(weights, ref=name, recorded_fingerprint=recorded)
         if entry is None:  # pragma: no cover - _install loads unless told not to
@@ -236,6 +246,18 @@ class Engine:
             if pin:
                 self.pool.pin(weights.digest)
         return entry
+
+    def _verify_signature(self, folder: Path) -> None:
+        """Under the settings' trust policy, refuse a folder without a trusted signature."""
+        if not self.settings.trust_policy:
+            return
+        from loraroute.registry import RegistryError
+        from loraroute.registry.signing import load_trust_policy, verify_signatures
+
+        try:
+            verify_signatures(folder, load_trust_policy(self.settings))
+        except RegistryError as exc:
+            raise IncompatibleAdapterError(str(exc)) from exc
 
     def _recorded_fingerprint(self, weights: AdapterWeights) -> str | None:
         from loraroute.models import fingerprint
@@ -478,8 +500,15 @@ class Engine:
             entry = self._from_host(version.digest)
             if entry is not None:
                 return entry
+        # the registry verified the checkout (and, under its trust policy, the signatures);
+        # the bytes read here are checked against the version's digests once more
         folder = Path(registry.local_path(version))
-        weights = read_adapter(folder, digest=version.digest)
+        weights = read_adapter(
+            folder,
+            digest=version.digest,
+            base_shapes=self.base_shapes,
+            files={f.path: f.digest for f in version.files},
+        )
         return self._install(
             weights, ref=version.ref, recorded_fingerprint=version.base_fingerprint
         )

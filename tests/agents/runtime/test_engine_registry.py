@@ -52,3 +52,75 @@ def test_unknown_ref_is_the_registry_error(setup):
     engine, *_ = setup
     with pytest.raises(KeyError, match="legl"):
         engine.generate("hi", adapter="legl", max_new_tokens=2)
+
+
+def test_a_checkout_altered_at_the_same_size_is_not_served(setup):
+    """The registry's cached checkout is checked by size; the engine checks the bytes it reads
+    against the version's digests, so a same-size tamper is refused, not served."""
+    engine, reg, v1, _ = setup
+    folder = reg.local_path(v1)
+    weights = folder / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one bit of the last tensor value: same size, still valid safetensors
+    weights.write_bytes(bytes(data))
+    with pytest.raises(IncompatibleAdapterError, match="does not match the registry's digest"):
+        engine.load_adapter(v1.ref)
+    assert engine.resident() == []
+
+
+def test_non_finite_weights_are_refused_at_load(setup, tiny_adapter, tmp_path):
+    """An adapter whose weights hold NaN would make every answer with it fail: refused."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    engine, *_ = setup
+    bad = tmp_path / "nan"
+    shutil.copytree(tiny_adapter, bad)
+    tensors = load_file(str(bad / "adapter_model.safetensors"))
+    key = next(iter(tensors))
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, str(bad / "adapter_model.safetensors"))
+    with pytest.raises(IncompatibleAdapterError, match="NaN|finite"):
+        engine.load_adapter_folder(bad, base_fingerprint=engine.base_fingerprint)
+
+
+def test_a_trust_policy_refuses_unsigned_folders_and_admits_signed_ones(
+    setup, tiny_adapter, tmp_path
+):
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    engine, reg, v1, _ = setup
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = tmp_path / "release.key.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    pub = tmp_path / "release.pub.pem"
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"public_keys": [str(pub)]}))
+    engine.settings = engine.settings.model_copy(update={"trust_policy": str(policy)})
+    with pytest.raises(IncompatibleAdapterError, match="unsigned"):
+        engine.load_adapter_folder(tiny_adapter, base_fingerprint=engine.base_fingerprint)
+    assert engine.resident() == []
+    reg.sign(v1.ref, key=private)
+    signed = reg.pull(v1.ref, tmp_path / "signed")  # the folder carries model.sig
+    engine.load_adapter_folder(signed, base_fingerprint=engine.base_fingerprint)
+    assert "signed" in {e["ref"] for e in engine.resident()}
+    (signed / "adapter_config.json").write_text(
+        (signed / "adapter_config.json").read_text().replace("\n", "\n ", 1)
+    )  # altered after signing
+    with pytest.raises(IncompatibleAdapterError):
+        engine.load_adapter_folder(signed, name="altered", base_fingerprint=engine.base_fingerprint)
