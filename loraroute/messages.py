@@ -50,7 +50,7 @@ class Message:
 def content_text(content: Any) -> str:
     """The text of a message's content: a string, ``None``, or a list of text blocks."""
     if isinstance(content, str):
-        return content
+        return _unicode(content)
     if content is None:
         return ""
     if isinstance(content, list):
@@ -68,10 +68,22 @@ def content_text(content: Any) -> str:
                     f"content block of type {kind!r} is not supported: the models served here "
                     f"read text only; send text blocks"
                 )
-        return "".join(parts)
+        return _unicode("".join(parts))
     raise InvalidMessagesError(
         f"message content must be a string or a list of text blocks, got {type(content).__name__}"
     )
+
+
+def _unicode(text: str) -> str:
+    """``text`` if it is valid Unicode (no lone surrogate, which no tokenizer can encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidMessagesError(
+            f"message text holds a lone surrogate at character {exc.start} "
+            f"({text[exc.start]!r}), which is not valid Unicode; send UTF-8 text"
+        ) from None
+    return text
 
 
 def _tool_call(call: Any) -> dict[str, Any]:

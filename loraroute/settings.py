@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         None, description="forward generation to this OpenAI-compatible engine"
     )
     engine_api_key: SecretStr | None = Field(None, description="bearer key for `engine_url`")
+    adapter_roots: CommaList = Field(
+        default_factory=list,
+        description="comma-separated folders under which `/v1/load_lora_adapter` may read "
+        "adapter folders (besides the registry's checkouts and registry refs)",
+    )
 
     # -- the LoRA kernels on CUDA (see loraroute.agents.lora.config) -----------------------
     lora_decode_kernel: Literal["auto", "tiles", "rows"] = Field(

@@ -85,6 +85,14 @@ _MIB = 1024 * 1024
     help="Refuse requests asking for more tokens (default: the context size).",
 )
 @click.option("--preload", multiple=True, help="Adapter refs to load at start (repeatable).")
+@click.option(
+    "--adapter-root",
+    "adapter_roots",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="A folder under which /v1/load_lora_adapter may read adapter folders (repeatable; "
+    "added to LORAROUTE_ADAPTER_ROOTS). Registry refs and the registry's checkouts always work.",
+)
 @click.option("--no-router", is_flag=True, help='Do not open the router: model="auto" -> base.')
 @click.option(
     "--no-adapter-loading",
@@ -136,6 +144,7 @@ def serve_cmd(
     default_max_tokens: int,
     max_tokens_limit: int | None,
     preload: tuple[str, ...],
+    adapter_roots: tuple[str, ...],
     no_router: bool,
     no_adapter_loading: bool,
     engine_url: str | None,
@@ -254,7 +263,9 @@ def serve_cmd(
         except (AgentError, KeyError, ValueError) as exc:
             engine.close()
             raise click.ClickException(f"cannot preload: {exc}") from exc
-        backend = LocalBackend(engine, own_engine=True)
+        backend = LocalBackend(
+            engine, own_engine=True, adapter_roots=[*adapter_roots, *settings.adapter_roots]
+        )
     app = create_app(backend, config=config, open_router=not no_router)
     auth = f"{len(config.api_keys)} API key(s)" if config.api_keys else "no API key"
     click.echo(f"serving on http://{host}:{port}/v1 ({auth}); Ctrl-C to stop", err=True)

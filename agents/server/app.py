@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from . import adapters, chat, models, probes
+from .auth import RefuseQuerySecrets
 from .backends import Backend
 from .config import ServerConfig
 from .errors import APIError, map_exception, validation_message
@@ -72,6 +73,7 @@ def create_app(
     _add_error_handlers(app)
     for module in (chat, models, adapters, probes):
         app.include_router(module.router)
+    app.add_middleware(RefuseQuerySecrets)
     if config.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -92,7 +94,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+        return _scrubbed(request, exc).response()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -115,4 +117,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return map_exception(exc).response()
+        return _scrubbed(request, map_exception(exc)).response()
+
+
+def _scrubbed(request: Request, exc: APIError) -> APIError:
+    """``exc`` with the server's private strings (registry URL, its folders, the home folder)
+    and any secret taken out of its message: nothing of the server's layout reaches a client."""
+    exc.message = request.app.state.lr.scrub(exc.message)
+    return exc

@@ -1,12 +1,20 @@
-"""Bearer API keys: required when the server has any (``ServerConfig.api_keys``)."""
+"""Bearer API keys: required when the server has any (``ServerConfig.api_keys``), and only
+ever accepted in the Authorization header."""
 
 from __future__ import annotations
 
 import hmac
+from urllib.parse import parse_qsl
 
 from fastapi import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import APIError
+
+# query parameters that would carry a key: a secret in a URL is already in every log on the way
+SECRET_PARAMS = frozenset(
+    {"api_key", "apikey", "api-key", "key", "token", "access_token", "authorization", "bearer"}
+)
 
 
 async def require_key(request: Request) -> None:
@@ -31,3 +39,25 @@ async def require_key(request: Request) -> None:
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+class RefuseQuerySecrets:
+    """Answer 400 to a request with an API key or token in its query string, with or without
+    a valid Authorization header."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("query_string"):
+            pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+            if any(k.lower() in SECRET_PARAMS for k, _ in pairs):
+                error = APIError(
+                    400,
+                    "API keys are accepted only in the 'Authorization: Bearer <key>' header, "
+                    "never in the URL (it is logged on the way); remove it from the query string",
+                    code="key_in_query",
+                )
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

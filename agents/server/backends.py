@@ -11,7 +11,7 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -189,9 +189,18 @@ class LocalBackend:
 
     kind = "local"
 
-    def __init__(self, engine: Any, *, own_engine: bool = False):
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        own_engine: bool = False,
+        adapter_roots: Sequence[str | Path] = (),
+    ):
+        """``adapter_roots``: the folders under which ``/v1/load_lora_adapter`` may read
+        adapter folders, besides the registry's own checkouts (and registry refs)."""
         self.engine = engine
         self.own_engine = own_engine
+        self.adapter_roots = [Path(r).expanduser().resolve() for r in adapter_roots]
         self.base_model: str = engine.base_model_id
         self.base_fingerprint: str | None = engine.base_fingerprint
         self.concurrency: int = engine.scheduler.max_batch_size
@@ -258,6 +267,18 @@ class LocalBackend:
             )
         return cards
 
+    def private_strings(self) -> dict[str, str]:
+        """Folders and URLs of this server that error messages to clients must not show."""
+        hide = {str(self.engine.settings.home): "<home>"}
+        if self.engine.base_path is not None:
+            hide[str(self.engine.base_path)] = "<base model>"
+        for root in self.adapter_roots:
+            hide[str(root)] = "<adapter root>"
+        registry = self.registry
+        if registry is not None and hasattr(registry, "private_strings"):
+            hide.update(registry.private_strings())
+        return hide
+
     async def load_adapter(self, name: str, path: str, inplace: bool) -> str:
         return await _run(self._load, name, path, inplace)
 
@@ -268,20 +289,7 @@ class LocalBackend:
             raise APIError(
                 400, f"lora_name {name!r} is reserved; choose another name", param="lora_name"
             )
-        try:
-            folder = Path(path).expanduser()
-            is_dir = folder.is_dir()
-        except (RuntimeError, OSError, ValueError):  # "~nobody", NUL bytes, too long
-            is_dir = False
-        if not is_dir:
-            raise APIError(
-                400,
-                f"lora_path {path!r} is not a folder on this server; give the path of a PEFT "
-                f"LoRA folder (adapter_config.json + adapter_model.safetensors) as the server "
-                f"sees it",
-                param="lora_path",
-                code="invalid_path",
-            )
+        folder, recorded = self._load_source(path)
         try:
             if name in self._loaded and not inplace:
                 digest = read_adapter(folder).digest
@@ -296,7 +304,7 @@ class LocalBackend:
                         code="adapter_exists",
                     )
             old = self._loaded.get(name)
-            entry = self.engine.load_adapter_folder(folder, name=name)
+            entry = self.engine.load_adapter_folder(folder, name=name, base_fingerprint=recorded)
             if old is not None and old != entry.digest and self._resident(old):
                 try:  # replaced in place: the old weights leave the pool unless still in use
                     self.engine.evict(old)
@@ -307,11 +315,46 @@ class LocalBackend:
         except PoolFullError:
             raise
         except (AgentError, OSError, ValueError, KeyError) as exc:
-            raise APIError(
-                400, f"cannot load adapter {name!r} from {path!r}: {exc}", param="lora_path"
-            ) from exc
+            raise APIError(400, f"cannot load adapter {name!r}: {exc}", param="lora_path") from exc
         self._loaded[name] = entry.digest
         return f"Success: LoRA adapter '{name}' added successfully."
+
+    def _load_source(self, path: str) -> tuple[Path, str | None]:
+        """The folder ``lora_path`` names, and the base fingerprint its registry version
+        records: a registry ref (``legal``, ``legal:prod``, ``legal@3``), or a folder under
+        one of the adapter roots or the registry's checkouts. Anything else is refused with the
+        same message whether or not it exists on this server."""
+        registry = self.registry
+        looks_like_ref = "/" not in path and "\\" not in path and not path.startswith((".", "~"))
+        if looks_like_ref and registry is not None:
+            version = registry.resolve(path)  # a registry error -> 404 with near misses
+            return Path(registry.local_path(version)), version.base_fingerprint
+        roots = list(self.adapter_roots)
+        checkouts = getattr(registry, "checkout_dir", None)
+        if checkouts is not None:
+            roots.append(Path(checkouts).resolve())
+        refused = APIError(
+            400,
+            "lora_path must be a registry reference (legal, legal:prod, legal@3) or a folder "
+            "under one of this server's adapter roots (adapters serve --adapter-root DIR); "
+            "this one is neither",
+            param="lora_path",
+            code="invalid_path",
+        )
+        try:
+            folder = Path(path).expanduser().resolve()  # symlinks followed before the check
+        except (RuntimeError, OSError, ValueError):  # "~nobody", NUL bytes, too long
+            raise refused from None
+        if not any(folder.is_relative_to(root) for root in roots):
+            raise refused
+        if not folder.is_dir():
+            raise APIError(
+                400,
+                "lora_path names no adapter folder under this server's adapter roots",
+                param="lora_path",
+                code="invalid_path",
+            )
+        return folder, None
 
     def _resident(self, digest: str) -> bool:
         return any(e["digest"] == digest for e in self.engine.resident())

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from starlette.responses import JSONResponse
+
+from loraroute.errors import InvalidMessagesError
+from loraroute.redact import redact_text
 
 from ..errors import (
     ContextLengthError,
@@ -95,14 +99,35 @@ def map_exception(exc: BaseException) -> APIError:
             code="model_not_found",
             param="model",
         )
-    if _is_router_error(exc, "InvalidRequestError"):
+    if _is_router_error(exc, "InvalidRequestError") or isinstance(exc, InvalidMessagesError):
         return APIError(400, msg, code="invalid_messages", param="messages")
     if isinstance(exc, TimeoutError):
         return APIError(504, msg, code="timeout")
     if isinstance(exc, ValueError):  # message content we cannot read (e.g. image blocks)
         return APIError(400, msg, code="invalid_value")
-    logger.error("unexpected server error", exc_info=exc)
-    return APIError(500, f"internal error: {type(exc).__name__}: {msg}", code="internal_error")
+    incident = uuid.uuid4().hex[:12]
+    if _is_database_error(exc):
+        logger.error("registry database error (incident %s): %s", incident, redact_text(msg))
+        return APIError(
+            503,
+            f"the adapter registry's database is unavailable (incident {incident}); retry later",
+            code="registry_unavailable",
+            headers={"Retry-After": "5"},
+        )
+    logger.error("unexpected server error (incident %s)", incident, exc_info=exc)
+    return APIError(
+        500,
+        f"internal error (incident {incident}); the server's log has the details",
+        code="internal_error",
+    )
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+    except ImportError:  # pragma: no cover - sqlmodel brings sqlalchemy
+        return False
+    return isinstance(exc, SQLAlchemyError)
 
 
 def _is_registry_error(exc: BaseException, name: str) -> bool:

@@ -28,7 +28,10 @@ class BackgroundServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.port: int = self.sock.getsockname()[1]
+        from loraroute.redact import uvicorn_log_config
+
         uvicorn_kwargs.setdefault("log_level", "warning")
+        uvicorn_kwargs.setdefault("log_config", uvicorn_log_config())
         uvicorn_kwargs.setdefault("lifespan", "on")
         self.server = uvicorn.Server(uvicorn.Config(app, **uvicorn_kwargs))
         self.thread = threading.Thread(
@@ -65,4 +68,12 @@ def serve(app: Any, config: ServerConfig, *, log_level: str = "info") -> None:
     """Run ``app`` in the foreground until interrupted."""
     import uvicorn
 
-    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level)
+    from loraroute.redact import uvicorn_log_config
+
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=log_level,
+        log_config=uvicorn_log_config(),  # no key or password in an access or error line
+    )

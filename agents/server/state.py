@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from loraroute.redact import Scrubber
+
 from .backends import Backend, Target, _run
 from .config import ServerConfig
 from .errors import APIError
@@ -58,6 +60,9 @@ class ServerState:
         self.started = int(time.time())
         self.admission = Admission(config.max_concurrency or backend.concurrency, config.max_queue)
         self.metrics = ServerMetrics(self.stats)
+        # what error messages to clients must not show: the registry's URL and folders, ...
+        private = getattr(backend, "private_strings", None)
+        self.scrub = Scrubber(private() if private is not None else {})
 
     def stats(self) -> dict[str, Any]:
         s = dict(self.backend.stats())

@@ -42,16 +42,18 @@ class TinyStack:
     router: Any
     versions: dict[str, list[Any]] = field(default_factory=dict)
 
-    def backend(self) -> Any:
+    def backend(self, adapter_roots: Any = ()) -> Any:
         from .backends import LocalBackend
 
-        return LocalBackend(self.engine)
+        return LocalBackend(self.engine, adapter_roots=adapter_roots)
 
-    def app(self, **config: Any) -> Any:
+    def app(self, *, adapter_roots: Any = (), **config: Any) -> Any:
         from .app import create_app
         from .config import ServerConfig
 
-        return create_app(self.backend(), config=ServerConfig(**config), router=self.router)
+        return create_app(
+            self.backend(adapter_roots), config=ServerConfig(**config), router=self.router
+        )
 
     def close(self) -> None:
         self.engine.close()

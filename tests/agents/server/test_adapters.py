@@ -34,8 +34,9 @@ def _post(url: str, path: str, body: dict) -> httpx.Response:
     return httpx.post(url + path, json=body, timeout=30)
 
 
-def test_load_and_unload_like_vllm(stack, tiny_adapter_factory, tmp_path):
-    with BackgroundServer(stack.app()) as srv:
+def test_load_and_unload_like_vllm(stack, tiny_adapter_factory, tmp_path, tmp_path_factory):
+    roots = [tmp_path_factory.getbasetemp()]  # where the tiny adapters are written
+    with BackgroundServer(stack.app(adapter_roots=roots)) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="-", max_retries=0)
         folder = str(tiny_adapter_factory(7))
         r = _post(srv.url, "/v1/load_lora_adapter", {"lora_name": "med", "lora_path": folder})
@@ -82,6 +83,42 @@ def test_load_and_unload_like_vllm(stack, tiny_adapter_factory, tmp_path):
         assert "math@1" not in {e["ref"] for e in stack.engine.resident()}
 
 
+def test_load_reads_only_registry_refs_and_folders_under_its_roots(
+    stack, tiny_adapter_factory, tmp_path
+):
+    """A path outside the roots is refused with one message whether or not it exists (the
+    answer tells nothing of the server's disk); a symlink out of a root is outside; a
+    registry ref loads the verified checkout."""
+    import shutil
+
+    root = tmp_path / "roots"
+    root.mkdir()
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(tiny_adapter_factory(7), outside)
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    with BackgroundServer(stack.app(adapter_roots=[root])) as srv:
+        answers = [
+            _post(srv.url, "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": path})
+            for path in (str(outside), str(tmp_path / "missing"), str(root / "escape"))
+        ]
+        assert {r.status_code for r in answers} == {400}
+        assert len({r.json()["error"]["message"] for r in answers}) == 1
+        assert all(str(tmp_path) not in r.text for r in answers)
+        inside = root / "med"
+        shutil.copytree(tiny_adapter_factory(7), inside)
+        ok = _post(srv.url, "/v1/load_lora_adapter", {"lora_name": "med", "lora_path": str(inside)})
+        assert ok.status_code == 200, ok.text
+        ref = _post(
+            srv.url, "/v1/load_lora_adapter", {"lora_name": "lawyer", "lora_path": "legal@1"}
+        )
+        assert ref.status_code == 200, ref.text
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="-", max_retries=0)
+        out = client.chat.completions.create(model="lawyer", messages=USER, max_tokens=2)
+        assert out.model_extra["loraroute"]["adapter_digest"]
+        missing = _post(srv.url, "/v1/load_lora_adapter", {"lora_name": "y", "lora_path": "legl"})
+        assert missing.status_code == 404 and "legl" in missing.text
+
+
 def test_adapter_loading_can_be_disabled(stack, tiny_adapter_factory):
     with BackgroundServer(stack.app(allow_adapter_loading=False)) as srv:
         body = {"lora_name": "med", "lora_path": str(tiny_adapter_factory(7))}
@@ -90,12 +127,16 @@ def test_adapter_loading_can_be_disabled(stack, tiny_adapter_factory):
 
 
 @pytest.fixture(scope="module")
-def engine_server(tiny_base):
+def engine_server(tiny_base, tmp_path_factory):
     """A second server acting as the external engine: no registry, two adapter slots."""
     from loraroute.agents.runtime.engine import Engine
 
     engine = Engine(tiny_base, device="cpu", max_resident=2)
-    app = create_app(LocalBackend(engine), config=ServerConfig(), open_router=False)
+    # the proxy's registry checkouts, as this engine sees them (one machine in the tests)
+    roots = [tmp_path_factory.getbasetemp()]
+    app = create_app(
+        LocalBackend(engine, adapter_roots=roots), config=ServerConfig(), open_router=False
+    )
     with BackgroundServer(app) as srv:
         srv.engine = engine
         yield srv

@@ -296,3 +296,66 @@ def test_client_disconnect_cancels_generation(stack, slow_steps):
         )
         _wait_for(lambda: stack.engine.scheduler.running == 0)
         assert _metric(srv.url, "loraroute_requests_total", adapter="base", status="ok") == 0
+
+
+def test_a_lone_surrogate_is_a_400_not_a_500(stack):
+    raw = b'{"model": "base", "max_tokens": 2, "messages": [{"role": "user", "content": "a\\ud800b"}]}'
+    r = _chat(stack.url, raw=raw)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "messages"
+    assert _chat(stack.url, {"model": "base", "messages": USER, "max_tokens": 1}).status_code == 200
+
+
+def test_an_api_key_in_the_query_string_is_refused(stack):
+    r = httpx.post(
+        stack.url + "/v1/chat/completions?api_key=sk-secret-123",
+        json={"model": "base", "messages": USER, "max_tokens": 1},
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "key_in_query"
+    assert "sk-secret-123" not in r.text
+
+
+def test_the_registry_url_and_folders_never_reach_a_client(
+    postgres_url, tiny_base, lr_home, tmp_path
+):
+    """A PostgreSQL registry URL with a password: not in any answer, also when the database
+    fails under a running server; the server's folders are not shown either."""
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    from loraroute.agents.runtime import Engine
+    from loraroute.agents.server import LocalBackend, create_app
+    from loraroute.registry import open_registry
+
+    url = make_url(postgres_url).set(password="hunter2-never").render_as_string(False)
+    reg = open_registry(url, blob_dir=tmp_path / "blobs")
+    engine = Engine(tiny_base, registry=reg, settings=lr_home, device="cpu", max_resident=2)
+    app = create_app(LocalBackend(engine), open_router=False)
+    try:
+        with BackgroundServer(app) as srv:
+            answers = [
+                _chat(srv.url, {"model": "nope", "messages": USER, "max_tokens": 1}),
+                httpx.get(srv.url + "/ready"),
+                httpx.post(
+                    srv.url + "/v1/load_lora_adapter",
+                    json={"lora_name": "x", "lora_path": str(tmp_path / "elsewhere")},
+                ),
+            ]
+            admin = psycopg2.connect(
+                make_url(postgres_url).set(database="postgres").render_as_string(False)
+            )
+            admin.autocommit = True
+            with admin.cursor() as cur:  # the registry's database goes away
+                cur.execute(f'DROP DATABASE "{make_url(postgres_url).database}" WITH (FORCE)')
+            admin.close()
+            failed = _chat(srv.url, {"model": "legal", "messages": USER, "max_tokens": 1})
+            answers.append(failed)
+            assert (
+                failed.status_code == 503
+                and failed.json()["error"]["code"] == "registry_unavailable"
+            )
+    finally:
+        engine.close()
+    for r in answers:
+        assert "hunter2" not in r.text and "postgresql://" not in r.text, r.text
+        assert str(tmp_path) not in r.text and str(lr_home.home) not in r.text, r.text
