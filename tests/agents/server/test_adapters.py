@@ -256,3 +256,45 @@ def test_proxy_reports_an_unreachable_engine(stack):
         assert r.status_code == 502 and "cannot be reached" in r.json()["error"]["message"]
     with pytest.raises(ValueError, match="http"):
         ProxyBackend("gpu-1:8000")
+
+
+@pytest.mark.parametrize(
+    "broken",
+    ["r_zero", "r_text", "no_peft_type", "rank_contradicts", "symlinked_weights", "nan", "empty"],
+)
+def test_malformed_folders_are_a_clear_400_at_the_load_endpoint(stack, tmp_path, broken):
+    """What the probe found looser at /v1/load_lora_adapter than at push: each a 400 naming
+    the problem, the connection kept, the server serving on."""
+    import numpy as np
+
+    from loraroute.registry.testing import write_lora_folder
+
+    root = tmp_path / "roots"
+    folder = root / "bad"
+    config = {
+        "r_zero": {"r": 0},
+        "r_text": {"r": "4"},
+        "no_peft_type": {"peft_type": None},
+        "rank_contradicts": {"r": 8},
+    }.get(broken)
+    write_lora_folder(folder, config=config)
+    weights = folder / "adapter_model.safetensors"
+    if broken == "symlinked_weights":
+        real = tmp_path / "real.safetensors"
+        weights.rename(real)
+        weights.symlink_to(real)
+    elif broken == "nan":
+        from safetensors.numpy import load_file, save_file
+
+        tensors = load_file(str(weights))
+        key = next(iter(tensors))
+        tensors[key] = tensors[key].copy()
+        tensors[key].flat[0] = np.nan
+        save_file(tensors, str(weights))
+    elif broken == "empty":
+        weights.write_bytes(b"")
+    with BackgroundServer(stack.app(adapter_roots=[root])) as srv:
+        r = _post(srv.url, "/v1/load_lora_adapter", {"lora_name": "bad", "lora_path": str(folder)})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "lora_path" and str(tmp_path) not in r.text
+        assert httpx.get(srv.url + "/health").status_code == 200
