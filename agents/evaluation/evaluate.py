@@ -326,18 +326,16 @@ def _make_engine(registry: Any, refs: Sequence[str], base_model: Any, settings: 
     from ..runtime.engine import Engine
 
     if base_model is None:  # the base the adapters name: registry records or adapter_config
-        import json
+        from loraroute.registry import InvalidAdapterError, read_adapter_config
 
         bases: set[str | None] = set()
         for ref in refs:
             if Path(ref).is_dir():
-                cfg = Path(ref) / "adapter_config.json"
-                named = (
-                    json.loads(cfg.read_text()).get("base_model_name_or_path")
-                    if cfg.is_file()
-                    else None  # the engine's loader says what is missing
-                )
-                bases.add(named if named else None)
+                try:  # the one reader of adapter configs (the engine's loader says the rest)
+                    named = read_adapter_config(Path(ref) / "adapter_config.json")
+                    bases.add(named.base_model_name_or_path)
+                except InvalidAdapterError:
+                    bases.add(None)
             elif registry is not None:
                 bases.add(registry.resolve(ref).base_model_id)
         bases.discard(None)

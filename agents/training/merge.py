@@ -31,16 +31,19 @@ def merge_adapters(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cfgs = [json.loads((Path(p) / "adapter_config.json").read_text()) for p in (first, second)]
-    same = cfgs[0].get("r") == cfgs[1].get("r") and sorted(
-        cfgs[0].get("target_modules") or []
-    ) == sorted(cfgs[1].get("target_modules") or [])
+    from loraroute.registry import InvalidAdapterError, read_adapter_config
+
+    try:  # the one reader of adapter configs, the registry's
+        cfgs = [read_adapter_config(Path(p) / "adapter_config.json") for p in (first, second)]
+    except InvalidAdapterError as exc:
+        raise IncompatibleAdapterError(f"cannot merge: {exc}") from exc
+    same = cfgs[0].r == cfgs[1].r and sorted(cfgs[0].target_list) == sorted(cfgs[1].target_list)
     if combination == "auto":
         combination = "linear" if same else "cat"
     if combination == "linear" and not same:
         raise IncompatibleAdapterError(
-            f"linear merge needs equal ranks and targets, got r={cfgs[0].get('r')} "
-            f"{cfgs[0].get('target_modules')} and r={cfgs[1].get('r')} {cfgs[1].get('target_modules')}; "
+            f"linear merge needs equal ranks and targets, got r={cfgs[0].r} "
+            f"{cfgs[0].target_list} and r={cfgs[1].r} {cfgs[1].target_list}; "
             f"use --combination cat or svd"
         )
     model = AutoModelForCausalLM.from_pretrained(str(base_path))
@@ -60,7 +63,7 @@ def merge_adapters(
             (dest / f.name).write_bytes(f.read_bytes())
     cfg_path = dest / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = cfgs[0].get("base_model_name_or_path")
+    cfg["base_model_name_or_path"] = cfgs[0].base_model_name_or_path
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
     return dest
 
