@@ -1,4 +1,8 @@
-"""SQL tables (SQLModel tutorial shape) and the public :class:`AdapterVersion` model."""
+"""SQL tables (SQLModel tutorial shape) and the public :class:`AdapterVersion` model.
+
+A change here needs a migration in ``migrations/versions`` (tests/registry/test_migrations.py
+compares the migrated schema with these tables).
+"""
 
 from __future__ import annotations
 
@@ -135,8 +139,8 @@ class Token(SQLModel, table=True):
 class TokenState(SQLModel, table=True):
     """Lifecycle of a token: adapter-name prefix, expiry, revocation, last use.
 
-    Its own table (one row per token, absent for tokens made before it existed) so that a
-    registry created by an earlier release gains it with ``create_all``, with no migration.
+    Its own table (one row per token, absent for tokens made before it existed; migration
+    0002 adds it to registries of the release before).
     """
 
     __tablename__ = "lr_token_state"

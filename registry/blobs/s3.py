@@ -107,7 +107,8 @@ class S3BlobStore(BlobStore):
 
     ``endpoint_url`` points at an S3-compatible server (MinIO, Ceph, R2, moto; path-style
     addressing); None means AWS. Credentials not given come from boto3's own chain
-    (``AWS_*`` variables, ``~/.aws``, instance roles). ``work_dir`` holds temp files.
+    (``AWS_*`` variables, ``~/.aws``, instance roles). ``work_dir`` holds temp files;
+    ``attempts`` bounds boto3's retries of a failed request.
     """
 
     kind = "s3"
@@ -124,6 +125,7 @@ class S3BlobStore(BlobStore):
         session_token: SecretStr | str | None = None,
         part_size: int = 8 << 20,
         work_dir: Path | None = None,
+        attempts: int = 5,
     ) -> None:
         boto3, Config, self._errors = _boto()
         self.bucket, self.prefix = parse_s3_url(f"s3://{bucket}/{prefix}")
@@ -147,7 +149,7 @@ class S3BlobStore(BlobStore):
             region_name=region or None,
         )
         config = Config(
-            retries={"max_attempts": 5, "mode": "standard"},
+            retries={"max_attempts": attempts, "mode": "standard"},
             connect_timeout=10,
             read_timeout=120,
             max_pool_connections=32,
