@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from loraroute.settings import Settings, get_settings
 
+from .blobs import BlobStore, open_blob_store
 from .errors import (
     AdapterNotFoundError,
     AuthError,
@@ -32,7 +33,6 @@ from .errors import (
     StorageError,
     VersionConflictError,
 )
-from .blobs import BlobStore, open_blob_store
 from .limits import Limits
 from .local import Registry
 from .refs import Ref, parse_ref

@@ -209,3 +209,31 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+_WITHOUT_BOTO3 = """
+import sys
+sys.modules["boto3"] = None  # as if it were not installed
+import loraroute.registry as r
+reg = r.open_registry(sys.argv[1])
+assert "boto3" not in sys.modules or sys.modules["boto3"] is None
+try:
+    r.open_blob_store("s3://bucket/x")
+except ImportError as e:
+    print(e)
+"""
+
+
+def test_the_registry_needs_boto3_only_for_s3(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_BOTO3, f"sqlite:///{tmp_path / 'r.db'}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LORAROUTE_HOME": str(tmp_path / "home")},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'loraroute[s3]'" in out.stdout

@@ -288,3 +288,56 @@ def test_migrate_check_and_json(db_url, tmp_path, lr_home, pg_password):
 def test_migrate_refuses_a_registry_server():
     out = CliRunner().invoke(main, ["registry", "migrate", "--registry", "http://127.0.0.1:1"])
     assert out.exit_code == 2 and "not on a registry server" in out.output
+
+
+_FROM_THE_WHEEL = """
+import sys
+import loraroute.registry.migrate as m
+assert m.__file__.startswith(sys.argv[2]), m.__file__
+before, after = m.migrate_url(sys.argv[1])
+print(before.state, after.current)
+"""
+
+
+def test_the_wheel_carries_the_migrations_and_needs_no_ini(tmp_path):
+    """Build the wheel from a copy of the sources, unpack it elsewhere and upgrade a
+    7a1a624 registry with it, from a folder without alembic.ini."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = Path(__file__).resolve().parents[2]
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("loraroute", "registry", "router", "agents"):
+        shutil.copytree(repo / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, src / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + [str(src), "-w", str(tmp_path / "dist")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = (tmp_path / "dist").glob("loraroute-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    assert (site / "loraroute/registry/migrations/versions/0001_baseline_7a1a624.py").is_file()
+    url = f"sqlite:///{tmp_path / 'reg' / 'registry.db'}"
+    (tmp_path / "reg").mkdir()
+    make_legacy(url, tmp_path / "reg" / "blobs")
+    run = tmp_path / "elsewhere"
+    run.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", _FROM_THE_WHEEL, url, str(site)],
+        cwd=run,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "LORAROUTE_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["legacy", HEAD]
+    assert not list(run.iterdir())  # no alembic.ini, nothing written here
