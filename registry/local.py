@@ -252,8 +252,8 @@ class Registry:
         if info is None:  # validate the stored bytes (downloaded first from an object store)
             with self.blobs.as_files(
                 {f.path: f.digest for f in files}, self.checkout_dir.parent / "tmp"
-            ) as paths:
-                info = validate_files(paths)
+            ) as local:
+                info = validate_files(local)
         signed = bind_signatures(name, list(signatures), files)
         digest = manifest_digest(files)
         if meta.get("parent"):

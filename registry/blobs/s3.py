@@ -376,7 +376,7 @@ class S3BlobWriter(BlobWriter):
         self._existing: tuple[int, float] | None = None
         if expected is None:
             self._spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115 (closed in abort)
-                max_size=store.part_size, dir=store.work_dir
+                max_size=store.part_size, dir=str(store.work_dir) if store.work_dir else None
             )
         else:
             self._existing = store.stat(expected)
