@@ -35,6 +35,7 @@ from loraroute.settings import Settings, get_settings
 
 from ._checkout import cached_checkout_ok, new_checkout_check, sign_version
 from ._db import bump_revision, make_engines, sqlite_path
+from ._location import pin_blob_store
 from ._manifest import manifest_digest
 from ._meta import (
     META_KEYS,
@@ -138,16 +139,17 @@ class Registry:
         here = db_file.parent if db_file else self.settings.registry_dir
         if blob_store is None and blob_dir is not None:
             blob_store = str(blob_dir)
+        self._read, self._write = make_engines(url)
+        ensure_schema(self._read, self._write, url)
+        spec = blob_store if blob_store is not None else self.settings.blob_store
         self.blobs: BlobStore = open_blob_store(
-            blob_store if blob_store is not None else self.settings.blob_store,
+            pin_blob_store(self._read, self._write, spec, redact_url(url)),
             settings=self.settings,
             default_dir=here / "blobs",
             work_dir=here / "tmp",
         )
         local = self.blobs.root.parent if isinstance(self.blobs, LocalBlobStore) else here
         self.checkout_dir = local / "checkouts"
-        self._read, self._write = make_engines(url)
-        ensure_schema(self._read, self._write, url)
 
     def __repr__(self) -> str:
         return f"Registry({self.display_url!r})"

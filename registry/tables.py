@@ -164,6 +164,15 @@ class Tombstone(SQLModel, table=True):
     removed_at: datetime = Field(default_factory=utcnow)
 
 
+class RegistryConfig(SQLModel, table=True):
+    """Facts about the registry itself, by key; ``blob_store``: the object store its blobs are
+    in (``s3://bucket/prefix/``), so that every client uses the same one."""
+
+    __tablename__ = "lr_config"
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+
+
 class State(SQLModel, table=True):
     """One row whose counter changes on every write: ``Registry.revision()``."""
 
@@ -184,6 +193,7 @@ TABLES = [
         Token,
         TokenState,
         Tombstone,
+        RegistryConfig,
         State,
     )
 ]
@@ -288,6 +298,7 @@ __all__ = [
     "Blob",
     "FileEntry",
     "FileInfo",
+    "RegistryConfig",
     "State",
     "TABLES",
     "Token",

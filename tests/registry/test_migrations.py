@@ -75,8 +75,9 @@ def make_legacy(url: str, blob_dir: Path, *, with_session_tables: bool = False) 
                         f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), MAX(id)) FROM {name}"
                     )
                 )
-    if with_session_tables:
-        TABLES[0].metadata.create_all(engine, tables=TABLES)
+    if with_session_tables:  # what create_all added on open before migrations existed
+        added = ("lr_signature", "lr_token_state", "lr_tombstone")
+        TABLES[0].metadata.create_all(engine, tables=[t for t in TABLES if t.name in added])
     engine.dispose()
     for digest, packed in OLD["blobs"].items():
         hexd = digest.split(":", 1)[1]

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from sqlalchemy.engine import make_url
 
 from loraroute.cli import main
-from loraroute.registry import IntegrityError, Limits, RemoteRegistry, open_registry
+from loraroute.registry import IntegrityError, Limits, RegistryError, RemoteRegistry, open_registry
 from loraroute.registry.auth import create_token
 from loraroute.registry.blobs import sha256_file
 from loraroute.registry.blobs.s3 import S3BlobStore
@@ -294,3 +294,21 @@ def test_the_server_log_keeps_secrets(team, tmp_path, pg_password):
     assert "PUT /v1/blobs/" in text
     for secret in (S3_SECRET, S3_KEY_ID, pg_password, team.tokens["write"]):
         assert secret not in text
+
+
+def test_clients_find_the_bucket_in_the_database(team, tmp_path):
+    """The first open with an object store records it: a client that names none uses it,
+    one that names another store (or a folder) is refused."""
+    creds = team.settings.model_copy(update={"blob_store": ""})
+    reg = open_registry(team.pg_url, settings=creds)
+    assert reg.blobs.location == team.reg.blobs.location
+    v = RemoteRegistry(team.url, token=team.tokens["write"]).push(
+        folder(tmp_path / "src", "found", seed=90011), "found", base_fingerprint=FP
+    )
+    assert reg.pull(v.ref, tmp_path / "out").is_dir()
+    reg.close()
+    other = team.settings.model_copy(update={"blob_store": "s3://another-bucket/team"})
+    with pytest.raises(RegistryError, match=r"are in s3://lr-.*/team/.*another-bucket"):
+        open_registry(team.pg_url, settings=other)
+    with pytest.raises(RegistryError, match="but a folder is configured"):
+        open_registry(team.pg_url, settings=creds, blob_dir=tmp_path / "blobs")
