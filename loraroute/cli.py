@@ -87,6 +87,9 @@ def doctor(as_json: bool) -> None:
     except LoraRouteError as exc:
         report["embedder"] = {"name": s.embedder, "error": redact_text(str(exc))}
     report["registry"] = redact_url(s.registry_url)  # a PostgreSQL URL may hold a password
+    report["blob_store"] = redact_text(s.blob_store) or "a folder beside the registry"
+    if s.blob_store.startswith("s3://"):
+        report["s3_endpoint"] = redact_url(s.s3_endpoint_url or "") or "AWS"
     report["home"] = str(s.home)
     report["cache_dir"] = str(s.cache_dir)
     try:
@@ -104,6 +107,8 @@ def doctor(as_json: bool) -> None:
             "sentence-transformers",
             "faiss-cpu",
             "sqlmodel",
+            "alembic",
+            "boto3",
             "langchain-core",
             "gguf",
             "safetensors",

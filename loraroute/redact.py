@@ -4,7 +4,7 @@ One set of patterns serves every message, log record and HTTP answer:
 
 - the password of any ``scheme://user:password@host`` URL (``postgresql://u:***@h/db``);
 - ``password=``, ``token=``, ``access_token=``, ``api_key=`` ... parameters (query strings,
-  libpq DSNs);
+  libpq DSNs), and S3's (``aws_secret_access_key=``, a presigned URL's ``X-Amz-Signature=``);
 - ``Bearer <secret>`` and loraroute registry tokens (``lrt_...``).
 
 Example::
@@ -35,7 +35,11 @@ _URL_PASSWORD = re.compile(
 )
 _SECRET_PARAM = re.compile(
     r"(?i)(?P<key>\b(?:password|passwd|pwd|token|access_token|refresh_token|id_token|"
-    r"api_key|apikey|api-key|secret|client_secret|auth)=)(?P<value>[^\s&;'\"]+)"
+    r"api_key|apikey|api-key|secret|client_secret|auth|"
+    # S3: credentials in config dumps, presigned URLs' signature, credential and session token
+    r"aws_access_key_id|aws_secret_access_key|aws_session_token|secret_access_key|"
+    r"session_token|x-amz-signature|x-amz-credential|x-amz-security-token)=)"
+    r"(?P<value>[^\s&;'\"]+)"
 )
 # a credential after "Bearer" is long (prose such as "a bearer token" is left alone)
 _BEARER = re.compile(r"(?i)\b(?P<key>bearer\s+)(?P<value>[A-Za-z0-9._~+/\-]{16,}=*)")

@@ -68,6 +68,33 @@ class Settings(BaseSettings):
         None, description="password of an encrypted key given to `adapters sign --key`"
     )
 
+    # -- where the registry's blobs live (loraroute.registry.blobs) ----------------------
+    blob_store: str = Field(
+        "",
+        description="`s3://bucket/prefix` (an S3-compatible object store, `pip install "
+        "'loraroute[s3]'`), a folder, or empty: the folder `blobs` beside a SQLite registry "
+        "(`<home>/registry/blobs` for PostgreSQL)",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="S3 API endpoint of an S3-compatible store (MinIO, Ceph, R2; path-style "
+        "addressing); none: AWS",
+    )
+    s3_region: str | None = Field(None, description="the bucket's region (none: boto3's default)")
+    s3_access_key_id: SecretStr | None = Field(
+        None, description="access key id (none: boto3's chain: `AWS_*` variables, ~/.aws, roles)"
+    )
+    s3_secret_access_key: SecretStr | None = Field(None, description="secret access key")
+    s3_session_token: SecretStr | None = Field(
+        None, description="session token of temporary credentials"
+    )
+    s3_part_size: ByteSize = Field(
+        ByteSize(8 << 20),
+        ge=5 << 20,
+        description="part size of multipart uploads (at least 5MiB); smaller blobs take one "
+        "request",
+    )
+
     # -- the registry's size limits (loraroute.registry.limits.Limits) -------------------
     registry_max_blob_bytes: ByteSize = Field(
         ByteSize(4 << 30), ge=0, description="largest file of an adapter (`4GiB`, `512MiB`, bytes)"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from loraroute.settings import Settings, get_settings
 
+from .blobs import BlobStore, open_blob_store
 from .errors import (
     AdapterNotFoundError,
     AuthError,
@@ -27,7 +28,9 @@ from .errors import (
     LimitError,
     RegistryError,
     RemoteError,
+    SchemaError,
     SignatureError,
+    StorageError,
     VersionConflictError,
 )
 from .limits import Limits
@@ -47,6 +50,7 @@ def open_registry(
     *,
     settings: Settings | None = None,
     blob_dir: str | Path | None = None,
+    blob_store: BlobStore | str | None = None,
     token: str | None = None,
     trust_policy: TrustPolicy | None = None,
     limits: Limits | None = None,
@@ -55,6 +59,8 @@ def open_registry(
 
     ``sqlite:///path`` or ``postgresql://...`` give a local :class:`Registry`;
     ``http(s)://...`` gives a :class:`RemoteRegistry` with the same methods.
+    ``blob_store`` (default: ``blob_dir``, else ``settings.blob_store``) is where a local
+    registry keeps its blobs: ``s3://bucket/prefix`` or a folder.
     ``trust_policy`` (default: ``settings.trust_policy``) makes pull and local_path refuse
     versions without a trusted signature.
     ``limits`` default to :class:`Limits` from the environment (``LORAROUTE_REGISTRY_MAX_*``).
@@ -71,6 +77,7 @@ def open_registry(
         url,
         settings=settings,
         blob_dir=Path(blob_dir) if blob_dir else None,
+        blob_store=blob_store,
         trust_policy=trust_policy,
         limits=limits,
     )
@@ -90,6 +97,7 @@ __all__ = [
     "AdapterNotFoundError",
     "AdapterVersion",
     "AuthError",
+    "BlobStore",
     "FileInfo",
     "ForbiddenError",
     "GcReport",
@@ -106,12 +114,15 @@ __all__ = [
     "RegistryError",
     "RemoteError",
     "RemoteRegistry",
+    "SchemaError",
     "SignatureError",
     "SignatureReport",
+    "StorageError",
     "TrustPolicy",
     "VerifyReport",
     "VersionConflictError",
     "load_trust_policy",
+    "open_blob_store",
     "open_registry",
     "parse_ref",
     "read_adapter_config",

@@ -1,10 +1,10 @@
-"""Engines for SQLite (WAL, busy timeout, BEGIN IMMEDIATE for writers) and PostgreSQL."""
+"""Engines for SQLite (WAL, busy timeout, BEGIN IMMEDIATE for writers) and PostgreSQL; the
+schema is created and upgraded by :mod:`loraroute.registry.migrate`."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, exc, update
@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from loraroute.redact import redact_text, redact_url
 
 from .errors import RegistryError
-from .tables import TABLES, State
+from .tables import State
 
 logger = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 30_000
@@ -86,30 +86,6 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
             f"postgresql://user@host/db (pip install psycopg2-binary) or http(s)://host:port"
         ) from None
     return engine, engine
-
-
-def create_schema(engine: Engine) -> None:
-    """Create the tables and the state row; safe when several processes do it at once."""
-    for attempt in range(5):
-        try:
-            TABLES[0].metadata.create_all(engine, tables=TABLES)
-            with Session(engine) as s:
-                if s.get(State, 1) is None:
-                    s.add(State(id=1, revision=0))
-                    s.commit()
-            return
-        except (exc.IntegrityError, exc.ProgrammingError, exc.OperationalError) as e:
-            if attempt == 4:
-                cause = getattr(e, "orig", None) or e
-                first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-                raise RegistryError(
-                    f"cannot open the registry database "
-                    f"{engine.url.render_as_string(hide_password=True)}: "
-                    f"{redact_text(first)}; check the URL and that the database server runs "
-                    f"and accepts connections"
-                ) from None
-            logger.debug("schema creation raced (%s); retrying", redact_text(str(e)))
-            time.sleep(0.05 * (attempt + 1))
 
 
 def bump_revision(session: Session) -> int:

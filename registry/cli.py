@@ -1,5 +1,5 @@
 """``adapters`` registry verbs: push, pull, ls, show, alias, rm, verify, sign, gc, export,
-import, and ``registry serve`` / ``registry token create|list|revoke``.
+import, and ``registry serve`` / ``registry migrate`` / ``registry token create|list|revoke``.
 
 Every command takes ``--registry URL`` and ``--token`` (:mod:`loraroute.cli_options`).
 Read commands take ``--json``. Heavy imports happen inside commands. A database failure is a
@@ -503,7 +503,7 @@ def gc(dry_run, grace, registry_url, token, as_json) -> None:
 
 @click.group("registry", cls=_Group)
 def registry_group() -> None:
-    """Run an HTTP registry server and manage its tokens."""
+    """Run an HTTP registry server, migrate its schema and manage its tokens."""
 
 
 @registry_group.command("serve")
@@ -533,6 +533,45 @@ def serve(host, port, allow_anonymous_read, registry_url) -> None:
         handler.addFilter(RedactingFilter())
     app = create_app(registry_url, allow_anonymous_read=allow_anonymous_read)
     uvicorn.run(app, host=host, port=port, log_level="info", log_config=uvicorn_log_config())
+
+
+@registry_group.command("migrate")
+@click.option(
+    "--check", is_flag=True, help="Only report the schema's revision; exit 1 if it is behind."
+)
+@registry_option
+@json_option
+def migrate(check, registry_url, as_json) -> None:
+    """Upgrade the registry's database schema in place to this release's revision (data is
+    kept; back up first). SQLite registries upgrade themselves when opened; PostgreSQL ones
+    wait for this command."""
+    from loraroute.settings import get_settings
+
+    from .migrate import migrate_url, schema_status_url
+
+    url = registry_url or get_settings().registry_url
+    if url.startswith(("http://", "https://")):
+        raise click.BadParameter(
+            "migrate acts on the database (sqlite:// or postgresql://), not on a registry "
+            "server; run it where the server's database is reachable",
+            param_hint="--registry",
+        )
+    if check:
+        status = schema_status_url(url)
+        if as_json:
+            _dump(status.to_dict())
+        else:
+            click.echo(f"schema: {status.describe()}; this release: revision {status.head}")
+        if status.state not in ("current", "empty"):
+            sys.exit(1)
+        return
+    before, after = migrate_url(url)
+    if as_json:
+        _dump({"before": before.to_dict(), "after": after.to_dict()})
+    elif before.state == "current":
+        click.echo(f"already at revision {after.current}")
+    else:
+        click.echo(f"upgraded from {before.describe()} to revision {after.current}")
 
 
 @registry_group.group("token", cls=_Group)

@@ -55,6 +55,16 @@ class LimitError(RegistryError, ValueError):
     or a request body (413 over HTTP). The message names the limit and its setting."""
 
 
+class StorageError(RegistryError, OSError):
+    """The blob store failed: an object store that cannot be reached, refuses the credentials
+    or answers an error (the HTTP server answers 503 and logs the detail)."""
+
+
+class SchemaError(RegistryError, RuntimeError):
+    """The registry's database schema is not the one this release uses: behind (run
+    ``adapters registry migrate``) or ahead (upgrade loraroute)."""
+
+
 class RemoteError(RegistryError, ConnectionError):
     """A remote registry could not be reached or answered with an unexpected error."""
 
@@ -76,6 +86,8 @@ __all__ = [
     "LimitError",
     "RegistryError",
     "RemoteError",
+    "SchemaError",
     "SignatureError",
+    "StorageError",
     "VersionConflictError",
 ]

@@ -1,4 +1,5 @@
-"""The local registry: SQL metadata (SQLite or PostgreSQL) over a content-addressed blob store.
+"""The registry proper: SQL metadata (SQLite or PostgreSQL) over a content-addressed blob
+store (a folder or an S3-compatible bucket, :mod:`loraroute.registry.blobs`).
 
 A push validates the folder, stores each file as a blob (temp file, fsync, rename), and only
 then records the version in one SQL transaction; so a killed push leaves at most unreferenced
@@ -33,7 +34,8 @@ from loraroute.redact import redact_url
 from loraroute.settings import Settings, get_settings
 
 from ._checkout import cached_checkout_ok, new_checkout_check, sign_version
-from ._db import bump_revision, create_schema, make_engines, sqlite_path
+from ._db import bump_revision, make_engines, sqlite_path
+from ._location import pin_blob_store
 from ._manifest import manifest_digest
 from ._meta import (
     META_KEYS,
@@ -46,7 +48,7 @@ from ._meta import (
 )
 from ._text import check_text
 from ._transfer import checkout_ok, materialize
-from .blobs import BlobStore
+from .blobs import BlobStore, LocalBlobStore, open_blob_store
 from .errors import (
     AdapterNotFoundError,
     IntegrityError,
@@ -56,6 +58,7 @@ from .errors import (
     VersionConflictError,
 )
 from .limits import CARD_NAMES, Limits
+from .migrate import ensure_schema
 from .refs import Ref, check_name, check_version, parse_ref, parse_version
 from .reports import GcReport, VerifyReport
 from .signing import (
@@ -110,13 +113,17 @@ def _gc_paused() -> Iterator[None]:
 
 
 class Registry:
-    """A registry stored in SQL (``url``) plus blobs on disk (``blob_dir``)."""
+    """A registry stored in SQL (``url``) plus a blob store: ``blob_store`` (a
+    :class:`BlobStore`, ``s3://bucket/prefix`` or a folder), else ``blob_dir``, else
+    ``settings.blob_store``, else the folder ``blobs`` beside a SQLite file (or
+    ``settings.blob_dir``). The schema must be current (:mod:`loraroute.registry.migrate`)."""
 
     def __init__(
         self,
         url: str,
         *,
         blob_dir: Path | None = None,
+        blob_store: BlobStore | str | None = None,
         settings: Settings | None = None,
         trust_policy: TrustPolicy | None = None,
         limits: Limits | None = None,
@@ -129,12 +136,20 @@ class Registry:
         )
         self.limits = limits or Limits.from_settings(self.settings)
         db_file = sqlite_path(url)
-        if blob_dir is None:
-            blob_dir = db_file.parent / "blobs" if db_file else self.settings.blob_dir
-        self.blobs = BlobStore(Path(blob_dir))
-        self.checkout_dir = self.blobs.root.parent / "checkouts"
+        here = db_file.parent if db_file else self.settings.registry_dir
+        if blob_store is None and blob_dir is not None:
+            blob_store = str(blob_dir)
         self._read, self._write = make_engines(url)
-        create_schema(self._write)
+        ensure_schema(self._read, self._write, url)
+        spec = blob_store if blob_store is not None else self.settings.blob_store
+        self.blobs: BlobStore = open_blob_store(
+            pin_blob_store(self._read, self._write, spec, redact_url(url)),
+            settings=self.settings,
+            default_dir=here / "blobs",
+            work_dir=here / "tmp",
+        )
+        local = self.blobs.root.parent if isinstance(self.blobs, LocalBlobStore) else here
+        self.checkout_dir = local / "checkouts"
 
     def __repr__(self) -> str:
         return f"Registry({self.display_url!r})"
@@ -148,7 +163,8 @@ class Registry:
         """What must not reach a remote client, with a neutral label for each: the URL (in
         every form messages use) and the store's folders. For ``loraroute.redact.Scrubber``."""
         hide = {self.url: "the server's registry", self.display_url: "the server's registry"}
-        folders = [self.blobs.root, self.checkout_dir, self.settings.home]
+        hide.update(self.blobs.private_strings())
+        folders = [self.checkout_dir, self.settings.home]
         db = sqlite_path(self.url)
         if db is not None:
             folders += [db, db.parent]
@@ -160,6 +176,7 @@ class Registry:
     def close(self) -> None:
         self._read.dispose()
         self._write.dispose()
+        self.blobs.close()
 
     # -- push ------------------------------------------------------------------------------
     def push(
@@ -234,8 +251,11 @@ class Registry:
                     f"blob {f.digest} of {f.path!r} is not in the store with {f.size} bytes; "
                     f"upload it before the manifest"
                 )
-        if info is None:
-            info = validate_files({f.path: self.blobs.path(f.digest) for f in files})
+        if info is None:  # validate the stored bytes (downloaded first from an object store)
+            with self.blobs.as_files(
+                {f.path: f.digest for f in files}, self.checkout_dir.parent / "tmp"
+            ) as local:
+                info = validate_files(local)
         signed = bind_signatures(name, list(signatures), files)
         digest = manifest_digest(files)
         if meta.get("parent"):
@@ -467,8 +487,8 @@ class Registry:
         for f in v.files:
             if f.path.lower() in CARD_NAMES:
                 limits.check_card(f.size, f"the model card {f.path} of {v.ref}")
-                with self.blobs.open(f.digest) as fh:
-                    return fh.read(limits.max_model_card_bytes).decode(errors="replace")
+                raw = self.blobs.read(f.digest, limits.max_model_card_bytes)
+                return raw.decode(errors="replace")
         return None
 
     # -- pull ------------------------------------------------------------------------------
@@ -730,17 +750,16 @@ class Registry:
             used = set(s.exec(select(FileEntry.blob_digest).distinct()))
         report = GcReport(dry_run=dry_run)
         now = time.time()
-        for digest, path in self.blobs.all_digests():
-            if digest in used:
+        for blob in self.blobs.list_blobs():
+            if blob.digest in used:
                 continue
-            st = path.stat()
-            if now - st.st_mtime < grace_seconds:
+            if now - blob.modified < grace_seconds:
                 report.kept_recent += 1
                 continue
-            report.removed.append(digest)
-            report.bytes += st.st_size
-            if not dry_run:
-                path.unlink(missing_ok=True)
+            report.removed.append(blob.digest)
+            report.bytes += blob.size
+        if not dry_run:
+            self.blobs.delete(report.removed)
         report.tmp_files, report.tmp_bytes = self.blobs.clean_tmp(grace_seconds, dry_run=dry_run)
         if not dry_run:
             with Session(self._write) as s:

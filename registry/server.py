@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -34,7 +34,7 @@ from loraroute.redact import Scrubber, install_log_redaction, redact_text
 from ._asgi import BodyLimit, RefuseQueryTokens
 from ._model_signing import MAX_SIGNATURE_BYTES
 from .auth import TokenInfo, authenticate
-from .blobs import check_digest
+from .blobs import CHUNK, check_digest
 from .errors import (
     AdapterNotFoundError,
     AuthError,
@@ -46,6 +46,7 @@ from .errors import (
     LimitError,
     RegistryError,
     SignatureError,
+    StorageError,
     VersionConflictError,
 )
 from .limits import Limits
@@ -185,6 +186,7 @@ def create_app(
             **{"retry-after": "5"},
         )
 
+    @app.exception_handler(StorageError)  # a RegistryError, but its detail is the operator's
     @app.exception_handler(OSError)
     async def _storage(request: Request, exc: OSError) -> JSONResponse:
         ident = incident(request, "blob storage", exc)
@@ -233,21 +235,35 @@ def create_app(
 
     @app.get(f"{API}/blobs/{{digest}}")
     def blob_get(digest: str, _grant: Reader) -> Response:
-        path = reg.blobs.path(check_digest(digest))
-        if not path.is_file():
+        path = reg.blobs.local_file(check_digest(digest))
+        if path is not None:
+            return _BlobResponse(path, media_type="application/octet-stream")
+        size = reg.blobs.size(digest)  # an object store: stream it through (the client hashes)
+        if size is None:
             raise AdapterNotFoundError(f"blob {digest} is not in this registry")
-        return _BlobResponse(path, media_type="application/octet-stream")
+        return StreamingResponse(
+            reg.blobs.iter_chunks(digest),
+            media_type="application/octet-stream",
+            headers={"content-length": str(size)},
+        )
 
     @app.put(f"{API}/blobs/{{digest}}", status_code=201)
     async def blob_put(digest: str, request: Request, _grant: Writer) -> dict[str, Any]:
         check_digest(digest)
-        writer = reg.blobs.writer(digest)
+        # the store's calls (an object store's requests) run off the event loop, a MiB a time
+        writer = await run_in_threadpool(reg.blobs.writer, digest)
         try:
+            pending = bytearray()
             async for chunk in request.stream():
-                writer.write(chunk)
+                pending += chunk
+                if len(pending) >= CHUNK:
+                    await run_in_threadpool(writer.write, bytes(pending))
+                    pending.clear()
+            if pending:
+                await run_in_threadpool(writer.write, bytes(pending))
             got, size = await run_in_threadpool(writer.commit)
         finally:
-            writer.abort()
+            await run_in_threadpool(writer.abort)
         return {"digest": got, "size": size}
 
     @app.post(f"{API}/adapters/{{name}}/versions", status_code=201)

@@ -1,4 +1,8 @@
-"""SQL tables (SQLModel tutorial shape) and the public :class:`AdapterVersion` model."""
+"""SQL tables (SQLModel tutorial shape) and the public :class:`AdapterVersion` model.
+
+A change here needs a migration in ``migrations/versions`` (tests/registry/test_migrations.py
+compares the migrated schema with these tables).
+"""
 
 from __future__ import annotations
 
@@ -135,8 +139,8 @@ class Token(SQLModel, table=True):
 class TokenState(SQLModel, table=True):
     """Lifecycle of a token: adapter-name prefix, expiry, revocation, last use.
 
-    Its own table (one row per token, absent for tokens made before it existed) so that a
-    registry created by an earlier release gains it with ``create_all``, with no migration.
+    Its own table (one row per token, absent for tokens made before it existed; migration
+    0002 adds it to registries of the release before).
     """
 
     __tablename__ = "lr_token_state"
@@ -160,6 +164,15 @@ class Tombstone(SQLModel, table=True):
     removed_at: datetime = Field(default_factory=utcnow)
 
 
+class RegistryConfig(SQLModel, table=True):
+    """Facts about the registry itself, by key; ``blob_store``: the object store its blobs are
+    in (``s3://bucket/prefix/``), so that every client uses the same one."""
+
+    __tablename__ = "lr_config"
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+
+
 class State(SQLModel, table=True):
     """One row whose counter changes on every write: ``Registry.revision()``."""
 
@@ -180,6 +193,7 @@ TABLES = [
         Token,
         TokenState,
         Tombstone,
+        RegistryConfig,
         State,
     )
 ]
@@ -284,6 +298,7 @@ __all__ = [
     "Blob",
     "FileEntry",
     "FileInfo",
+    "RegistryConfig",
     "State",
     "TABLES",
     "Token",

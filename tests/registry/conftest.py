@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -109,3 +110,85 @@ def serve():
 def pg_password() -> str:
     """The password inside ``pg_url``: it must never appear in any message or answer."""
     return PG_PASSWORD
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """An S3 API server on loopback: moto's server mode, as a real process on a free port."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_up(url, "/moto-api/")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+S3_KEY_ID, S3_SECRET = "lr-test-key-id", "s3-secret-do-not-leak"
+
+
+def make_s3_settings(moto_url: str, home: Path):
+    """Settings whose blob store is a fresh bucket on the moto server at ``moto_url``
+    (credentials are checked by nothing there, but must never show)."""
+    import uuid
+
+    import boto3
+
+    from loraroute.settings import get_settings
+
+    bucket = f"lr-{uuid.uuid4().hex[:16]}"
+    boto3.client(
+        "s3",
+        endpoint_url=moto_url,
+        region_name="us-east-1",
+        aws_access_key_id=S3_KEY_ID,
+        aws_secret_access_key=S3_SECRET,
+    ).create_bucket(Bucket=bucket)
+    return get_settings(
+        home=home,
+        blob_store=f"s3://{bucket}/team",
+        s3_endpoint_url=moto_url,
+        s3_region="us-east-1",
+        s3_access_key_id=S3_KEY_ID,
+        s3_secret_access_key=S3_SECRET,
+        s3_part_size=5 << 20,
+    )
+
+
+@pytest.fixture
+def s3_settings(moto_server, lr_home):
+    """Settings whose blob store is a fresh bucket on the moto server."""
+    return make_s3_settings(moto_server, lr_home.home)
+
+
+@pytest.fixture
+def s3_raw(s3_settings):
+    """``raw_client`` of the test bucket."""
+    return raw_client(s3_settings)
+
+
+def raw_client(settings):
+    """A plain boto3 client on the settings' bucket, to look at (or damage) objects behind
+    the store's back: ``(client, bucket, prefix)``."""
+    import boto3
+
+    from loraroute.registry.blobs.s3 import parse_s3_url
+
+    bucket, prefix = parse_s3_url(settings.blob_store)
+    client = boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=S3_KEY_ID,
+        aws_secret_access_key=S3_SECRET,
+    )
+    return client, bucket, prefix

@@ -51,6 +51,29 @@ def test_redact_text_finds_secrets_inside_messages():
     assert "name=x" in out and "GET /v1/versions" in out
 
 
+def test_redact_text_finds_s3_credentials():
+    text = (
+        "GET https://b.s3.amazonaws.com/k?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=AKIAEXAMPLE%2F20260101&X-Amz-Signature=deadbeefcafe"
+        "&X-Amz-Security-Token=FwoGZXIvYXdzEXAMPLE failed; config aws_secret_access_key=wJalrEX "
+        "aws_session_token=IQoJbEX"
+    )
+    out = redact_text(text)
+    for secret in ("AKIAEXAMPLE", "deadbeefcafe", "FwoGZXIvYXdzEXAMPLE", "wJalrEX", "IQoJbEX"):
+        assert secret not in out, out
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in out
+
+
+def test_s3_settings_never_show_their_secrets():
+    from loraroute.settings import get_settings
+
+    s = get_settings(
+        s3_access_key_id="AKIA-SHOWN-NOWHERE", s3_secret_access_key="wJalr-shown-nowhere"
+    )
+    text = repr(s) + str(s) + s.model_dump_json()
+    assert "AKIA-SHOWN-NOWHERE" not in text and "wJalr-shown-nowhere" not in text
+
+
 def test_redacting_filter_rewrites_records_and_tracebacks():
     record = logging.LogRecord(
         "x", logging.ERROR, __file__, 1, "db %s failed", ("postgresql://u:pw@h/db",), None

@@ -1,4 +1,4 @@
-"""Content-addressed blob store on disk: ``<root>/sha256/<ab>/<hex>``, each file stored once.
+"""Content-addressed blobs in a folder: ``<root>/sha256/<ab>/<hex>``, each file stored once.
 
 Writes go to a temporary file in ``<root>/tmp`` that is hashed while written, fsynced and
 renamed into place, so a blob path only ever holds complete, correct bytes.
@@ -16,30 +16,17 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ._text import shown
-from .errors import IntegrityError, InvalidReferenceError
-from .refs import DIGEST_RE
+from .base import (
+    CHUNK,
+    BlobStore,
+    BlobWriter,
+    StoredBlob,
+    check_digest,
+    digest_mismatch,
+    sha256_file,
+)
 
 logger = logging.getLogger(__name__)
-
-CHUNK = 1 << 20
-
-
-def sha256_file(path: Path, chunk: int = CHUNK) -> tuple[str, int]:
-    """``("sha256:<hex>", size)`` of a file."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            size += len(block)
-    return "sha256:" + h.hexdigest(), size
-
-
-def check_digest(digest: str) -> str:
-    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
-        raise InvalidReferenceError(f"invalid digest {shown(digest)}: expected 'sha256:<64 hex>'")
-    return digest
 
 
 def fsync_dir(path: Path) -> None:
@@ -50,18 +37,53 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class BlobStore:
+def clean_folder(folder: Path, older_than: float, *, dry_run: bool = False) -> tuple[int, int]:
+    """Remove the files and folders directly in ``folder`` older than ``older_than`` seconds;
+    return how many and their bytes (``dry_run``: only count)."""
+    if not folder.is_dir():
+        return 0, 0
+    now = time.time()
+    n = size = 0
+    for p in folder.iterdir():
+        try:
+            st = p.lstat()
+        except FileNotFoundError:  # its writer finished meanwhile
+            continue
+        if now - st.st_mtime < older_than:
+            continue
+        n += 1
+        if p.is_dir() and not p.is_symlink():
+            size += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            if not dry_run:
+                shutil.rmtree(p, ignore_errors=True)
+        else:
+            size += st.st_size
+            if not dry_run:
+                p.unlink(missing_ok=True)
+    return n, size
+
+
+class LocalBlobStore(BlobStore):
     """Blobs by digest under ``root``.
 
     Example::
 
-        >>> store = BlobStore(Path("/tmp/blobs"))  # doctest: +SKIP
+        >>> store = LocalBlobStore(Path("/tmp/blobs"))  # doctest: +SKIP
         >>> digest, size = store.put_file(Path("adapter_model.safetensors"))  # doctest: +SKIP
     """
+
+    kind = "local"
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.tmp_dir = self.root / "tmp"
+
+    def __repr__(self) -> str:
+        return f"LocalBlobStore({str(self.root)!r})"
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
 
     def path(self, digest: str) -> Path:
         hexd = check_digest(digest).split(":", 1)[1]
@@ -76,26 +98,12 @@ class BlobStore:
         except FileNotFoundError:
             return None
 
-    def writer(self, expected: str | None = None) -> BlobWriter:
-        """An incremental writer (for streamed uploads); ``commit()`` verifies and installs."""
-        return BlobWriter(self, expected)
+    def local_file(self, digest: str) -> Path | None:
+        path = self.path(digest)
+        return path if path.is_file() else None
 
-    def put_chunks(self, chunks: Iterable[bytes], expected: str | None = None) -> tuple[str, int]:
-        """Store streamed bytes; verify against ``expected`` when given. Returns (digest, size)."""
-        w = self.writer(expected)
-        try:
-            for block in chunks:
-                w.write(block)
-            return w.commit()
-        finally:
-            w.abort()
-
-    def put_file(self, src: Path) -> tuple[str, int]:
-        with open(src, "rb") as f:
-            return self.put_chunks(iter(lambda: f.read(CHUNK), b""))
-
-    def put_stream(self, stream: BinaryIO, expected: str | None = None) -> tuple[str, int]:
-        return self.put_chunks(iter(lambda: stream.read(CHUNK), b""), expected)
+    def writer(self, expected: str | None = None) -> LocalBlobWriter:
+        return LocalBlobWriter(self, expected)
 
     def _install(self, tmp: Path, digest: str) -> None:
         final = self.path(digest)
@@ -117,7 +125,6 @@ class BlobStore:
                 yield block
 
     def verify(self, digest: str) -> str | None:
-        """``None`` if the blob is intact, else a sentence saying what is wrong."""
         p = self.path(digest)
         if not p.is_file():
             return f"blob {digest} is missing from the blob store"
@@ -134,36 +141,31 @@ class BlobStore:
             for p in sorted(sub.iterdir()):
                 yield f"sha256:{p.name}", p
 
+    def list_blobs(self) -> Iterator[StoredBlob]:
+        for digest, path in self.all_digests():
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            yield StoredBlob(digest, st.st_size, st.st_mtime)
+
+    def delete(self, digests: Iterable[str]) -> None:
+        for digest in digests:
+            self.path(digest).unlink(missing_ok=True)
+
     def clean_tmp(self, older_than: float, *, dry_run: bool = False) -> tuple[int, int]:
         """Remove temporary files (or folders) left by killed writers, older than
         ``older_than`` seconds; return how many and their bytes (``dry_run``: only count)."""
-        if not self.tmp_dir.is_dir():
-            return 0, 0
-        now = time.time()
-        n = size = 0
-        for p in self.tmp_dir.iterdir():
-            try:
-                st = p.lstat()
-            except FileNotFoundError:  # its writer finished meanwhile
-                continue
-            if now - st.st_mtime < older_than:
-                continue
-            n += 1
-            if p.is_dir() and not p.is_symlink():
-                size += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-                if not dry_run:
-                    shutil.rmtree(p, ignore_errors=True)
-            else:
-                size += st.st_size
-                if not dry_run:
-                    p.unlink(missing_ok=True)
-        return n, size
+        return clean_folder(self.tmp_dir, older_than, dry_run=dry_run)
+
+    def private_strings(self) -> dict[str, str]:
+        return {form: "<store>" for form in (str(self.root), str(self.root.resolve()))}
 
 
-class BlobWriter:
+class LocalBlobWriter(BlobWriter):
     """Write a blob in pieces: temp file, hashed as written, fsynced and renamed on commit."""
 
-    def __init__(self, store: BlobStore, expected: str | None) -> None:
+    def __init__(self, store: LocalBlobStore, expected: str | None) -> None:
         if expected is not None:
             check_digest(expected)
         self.store = store
@@ -191,10 +193,7 @@ class BlobWriter:
         self._out = None
         digest = "sha256:" + self._hash.hexdigest()
         if self.expected is not None and digest != self.expected:
-            raise IntegrityError(
-                f"blob upload does not match its digest: expected {self.expected}, received "
-                f"{digest} ({self.size} bytes); the transfer was corrupted, retry it"
-            )
+            raise digest_mismatch(self.expected, digest, self.size)
         self.store._install(self.tmp, digest)
         return digest, self.size
 
@@ -205,4 +204,4 @@ class BlobWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-__all__ = ["BlobStore", "BlobWriter", "CHUNK", "check_digest", "fsync_dir", "sha256_file"]
+__all__ = ["LocalBlobStore", "LocalBlobWriter", "clean_folder", "fsync_dir"]
