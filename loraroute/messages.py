@@ -132,8 +132,9 @@ def normalise(request: str | Any | Sequence[Any]) -> list[Message]:
     for i, msg in enumerate(request):
         calls: Any = ()
         name = None
+        role: Role
         if isinstance(msg, str):
-            role, text = "user", msg
+            role, text = "user", content_text(msg)
         elif isinstance(msg, dict):
             role = _role(msg.get("role", "user"), i)
             text = content_text(msg.get("content"))

@@ -48,7 +48,7 @@ def chunk_rows(members: list[tuple[int, int, int]], chunk: int) -> list[tuple[in
 
     ``members``: ``(a_off, b_off, out_features)`` per module of the group, in delta order.
     """
-    rows = []
+    rows: list[tuple[int, ...]] = []
     dcol = 0
     for member, (a_off, b_off, fout) in enumerate(members):
         for col0 in range(0, fout, chunk):
