@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         None, description="forward generation to this OpenAI-compatible engine"
     )
     engine_api_key: SecretStr | None = Field(None, description="bearer key for `engine_url`")
+    ray_address: str = Field(
+        "",
+        description="the Ray cluster `adapters serve --ray` joins (`auto`, `ray://host:10001`; "
+        "empty: Ray's own default, `RAY_ADDRESS` or a new local cluster)",
+    )
 
     # -- the LoRA kernels on CUDA (see loraroute.agents.lora.config) -----------------------
     lora_decode_kernel: Literal["auto", "tiles", "rows"] = Field(
