@@ -92,7 +92,9 @@ def served(cluster, smollm2_path, tmp_path_factory):
 
 def ask(client, model: str, max_tokens: int = 2, content: str = "Hello"):
     raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": content}], max_tokens=max_tokens,
+        model=model,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=max_tokens,
         temperature=0,
     )
     out = raw.parse()
