@@ -143,13 +143,15 @@ _MIB = 1024 * 1024
     "--target-ongoing-requests",
     default=None,
     type=click.FloatRange(min=0, min_open=True),
-    help="With --ray and autoscaling: requests per replica Serve aims for [default: 4].",
+    help="With --ray and autoscaling: requests per replica Serve aims for (default: 0.7 x "
+    "--max-ongoing-requests).",
 )
 @click.option(
     "--max-ongoing-requests",
     default=None,
     type=click.IntRange(1),
-    help="With --ray: requests Serve sends one replica at once (default: 4 x --max-batch-size).",
+    help="With --ray: requests Serve sends one replica at once; more go to another replica "
+    "(default: --max-batch-size).",
 )
 @click.option(
     "--cpus-per-replica", default=None, type=click.FloatRange(0), help="With --ray [default: 1]."

@@ -23,8 +23,10 @@ class Autoscaling(BaseModel):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(4, ge=1)
     initial_replicas: int | None = Field(None, ge=0)
-    target_ongoing_requests: float = Field(
-        4.0, gt=0, description="requests per replica Serve aims for (default: half a CPU batch)"
+    target_ongoing_requests: float | None = Field(
+        None,
+        gt=0,
+        description="requests per replica Serve aims for (default: 70% of max_ongoing_requests)",
     )
     upscale_delay_s: float = Field(30.0, ge=0)
     downscale_delay_s: float = Field(600.0, ge=0)
@@ -38,8 +40,10 @@ class Autoscaling(BaseModel):
             )
         return self
 
-    def ray_config(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+    def ray_config(self, max_ongoing: int) -> dict[str, Any]:
+        config = self.model_dump(exclude_none=True)
+        config.setdefault("target_ongoing_requests", max(1.0, 0.7 * max_ongoing))
+        return config
 
 
 class RayServeArgs(BaseModel):
@@ -82,7 +86,9 @@ class RayServeArgs(BaseModel):
     max_ongoing_requests: int | None = Field(
         None,
         ge=1,
-        description="requests Serve sends one replica at once (default: 4 x max_batch_size)",
+        description="requests Serve sends one replica at once (default: max_batch_size; past "
+        "it a request goes to another replica, which loads the adapter: the placement "
+        "simulation finds more waits in queues than loads saved)",
     )
     cpus_per_replica: float = Field(1.0, ge=0)
     gpus_per_replica: float | None = Field(
@@ -107,7 +113,7 @@ class RayServeArgs(BaseModel):
 
     @property
     def ongoing_per_replica(self) -> int:
-        return self.max_ongoing_requests or 4 * self.max_batch_size
+        return self.max_ongoing_requests or self.max_batch_size
 
     @property
     def max_replicas(self) -> int:
@@ -154,7 +160,7 @@ class RayServeArgs(BaseModel):
             "max_ongoing_requests": self.ongoing_per_replica,
         }
         if self.autoscaling is not None:
-            options["autoscaling_config"] = self.autoscaling.ray_config()
+            options["autoscaling_config"] = self.autoscaling.ray_config(self.ongoing_per_replica)
         else:
             options["num_replicas"] = self.num_replicas
         return options

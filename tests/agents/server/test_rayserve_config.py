@@ -20,13 +20,14 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "ray_serve.yaml"
 def test_engine_replicas_are_a_fixed_count_or_autoscaled():
     fixed = RayServeArgs(num_replicas=3, max_batch_size=4).engine_options()
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
-    assert fixed["max_ongoing_requests"] == 16  # 4 x the batch
+    assert fixed["max_ongoing_requests"] == 4  # the batch: more go to another replica
     assert fixed["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0}
 
     scaled = RayServeArgs(autoscaling=Autoscaling(min_replicas=1, max_replicas=8))
     options = scaled.engine_options()
     assert "num_replicas" not in options
     assert options["autoscaling_config"]["max_replicas"] == 8
+    assert options["autoscaling_config"]["target_ongoing_requests"] == 0.7 * 8  # of the batch
     assert scaled.max_replicas == 8
 
     assert RayServeArgs(device="cuda").engine_options()["ray_actor_options"]["num_gpus"] == 1.0
