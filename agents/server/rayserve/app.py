@@ -17,6 +17,7 @@ Example (a Serve config file; ``serve run loraroute.yaml``)::
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from .backend import RayBackend
@@ -90,7 +91,14 @@ def run(
         # a local cluster started here: no dashboard (and so no usage reports from it)
         ray.init(address=address or None, include_dashboard=False if not address else None)
     serve.start(http_options={"host": host, "port": port})
-    handle = serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=blocking)
-    if blocking:  # interrupted: take the application down, as ``serve run`` does
+    handle = serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    if not blocking:
+        return handle
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        logger.info("interrupted: deleting the application %s", APP_NAME)
+    finally:  # take the application down, as ``serve run`` does
         serve.delete(APP_NAME)
-    return handle
+    return None

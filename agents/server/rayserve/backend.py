@@ -237,6 +237,7 @@ class RayBackend:
         return self.handle.options(**options).generate.remote(target, prepared, digest)
 
     def _seen(self, start: dict[str, Any]) -> None:
+        self._learn(start)
         self.requests += 1
         self.held_requests += int(bool(start.get("adapter_was_resident")))
         self.replicas[start["replica"]] = {
@@ -245,6 +246,11 @@ class RayBackend:
             "max_resident": start.get("max_resident"),
             "seen": time.time(),
         }
+
+    def _learn(self, facts: dict[str, Any]) -> None:
+        """The base model's name and fingerprint as the replicas' engines report them."""
+        self._base_model = facts.get("base_model") or self._base_model
+        self.base_fingerprint = facts.get("base_fingerprint") or self.base_fingerprint
 
     async def start(self, target: Target, prepared: Prepared) -> RayRunning:
         digest = None
@@ -299,7 +305,7 @@ class RayBackend:
         except Exception as exc:  # noqa: BLE001 - not ready: said in the probe's answer
             detail["error"] = f"no engine replica answered: {type(exc).__name__}: {exc}"
             return False, detail
-        self.base_fingerprint = info["base_fingerprint"]
+        self._learn(info)
         detail.update(replica=info["replica"], replicas_seen=len(self.replicas))
         return True, detail
 

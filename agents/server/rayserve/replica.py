@@ -159,6 +159,8 @@ class EngineReplica:
                 "resident": self._resident(),
                 "loads": self.backend.stats()["loads"],
                 "max_resident": self.engine.pool.max_resident,
+                "base_model": self.engine.base_model_id,
+                "base_fingerprint": self.engine.base_fingerprint,
             }
             async for delta in running.deltas():
                 yield {"event": "delta", "text": delta}

@@ -98,6 +98,7 @@ def ask(client, model: str, max_tokens: int = 2, content: str = "Hello"):
         temperature=0,
     )
     out = raw.parse()
+    assert out.system_fingerprint.startswith("sha256:")  # the replicas' base model
     info = out.model_extra["loraroute"]
     assert raw.headers["x-loraroute-replica"] == info["placement"]["replica"]  # where it ended
     return out, info
