@@ -2,7 +2,8 @@
 SmolLM2, four adapters, the real openai client. Requests go to the replica that holds their
 adapter (each answer names its replica), and a replica killed mid-traffic loses no request.
 
-About 60-90 s on 2 cores, most of it Ray starting and two replicas loading SmolLM2.
+About 60-110 s on 2 cores (more on a busy machine), most of it Ray starting and two replicas
+loading SmolLM2.
 """
 
 from __future__ import annotations
@@ -111,15 +112,16 @@ def test_requests_go_to_the_replica_that_holds_their_adapter(served):
         answers = list(pool.map(lambda i: ask(client, names[i % 4]), range(48)))
     by_adapter = collections.defaultdict(collections.Counter)
     held = 0
-    for out, info in answers:
+    for i, (out, info) in enumerate(answers):
         assert out.choices[0].message.content is not None
         assert info["adapter_digest"] == versions[info["requested_model"]].digest
-        by_adapter[info["adapter"]][info["placement"]["replica"]] += 1
+        if i >= 12:  # once the first loads have settled where each adapter lives
+            by_adapter[info["adapter"]][info["placement"]["replica"]] += 1
         held += info["placement"]["adapter_was_resident"]
     replicas = {r for counts in by_adapter.values() for r in counts}
     assert len(replicas) == 2  # both replicas served
     for counts in by_adapter.values():  # each adapter stays on one replica (random: ~50/50)
-        assert counts.most_common(1)[0][1] >= 0.8 * sum(counts.values()), by_adapter
+        assert counts.most_common(1)[0][1] >= 0.9 * sum(counts.values()), by_adapter
     # a request lands where its adapter is already resident, bar the first loads (random
     # placement over 2 replicas of 2 slots: about half)
     assert held >= 0.8 * len(answers), by_adapter
