@@ -171,6 +171,8 @@ class RayRunning:
                     else:
                         sent = ""
         finally:
+            if self._final is None:  # abandoned (client gone, timeout, error): stop the replica
+                self.cancel()
             self._done = True
 
     @staticmethod
@@ -191,7 +193,7 @@ class RayRunning:
         if not self._done:
             self._done = True
             if self._gen is not None:
-                self._gen.cancel()
+                self._gen.cancel()  # the replica's generator ends and cancels its request
 
     def done(self) -> bool:
         return self._done

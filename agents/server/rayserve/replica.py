@@ -132,6 +132,7 @@ class EngineReplica:
             "max_resident": stats["max_resident"],
             "requests": self.requests,
             "held_requests": self.held_requests,
+            "running": stats["running"],
         }
 
     async def generate(

@@ -143,6 +143,25 @@ def test_streams_report_their_replica_and_auto_routes(served):
     assert first["placement"]["replica"].startswith("SERVE_REPLICA::loraroute#LoraRouteEngine#")
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
+    # a client that goes away stops the generation on the replica, not only at the ingress
+    from ray import serve
+
+    stream = client.chat.completions.create(
+        model="space",
+        messages=[{"role": "user", "content": "Tell me a long story."}],
+        max_tokens=400,
+        temperature=0,
+        stream=True,
+    )
+    next(iter(stream))
+    stream.close()
+    engine = serve.get_deployment_handle("LoraRouteEngine", app_name="loraroute")
+    holder = engine.options(multiplexed_model_id=versions["space"].digest)
+    deadline = time.monotonic() + 5  # 400 tokens take far longer on one CPU
+    while holder.info.remote().result()["running"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert holder.info.remote().result()["running"] == 0
+
     # the ingress routes model="auto" with the router over the registry (MiniLM)
     out, info = ask(client, "auto", content="How long should I boil an egg for?")
     assert info["routed"] and info["adapter"] == versions["cooking"].ref
