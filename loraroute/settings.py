@@ -140,6 +140,11 @@ class Settings(BaseSettings):
         description="comma-separated folders under which `/v1/load_lora_adapter` may read "
         "adapter folders (besides the registry's checkouts and registry refs)",
     )
+    ray_address: str = Field(
+        "",
+        description="the Ray cluster `adapters serve --ray` joins (`auto`, `ray://host:10001`; "
+        "empty: Ray's own default, `RAY_ADDRESS` or a new local cluster)",
+    )
 
     # -- the LoRA kernels on CUDA (see loraroute.agents.lora.config) -----------------------
     lora_decode_kernel: Literal["auto", "tiles", "rows"] = Field(

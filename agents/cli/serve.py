@@ -116,6 +116,61 @@ _MIB = 1024 * 1024
     "mounted elsewhere); default: the same path as here.",
 )
 @click.option(
+    "--ray",
+    "use_ray",
+    is_flag=True,
+    help="Serve on a Ray cluster with Ray Serve: this API and the router in an ingress, the "
+    "base model in engine replicas, each request sent to a replica that holds its adapter "
+    "(pip install 'loraroute[ray]').",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="With --ray: the cluster to join ('auto', 'ray://head:10001'; default: settings, "
+    "else Ray's own: RAY_ADDRESS or a new local cluster).",
+)
+@click.option(
+    "--replicas",
+    default=None,
+    type=click.IntRange(1),
+    help="With --ray: engine replicas (fixed count) [default: 1].",
+)
+@click.option(
+    "--min-replicas",
+    default=None,
+    type=click.IntRange(0),
+    help="With --ray: autoscale, at least this many replicas [default: 1].",
+)
+@click.option(
+    "--max-replicas",
+    default=None,
+    type=click.IntRange(1),
+    help="With --ray: autoscale, at most this many replicas (turns autoscaling on).",
+)
+@click.option(
+    "--target-ongoing-requests",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --ray and autoscaling: requests per replica Serve aims for (default: 0.7 x "
+    "--max-ongoing-requests).",
+)
+@click.option(
+    "--max-ongoing-requests",
+    default=None,
+    type=click.IntRange(1),
+    help="With --ray: requests Serve sends one replica at once; more go to another replica "
+    "(default: --max-batch-size).",
+)
+@click.option(
+    "--cpus-per-replica", default=None, type=click.FloatRange(0), help="With --ray [default: 1]."
+)
+@click.option(
+    "--gpus-per-replica",
+    default=None,
+    type=click.FloatRange(0),
+    help="With --ray (default: 1 with --device cuda, else 0).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -151,6 +206,15 @@ def serve_cmd(
     engine_api_key: str | None,
     engine_base_model: str | None,
     engine_adapter_dir: str | None,
+    use_ray: bool,
+    ray_address: str | None,
+    replicas: int | None,
+    min_replicas: int | None,
+    max_replicas: int | None,
+    target_ongoing_requests: float | None,
+    max_ongoing_requests: int | None,
+    cpus_per_replica: float | None,
+    gpus_per_replica: float | None,
     log_level: str,
 ) -> None:
     """Serve an OpenAI-compatible chat API with model="auto" routing.
@@ -161,6 +225,8 @@ def serve_cmd(
       adapters serve --host 0.0.0.0 --api-key "$KEY"  # reachable from elsewhere: key required
       adapters serve --engine-url http://gpu-1:8000   # route here, generate on vLLM
       adapters serve --device cuda --max-batch-size 32 --max-resident 64
+      adapters serve --ray --replicas 2 --max-resident 64  # Ray Serve, adapter affinity
+      adapters serve --ray --ray-address auto --device cuda --min-replicas 1 --max-replicas 8
     """
     from pydantic import ValidationError
 
@@ -192,6 +258,46 @@ def serve_cmd(
     except ValidationError as exc:
         raise click.UsageError("; ".join(e["msg"] for e in exc.errors())) from exc
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    ray_options = {
+        "--ray-address": ray_address,
+        "--replicas": replicas,
+        "--min-replicas": min_replicas,
+        "--max-replicas": max_replicas,
+        "--target-ongoing-requests": target_ongoing_requests,
+        "--max-ongoing-requests": max_ongoing_requests,
+        "--cpus-per-replica": cpus_per_replica,
+        "--gpus-per-replica": gpus_per_replica,
+    }
+    if use_ray:
+        from ._ray import serve_ray
+
+        conflicts = {
+            "--engine-url": engine_url,
+            "--engine-adapter-dir": engine_adapter_dir,
+            "--preload": preload,
+        }
+        given = [name for name, value in conflicts.items() if value]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: not with --ray")
+        serve_ray(
+            config,
+            settings,
+            ray_options,
+            base_model=base_model,
+            registry_url=registry_url,
+            token=token,
+            device=device,
+            max_batch_size=max_batch_size,
+            max_resident=max_resident,
+            max_cpu_adapters=max_cpu_adapters,
+            lora_backend=lora_backend,
+            cuda_graphs=not no_cuda_graphs,
+            router=not no_router,
+        )
+        return
+    given = [name for name, value in ray_options.items() if value is not None]
+    if given:
+        raise click.UsageError(f"{', '.join(given)}: options of --ray")
 
     from ..server.backends import Backend
 

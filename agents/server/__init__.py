@@ -5,6 +5,8 @@
 - :mod:`.protocol`: the request and response models;
 - :mod:`.backends`: where generation happens (:class:`LocalBackend` on an engine here);
 - :mod:`.proxy`: :class:`ProxyBackend`, forwarding to another OpenAI-compatible engine;
+- :mod:`.rayserve`: the same app on Ray Serve, engine replicas with adapter affinity (Ray is
+  imported only when it is used: ``pip install 'loraroute[ray]'``);
 - :mod:`.streaming`: server-sent events, timeouts, disconnects;
 - :mod:`.state`, :mod:`.auth`, :mod:`.errors`, :mod:`.metrics`, :mod:`.config`,
   :mod:`.runner` (uvicorn), :mod:`.testing` (a real server for tests).

@@ -158,4 +158,5 @@ async def chat_completions(req: ChatCompletionRequest, request: Request, st: Sta
         },
         "loraroute": route_info(st, target, running),
     }
-    return JSONResponse(payload, headers=headers)
+    # again after the answer: a backend that retried elsewhere reports where it finished
+    return JSONResponse(payload, headers=route_headers(target, running))

@@ -146,6 +146,11 @@ class RouteInfo(BaseModel):
     route_confidence: float | None = None
     alternatives: list[list[Any]] = Field(default_factory=list)
     base_model: str | None = None
+    placement: dict[str, Any] | None = Field(
+        None,
+        description="Where it ran, on a backend with several engines (Ray: replica, "
+        "adapter_was_resident, attempts); absent otherwise.",
+    )
 
 
 class Usage(BaseModel):

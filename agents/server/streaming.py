@@ -23,11 +23,14 @@ ROUTE_HEADERS = [
     f"{HEADER_PREFIX}Adapter-Digest",
     f"{HEADER_PREFIX}Routed",
     f"{HEADER_PREFIX}Route-Confidence",
+    f"{HEADER_PREFIX}Replica",
     "Retry-After",
 ]
 
 
 def route_info(st: Any, target: Target, running: Running | None) -> dict[str, Any]:
+    # where it ran, on a backend with several engines (Ray: the replica, adapter already held)
+    placement = getattr(running, "placement", None)
     return {
         "requested_model": target.requested,
         "adapter": running.adapter_ref if running else target.adapter,
@@ -38,6 +41,7 @@ def route_info(st: Any, target: Target, running: Running | None) -> dict[str, An
         "route_confidence": target.confidence,
         "alternatives": target.alternatives,
         "base_model": st.backend.base_model,
+        **({"placement": placement} if placement else {}),
     }
 
 
@@ -50,6 +54,9 @@ def route_headers(target: Target, running: Running) -> dict[str, str]:
         h[f"{HEADER_PREFIX}Adapter-Digest"] = running.adapter_digest
     if target.confidence is not None:
         h[f"{HEADER_PREFIX}Route-Confidence"] = f"{target.confidence:.4f}"
+    placement = getattr(running, "placement", None)
+    if placement and placement.get("replica"):
+        h[f"{HEADER_PREFIX}Replica"] = str(placement["replica"])
     return h
 
 

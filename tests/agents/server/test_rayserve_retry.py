@@ -1,0 +1,164 @@
+"""How the ingress's :class:`RayRunning` sends a request again when its replica dies.
+
+A real replica dies at a moment no test controls, so these cases script the replica's side: a
+stand-in for Serve's handle whose calls replay the events a replica sends and raise Ray's own
+``ActorDiedError`` where the replica would die. The cluster test (``test_rayserve.py``) kills a
+real replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from ray.exceptions import ActorDiedError
+
+from loraroute.agents.server.backends import Prepared, Target
+from loraroute.agents.server.errors import APIError
+from loraroute.agents.server.rayserve import RayBackend, RayServeArgs
+
+
+class Script:
+    """One replica's answer to one call: events, then maybe death."""
+
+    def __init__(self, replica: str, texts: list[str], *, die_after: int | None = None):
+        self.replica, self.texts, self.die_after = replica, texts, die_after
+        self.cancelled = False
+
+    def __aiter__(self):  # as Serve's DeploymentResponseGenerator: one stream of events
+        return self
+
+    def __anext__(self):
+        if not hasattr(self, "_it"):
+            self._it = self._events()
+        return self._it.__anext__()
+
+    async def _events(self):
+        yield {
+            "event": "start",
+            "replica": self.replica,
+            "adapter_was_resident": True,
+            "adapter_ref": "legal@1",
+            "adapter_digest": "sha256:ab",
+            "resident": [],
+            "loads": 0,
+            "max_resident": 2,
+        }
+        for i, text in enumerate(self.texts):
+            if self.die_after is not None and i == self.die_after:
+                raise ActorDiedError()
+            yield {"event": "delta", "text": text}
+        if self.die_after is not None and self.die_after >= len(self.texts):
+            raise ActorDiedError()
+        content = "".join(self.texts)
+        yield {
+            "event": "final",
+            "final": {
+                "content": content,
+                "prompt_tokens": 3,
+                "completion_tokens": len(self.texts),
+                "finish_reason": "stop",
+                "tool_calls": None,
+            },
+        }
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Scripted(RayBackend):
+    """A RayBackend whose replica calls follow ``scripts`` in turn."""
+
+    def __init__(self, scripts: list[Any], retries: int = 3):
+        super().__init__(None, RayServeArgs(retries=retries, base_model="base-model"))
+        self.scripts = list(scripts)
+        self.calls = 0
+
+    def _call(self, target, prepared, digest):
+        self.calls += 1
+        script = self.scripts.pop(0)
+        if isinstance(script, BaseException):
+            return _Dead(script)
+        return script
+
+
+class _Dead:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def __anext__(self):
+        async def die():
+            raise self.exc
+
+        return die()
+
+    def cancel(self) -> None:
+        pass
+
+
+def answer(backend: Scripted, *, stream: bool) -> tuple[Any, str]:
+    async def go():
+        prepared = Prepared(
+            [{"role": "user", "content": "hi"}], 8, 0.0, 1.0, [], None, body={"stream": stream}
+        )
+        running = await backend.start(Target("legal@1", None), prepared)
+        text = "".join([d async for d in running.deltas()])
+        return running, text
+
+    return asyncio.run(go())
+
+
+def test_a_whole_answer_starts_over_on_another_replica():
+    backend = Scripted([Script("r1", ["Hel", "lo"], die_after=1), Script("r2", ["Hi", "!"])])
+    running, _ = answer(backend, stream=False)
+    assert running.final().content == "Hi!"  # the second replica's answer, whole
+    assert running.placement == {"replica": "r2", "attempts": 2, "adapter_was_resident": True}
+    assert backend.retried == 1
+
+
+def test_a_stream_resumes_after_the_text_already_sent():
+    backend = Scripted(
+        [Script("r1", ["Hel", "lo", " wor"], die_after=2), Script("r2", ["Hell", "o w", "orld"])]
+    )
+    running, text = answer(backend, stream=True)
+    assert text == "Hello world"  # "Hello" once, then the rest of the new answer
+    assert running.final().content == "Hello world"
+
+
+def test_a_stream_whose_new_answer_differs_ends_with_an_error():
+    second = Script("r2", ["No", "."])
+    backend = Scripted([Script("r1", ["Yes", "!"], die_after=1), second])
+    with pytest.raises(APIError, match="differs from the text already streamed") as err:
+        answer(backend, stream=True)
+    assert err.value.status == 502 and err.value.code == "replica_failed_mid_stream"
+    assert second.cancelled  # the abandoned answer stops on its replica
+
+
+def test_replicas_dying_past_the_retries_answer_503():
+    backend = Scripted([ActorDiedError(), ActorDiedError()], retries=1)
+    with pytest.raises(APIError, match="failed 2 times") as err:
+        answer(backend, stream=False)
+    assert err.value.status == 503 and err.value.headers["Retry-After"] == "1"
+    assert backend.calls == 2
+
+
+def test_a_replica_error_is_the_clients_error_and_not_retried():
+    class Refusing(Script):
+        async def _events(self):
+            yield {
+                "event": "error",
+                "status": 404,
+                "headers": {},
+                "error": {
+                    "message": "unknown adapter 'nope'",
+                    "type": "not_found_error",
+                    "param": "model",
+                    "code": "model_not_found",
+                },
+            }
+
+    backend = Scripted([Refusing("r1", [])])
+    with pytest.raises(APIError, match="unknown adapter 'nope'") as err:
+        answer(backend, stream=False)
+    assert err.value.status == 404 and backend.calls == 1
