@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ._perms import new_file
 from ._text import shown
 from .errors import IntegrityError, InvalidReferenceError
 from .refs import DIGEST_RE
@@ -170,6 +171,7 @@ class BlobWriter:
         self.expected = expected
         store.tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="blob-", dir=store.tmp_dir)
+        new_file(fd)  # readable as the umask allows (an engine of another user reads blobs)
         self.tmp = Path(name)
         self._out: BinaryIO | None = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
