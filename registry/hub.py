@@ -266,6 +266,12 @@ or with loraroute: `adapters push hf://{{ repo_id }} --name {{ name }}`.
 
 # PEFT's save_pretrained writes a card of placeholders; such a card is replaced, not kept
 _BOILERPLATE = "[More Information Needed]"
+_QUALITY = ("loss", "perplexity", "accuracy", "f1", "bleu", "rouge", "exact_match")
+
+
+def _quality(metric: str) -> bool:
+    """A measure of how good the adapter is (``eval_loss``), not of how it ran (``epochs``)."""
+    return metric.startswith("eval_") or any(word in metric for word in _QUALITY)
 
 
 def model_card(
@@ -281,7 +287,8 @@ def model_card(
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     tags = ["lora", "peft", "loraroute", *([v.domain] if v.domain else [])]
-    metrics = {k: float(x) for k, x in sorted(v.metrics.items())}
+    # the front matter's metrics are quality measures; the body's table lists them all
+    metrics = {k: float(x) for k, x in sorted(v.metrics.items()) if _quality(k)}
     eval_results = (
         [
             EvalResult(
@@ -332,7 +339,7 @@ def model_card(
         digest=v.digest,
         repo_id=repo_id,
         name=v.name,
-        metric_rows=[(k, f"{x:.4g}") for k, x in metrics.items()],
+        metric_rows=[(k, f"{float(x):.4g}") for k, x in sorted(v.metrics.items())],
         config_rows=[
             (k, json.dumps(x) if isinstance(x, list) else x)
             for k, x in _portable_config(v.training_config).items()

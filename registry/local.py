@@ -666,7 +666,7 @@ class Registry:
                 names = s.exec(select(Alias.name).where(Alias.adapter_id == adapter.id)).all()
                 raise AdapterNotFoundError(
                     f"adapter {name!r} has no alias {alias!r}",
-                    suggestions=close_matches(alias, names),
+                    suggestions=[f"{name}:{a}" for a in close_matches(alias, names)],
                 )
             s.delete(row)
             s.commit()

@@ -86,7 +86,7 @@ def test_near_misses_are_suggested(run, lr_home, tiny_adapter_factory, tiny_base
         reg.resolve("cooking:prd")
     with pytest.raises(AdapterNotFoundError, match=r"cooking has version 1 and alias prod"):
         reg.resolve("cooking@7")
-    with pytest.raises(AdapterNotFoundError, match="did you mean 'prod'"):
+    with pytest.raises(AdapterNotFoundError, match="did you mean 'cooking:prod'"):
         reg.alias_remove("cooking", "prd")
     with pytest.raises(AdapterNotFoundError) as far:
         reg.resolve("legal")
