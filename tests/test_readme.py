@@ -11,6 +11,7 @@ base lies in a Hugging Face cache, so that, like the embedded default, it has a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -82,10 +83,8 @@ def run_block(lang: str, text: str, cwd: Path, env: dict) -> subprocess.Complete
     try:
         out, err = proc.communicate(timeout=300)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
