@@ -305,7 +305,7 @@ def model_card(
     )
     if existing and _BOILERPLATE not in existing:
         card = ModelCard(existing, ignore_metadata_errors=True)
-        data = card.data
+        data: Any = card.data  # a ModelCardData (ModelCard.data is typed as its base)
         data.base_model = base_model
         data.library_name = "peft"
         data.tags = sorted(set(data.tags or []) | set(tags))

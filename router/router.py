@@ -232,6 +232,14 @@ class Router:
         served = self._served() if served is None else served
         routes = [r for r in served if r.routable]
         unroutable = [r for r in served if not r.routable]
+        if not served and "" not in self._warned:
+            self._warned.add("")  # said once: an upgraded registry may have nothing promoted
+            logger.warning(
+                "no version holds the alias %r, so model='auto' answers every request with the "
+                "base model; promote adapters with 'adapters alias set NAME %s VERSION'",
+                self.alias,
+                self.alias,
+            )
         for r in unroutable:
             if (r.ref or r.name) in self._warned:
                 continue  # said once per version, not on every refresh
