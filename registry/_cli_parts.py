@@ -35,6 +35,7 @@ def not_live_hint(v: Any, reg: Any) -> None:
 
 
 def version_table(versions: list[Any], live_alias: str) -> None:
+    """The `adapters ls` table: refs, whether each is live (holds ``live_alias``), aliases..."""
     from rich.table import Table
 
     out = console()

@@ -276,7 +276,7 @@ def pull(ref: str, dest: Path, registry_url, token, trust_policy, as_json) -> No
 
 @click.command(cls=_Command)
 @click.argument("ref")
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path), required=False)
 @click.option(
     "--hub",
     "repo_id",
@@ -319,7 +319,11 @@ def export(
     as_json,
 ) -> None:
     """Write REF to DEST as a plain PEFT folder (PeftModel.from_pretrained, vLLM, LoRAX); with
-    --hub ORG/NAME, as a Hub-ready folder, uploaded with --upload."""
+    --hub ORG/NAME, as a Hub-ready folder (DEST default: ./NAME), uploaded with --upload."""
+    if dest is None:
+        if repo_id is None:
+            raise click.UsageError("give the folder to write: adapters export REF DEST")
+        dest = Path(repo_id.rsplit("/", 1)[-1])
     reg = _open(registry_url, token, trust_policy)
     if repo_id is None:
         if base_model or datasets or upload or private:

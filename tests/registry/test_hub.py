@@ -258,7 +258,7 @@ def test_export_for_the_hub_writes_a_model_card(reg, tiny_adapter, tmp_path):
     assert (card.data.base_model, card.data.library_name) == (kept.base_model, "peft")
 
 
-def test_export_cli_hub_and_upload_offline(lr_home, tiny_adapter, tmp_path):
+def test_export_cli_hub_and_upload_offline(lr_home, tiny_adapter, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from loraroute.cli import main
@@ -275,3 +275,23 @@ def test_export_cli_hub_and_upload_offline(lr_home, tiny_adapter, tmp_path):
     assert (tmp_path / "b" / "README.md").is_file()
     plain = run(main, ["export", "cooking", str(tmp_path / "c"), "--upload"])
     assert plain.exit_code == 2 and "--hub" in plain.output
+    monkeypatch.chdir(tmp_path)  # DEST defaults to the repository's name, in the current folder
+    named = run(main, ["export", "cooking", "--hub", "me/cooking-lora", "--json"])
+    assert json.loads(named.output)["folder"] == str(tmp_path / "cooking-lora"), named.output
+    assert (tmp_path / "cooking-lora" / "adapter_model.safetensors").is_file()
+
+
+def test_push_through_an_http_registry_takes_hub_sources(
+    lr_home, tiny_adapter, tmp_path, sqlite_store, serve
+):
+    from loraroute.registry import RemoteRegistry
+    from loraroute.registry.auth import create_token
+    from loraroute.registry.server import create_app
+
+    snapshot = make_hub_cache(tmp_path / "hf" / "hub", REPO, tiny_adapter)
+    with serve(create_app(sqlite_store)) as srv:
+        remote = RemoteRegistry(srv.url, token=create_token(sqlite_store, "write"))
+        v = remote.push(snapshot, "cooking")
+        assert v.tags["source"] == f"hf://{REPO}@{snapshot.name}" and remote.serving() == []
+        remote.alias_set("cooking", "prod", v.version)
+        assert [x.ref for x in remote.serving()] == ["cooking@1"]
