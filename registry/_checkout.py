@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ._perms import new_file
 from ._transfer import ChunkSource, materialize
 from .errors import InvalidAdapterError
 from .signing import (
@@ -40,6 +41,7 @@ def write_signature(folder: Path, bundle: str) -> None:
     except (OSError, UnicodeDecodeError):
         pass
     fd, tmp = tempfile.mkstemp(prefix=".model.sig.", dir=folder)
+    new_file(fd)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(bundle)

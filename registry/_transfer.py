@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ._perms import new_folder
 from .errors import IntegrityError, RegistryError
 from .tables import AdapterVersion
 from .validate import check_file_name
@@ -49,6 +50,7 @@ def materialize(
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    new_folder(tmp)  # the umask's mode, not mkdtemp's 0700: other users' engines read it
     total = sum(f.size for f in v.files)
     done = 0
     try:

@@ -19,6 +19,16 @@ import click
 
 from loraroute.cli_options import json_option, registry_option, token_option
 
+from ._cli_parts import (
+    SourceType,
+    alias_option,
+    console,
+    name_for,
+    not_live_hint,
+    promote,
+    version_table,
+)
+
 trust_policy_option = click.option(
     "--trust-policy",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -99,8 +109,11 @@ def _dump(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
-def _version_dict(v: Any) -> dict[str, Any]:
-    return {"ref": v.ref, **v.to_dict()}
+def _version_dict(v: Any, live_alias: str | None = None) -> dict[str, Any]:
+    out = {"ref": v.ref, **v.to_dict()}
+    if live_alias is not None:
+        out["live"] = live_alias in v.aliases
+    return out
 
 
 @contextmanager
@@ -131,36 +144,12 @@ def _progress(label: str, enabled: bool = True) -> Iterator[Callable[[str, int, 
         yield update
 
 
-def _table(versions: list[Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{len(versions)} adapter version(s)")
-    # refs and aliases are what users copy into commands: never cut them; the rest may wrap
-    table.add_column("ref", no_wrap=True)
-    table.add_column("aliases", no_wrap=True)
-    for col in ("domain", "rank", "size"):
-        table.add_column(col)
-    table.add_column("base", overflow="ellipsis", max_width=24)
-    table.add_column("tags", overflow="fold")
-    table.add_column("created")
-    for v in versions:
-        table.add_row(
-            v.ref,
-            ", ".join(v.aliases),
-            v.domain or "",
-            str(v.rank or ""),
-            f"{v.size / 1e6:.2f} MB",
-            (v.base_model_id or "")[-32:],
-            ", ".join(f"{k}={val}" for k, val in v.tags.items()),
-            v.created_at.strftime("%Y-%m-%d %H:%M"),
-        )
-    Console().print(table)
-
-
 @click.command(cls=_Command)
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--name", required=True, help="Adapter name.")
+@click.argument("source", type=SourceType())
+@click.option(
+    "--name", default=None, help="Adapter name [default for hf://: the repository's name]."
+)
+@alias_option
 @click.option("--domain", default=None)
 @click.option("--description", default=None)
 @click.option("--example", "examples", multiple=True, help="A routing example (repeatable).")
@@ -186,8 +175,9 @@ def _table(versions: list[Any]) -> None:
 @token_option
 @json_option
 def push(
-    folder: Path,
-    name: str,
+    source: Path | str,
+    name: str | None,
+    aliases: tuple[str, ...],
     domain,
     description,
     examples,
@@ -205,7 +195,13 @@ def push(
     token,
     as_json,
 ) -> None:
-    """Validate FOLDER (a PEFT adapter) and store it as the next version of NAME."""
+    """Validate a PEFT adapter and store it as the next version of NAME.
+
+    SOURCE is a folder (a Hugging Face cache snapshot too) or hf://ORG/NAME[@REV], taken from
+    the local Hugging Face cache or downloaded when the Hub is reachable. The version is not
+    live (routed to) until promoted: --alias prod, or `adapters alias set NAME prod N` later.
+    """
+    name = name_for(source, name)
     routing = list(examples)
     if examples_file:
         text = examples_file.read_text(errors="replace")
@@ -225,7 +221,7 @@ def push(
     reg = _open(registry_url, token)
     with _progress("push", not as_json) as progress:
         v = reg.push(
-            folder,
+            source,
             name,
             domain=domain,
             description=description,
@@ -243,10 +239,12 @@ def push(
             base_fingerprint=base_fingerprint,
             progress=progress,
         )
+    v = promote(reg, v, aliases)
     if as_json:
-        _dump(_version_dict(v))
+        _dump(_version_dict(v, reg.settings.serving_alias))
     else:
         click.echo(f"{v.ref} {v.digest}")
+        not_live_hint(v, reg)
 
 
 @click.command(cls=_Command)
@@ -262,35 +260,122 @@ def push(
 @registry_option
 @token_option
 @trust_policy_option
-def pull(ref: str, dest: Path, registry_url, token, trust_policy) -> None:
+@json_option
+def pull(ref: str, dest: Path, registry_url, token, trust_policy, as_json) -> None:
     """Download REF into a plain PEFT folder, verifying every file (and, under a trust policy,
     its signature); a signature is written beside the files as model.sig."""
     reg = _open(registry_url, token, trust_policy)
-    with _progress("pull") as progress:
-        out = reg.pull(ref, dest, progress=progress)
-    click.echo(str(out))
+    v = reg.resolve(ref)
+    with _progress("pull", not as_json) as progress:
+        out = reg.pull(v.ref, dest, progress=progress)
+    if as_json:
+        _dump({"ref": v.ref, "digest": v.digest, "folder": str(out)})
+    else:
+        click.echo(str(out))
 
 
 @click.command(cls=_Command)
 @click.argument("ref")
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--hub",
+    "repo_id",
+    default=None,
+    metavar="ORG/NAME",
+    help="Make DEST Hub-ready for this repository: adapter_config.json naming the base by its "
+    "Hub id and a model card (README.md) with YAML front matter.",
+)
+@click.option(
+    "--base-model",
+    default=None,
+    metavar="ORG/NAME",
+    help="The base's Hub id, when the version names a local folder [default: recorded].",
+)
+@click.option(
+    "--dataset", "datasets", multiple=True, metavar="ID", help="Hub dataset id (repeatable)."
+)
+@click.option(
+    "--upload",
+    is_flag=True,
+    help="Then upload DEST to the Hub repository (needs the Hub and a token: HF_TOKEN or "
+    "`hf auth login`).",
+)
+@click.option("--private", is_flag=True, help="With --upload: create the repository private.")
 @registry_option
 @token_option
 @trust_policy_option
-def export(ref: str, dest: Path, registry_url, token, trust_policy) -> None:
-    """Write REF to DEST as a plain PEFT folder (PeftModel.from_pretrained, vLLM, LoRAX)."""
-    click.echo(str(_open(registry_url, token, trust_policy).pull(ref, dest)))
+@json_option
+def export(
+    ref: str,
+    dest: Path,
+    repo_id,
+    base_model,
+    datasets,
+    upload,
+    private,
+    registry_url,
+    token,
+    trust_policy,
+    as_json,
+) -> None:
+    """Write REF to DEST as a plain PEFT folder (PeftModel.from_pretrained, vLLM, LoRAX); with
+    --hub ORG/NAME, as a Hub-ready folder (DEST default: ./NAME), uploaded with --upload."""
+    if dest is None:
+        if repo_id is None:
+            raise click.UsageError("give the folder to write: adapters export REF DEST")
+        dest = Path(repo_id.rsplit("/", 1)[-1])
+    reg = _open(registry_url, token, trust_policy)
+    if repo_id is None:
+        if base_model or datasets or upload or private:
+            raise click.UsageError("--base-model, --dataset, --upload and --private need --hub")
+        v = reg.resolve(ref)
+        out = reg.pull(v.ref, dest)
+        if as_json:
+            _dump({"ref": v.ref, "digest": v.digest, "folder": str(out)})
+        else:
+            click.echo(str(out))
+        return
+    from .hub import export_for_hub, upload_folder
+
+    done = export_for_hub(
+        reg, ref, dest, repo_id=repo_id, base_model=base_model, datasets=list(datasets) or None
+    )
+    if upload:
+        done.url = upload_folder(done, private=private)
+    if as_json:
+        _dump(done.to_dict())
+        return
+    click.echo(f"{done.folder}: {done.ref} for {done.repo_id} (base {done.base_model})")
+    if done.dropped_signature:
+        click.echo(
+            "note: model.sig left out: the card no longer matches the signed files", err=True
+        )
+    if done.url:
+        click.echo(f"uploaded: {done.url}")
+    else:
+        click.echo(
+            f"upload it with: adapters export ... --upload, or `hf upload {repo_id} {done.folder}`"
+        )
 
 
 @click.command("import", cls=_Command)
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--name", required=True)
+@click.argument("source", type=SourceType())
+@click.option(
+    "--name", default=None, help="Adapter name [default for hf://: the repository's name]."
+)
+@alias_option
 @registry_option
 @token_option
-def import_(folder: Path, name: str, registry_url, token) -> None:
-    """Import an existing PEFT folder as a new version of NAME."""
-    v = _open(registry_url, token).push(folder, name)
-    click.echo(f"{v.ref} {v.digest}")
+@json_option
+def import_(source, name, aliases, registry_url, token, as_json) -> None:
+    """Import an existing PEFT folder (or hf://ORG/NAME[@REV]) as a new version of NAME."""
+    reg = _open(registry_url, token)
+    v = promote(reg, reg.push(source, name_for(source, name)), aliases)
+    if as_json:
+        _dump(_version_dict(v, reg.settings.serving_alias))
+    else:
+        click.echo(f"{v.ref} {v.digest}")
+        not_live_hint(v, reg)
 
 
 @click.command("ls", cls=_Command)
@@ -298,16 +383,22 @@ def import_(folder: Path, name: str, registry_url, token) -> None:
 @click.option("--tag", default=None, metavar="K[=V]")
 @click.option("--domain", default=None)
 @click.option("--base", default=None, help="Base model id or fingerprint.")
+@click.option("--live", is_flag=True, help="Only live versions (holding the serving alias).")
 @registry_option
 @token_option
 @json_option
-def ls(name, tag, domain, base, registry_url, token, as_json) -> None:
-    """List adapter versions (with their aliases)."""
-    versions = _open(registry_url, token).list(name=name, tag=tag, domain=domain, base=base)
+def ls(name, tag, domain, base, live, registry_url, token, as_json) -> None:
+    """List adapter versions, their aliases, and which are live: those the serving alias
+    (LORAROUTE_SERVING_ALIAS, default prod) points to, the only ones model="auto" routes to."""
+    reg = _open(registry_url, token)
+    alias_name = reg.settings.serving_alias
+    versions = reg.list(name=name, tag=tag, domain=domain, base=base)
+    if live:
+        versions = [v for v in versions if alias_name in v.aliases]
     if as_json:
-        _dump([_version_dict(v) for v in versions])
+        _dump([_version_dict(v, alias_name) for v in versions])
     else:
-        _table(versions)
+        version_table(versions, alias_name)
 
 
 @click.command(cls=_Command)
@@ -323,11 +414,10 @@ def show(ref: str, registry_url, token, as_json) -> None:
     if as_json:
         _dump({**_version_dict(v), "model_card": card})
         return
-    from rich.console import Console
     from rich.markdown import Markdown
     from rich.table import Table
 
-    console = Console()
+    out = console()
     meta = Table(title=v.ref, show_header=False)
     for key in (
         "digest",
@@ -354,15 +444,15 @@ def show(ref: str, registry_url, token, as_json) -> None:
     ):
         value = getattr(v, key)
         meta.add_row(key, value if isinstance(value, str) else json.dumps(value, default=str))
-    console.print(meta)
+    out.print(meta)
     files = Table(title="files")
     for col in ("path", "digest", "size"):
         files.add_column(col)
     for f in v.files:
         files.add_row(f.path, f.digest, str(f.size))
-    console.print(files)
+    out.print(files)
     if card:
-        console.print(Markdown(card))
+        out.print(Markdown(card))
 
 
 @click.group(cls=_Group)
@@ -376,10 +466,17 @@ def alias() -> None:
 @click.argument("version")
 @registry_option
 @token_option
-def alias_set(name, alias_name, version, registry_url, token) -> None:
-    """Point NAME:ALIAS at VERSION (a number or reference)."""
-    v = _open(registry_url, token).alias_set(name, alias_name, version)
-    click.echo(f"{name}:{alias_name} -> {v.ref}")
+@json_option
+def alias_set(name, alias_name, version, registry_url, token, as_json) -> None:
+    """Point NAME:ALIAS at VERSION (a number or reference). Pointing the serving alias
+    (default prod) at a version makes it live: model="auto" may route to it."""
+    reg = _open(registry_url, token)
+    v = reg.alias_set(name, alias_name, version)
+    live = alias_name == reg.settings.serving_alias
+    if as_json:
+        _dump({"alias": f"{name}:{alias_name}", "live": live, **_version_dict(v)})
+    else:
+        click.echo(f"{name}:{alias_name} -> {v.ref}" + (" (live)" if live else ""))
 
 
 @alias.command("rm")
@@ -387,10 +484,14 @@ def alias_set(name, alias_name, version, registry_url, token) -> None:
 @click.argument("alias_name", metavar="ALIAS")
 @registry_option
 @token_option
-def alias_rm(name, alias_name, registry_url, token) -> None:
-    """Remove NAME:ALIAS."""
+@json_option
+def alias_rm(name, alias_name, registry_url, token, as_json) -> None:
+    """Remove NAME:ALIAS (the serving alias: NAME is no longer routed to)."""
     _open(registry_url, token).alias_remove(name, alias_name)
-    click.echo(f"removed {name}:{alias_name}")
+    if as_json:
+        _dump({"removed": f"{name}:{alias_name}"})
+    else:
+        click.echo(f"removed {name}:{alias_name}")
 
 
 @click.command(cls=_Command)
@@ -398,9 +499,14 @@ def alias_rm(name, alias_name, registry_url, token) -> None:
 @click.option("--force", is_flag=True, help="Also remove versions that aliases point to.")
 @registry_option
 @token_option
-def rm(ref: str, force: bool, registry_url, token) -> None:
+@json_option
+def rm(ref: str, force: bool, registry_url, token, as_json) -> None:
     """Remove a version (legal@3) or a whole adapter (legal). Blobs go at the next gc."""
-    for v in _open(registry_url, token).rm(ref, force=force):
+    removed = _open(registry_url, token).rm(ref, force=force)
+    if as_json:
+        _dump({"removed": [_version_dict(v) for v in removed]})
+        return
+    for v in removed:
         click.echo(f"removed {v.ref}")
 
 
@@ -630,7 +736,6 @@ def token_list(registry_url, as_json) -> None:
     if as_json:
         _dump([{**t.to_dict(), "status": _token_status(t)} for t in rows])
         return
-    from rich.console import Console
     from rich.table import Table
 
     def when(dt: Any) -> str:
@@ -650,7 +755,7 @@ def token_list(registry_url, as_json) -> None:
             when(t.last_used_at),
             _token_status(t),
         )
-    Console().print(table)
+    console().print(table)
 
 
 @token_group.command("revoke")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from loraroute.errors import LoraRouteError
 
 
@@ -10,10 +12,35 @@ class RegistryError(LoraRouteError):
 
 
 class AdapterNotFoundError(RegistryError, KeyError):
-    """A reference names no adapter, version, alias or digest the registry holds."""
+    """A reference names no adapter, version, alias or digest the registry holds.
+
+    ``suggestions`` are near-miss names (or aliases) the message offers ("did you mean
+    'cooking'?"); a server narrows them to what the caller may see with :meth:`narrowed`.
+    """
+
+    def __init__(self, message: str = "", *, suggestions: tuple[str, ...] | list[str] = ()):
+        super().__init__(message)
+        self.message = message
+        self.suggestions = tuple(suggestions)
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
+        if not self.suggestions:
+            return self.message
+        quoted = " or ".join(repr(s) for s in self.suggestions)
+        return f"{self.message}; did you mean {quoted}?"
+
+    def __reduce__(self) -> tuple:  # keep the suggestions across processes
+        return (_not_found, (type(self), self.message, self.suggestions))
+
+    def narrowed(self, allowed: Callable[[str], bool]) -> AdapterNotFoundError:
+        """The same error offering only the suggestions ``allowed`` accepts."""
+        return type(self)(self.message, suggestions=[s for s in self.suggestions if allowed(s)])
+
+
+def _not_found(
+    cls: type[AdapterNotFoundError], message: str, suggestions: tuple[str, ...]
+) -> AdapterNotFoundError:
+    return cls(message, suggestions=suggestions)
 
 
 class InvalidReferenceError(RegistryError, ValueError):

@@ -46,6 +46,7 @@ from ._meta import (
     metrics_of,
     read_signature_file,
 )
+from ._suggest import close_matches, missing_adapter, missing_version
 from ._text import check_text
 from ._transfer import checkout_ok, materialize
 from .blobs import BlobStore, LocalBlobStore, open_blob_store
@@ -57,6 +58,7 @@ from .errors import (
     SignatureError,
     VersionConflictError,
 )
+from .hub import read_source, with_origin
 from .limits import CARD_NAMES, Limits
 from .migrate import ensure_schema
 from .refs import Ref, check_name, check_version, parse_ref, parse_version
@@ -82,7 +84,7 @@ from .tables import (
     Version,
     VersionSignature,
 )
-from .validate import AdapterInfo, check_file_name, validate_files, validate_folder
+from .validate import AdapterInfo, check_file_name, validate_files
 
 try:  # orjson (already installed with langchain) decodes a 10,000-version listing ~3x faster
     from orjson import loads as _loads
@@ -191,6 +193,11 @@ class Registry:
     ) -> AdapterVersion:
         """Validate ``folder`` and record it as the next version of ``name``.
 
+        ``folder`` may also be ``hf://org/name[@revision]`` (the local Hugging Face cache, or
+        a download when the Hub is reachable) or a snapshot folder of that cache; the Hub
+        origin is recorded as the tag ``source``. The version is not live (routed to) until
+        an alias promotes it: ``alias_set(name, "prod", v.version)``.
+
         Metadata keywords: domain, description, routing_examples, tags, metrics, parent,
         data_digest, training_config, author, license, base_model_id, base_fingerprint.
         Identical content pushed again returns the existing version.
@@ -198,8 +205,9 @@ class Registry:
         check_name(name)
         if version is not None:
             check_version(version)
-        info = validate_folder(Path(folder))
-        meta = check_meta(complete_meta(info, meta, require_base, self.settings), name)
+        info, origin = read_source(folder)
+        meta = with_origin(complete_meta(info, meta, require_base, self.settings), origin)
+        meta = check_meta(meta, name)
         # refuse over-limit folders before a single blob is stored
         sizes = {rel: p.stat().st_size for rel, p in info.files.items()}
         self.limits.check_sizes(sizes, name)
@@ -373,9 +381,7 @@ class Registry:
         r = parse_ref(ref) if isinstance(ref, str) else ref
         adapter = s.exec(select(Adapter).where(Adapter.name == r.name)).first()
         if adapter is None:
-            raise AdapterNotFoundError(
-                f"no adapter named {r.name!r} in the registry ({self.display_url})"
-            )
+            raise self._no_adapter(s, r.name)
         q = select(Version).where(Version.adapter_id == adapter.id)
         if r.version is not None:
             q = q.where(Version.number == r.version)
@@ -388,8 +394,14 @@ class Registry:
         q = q.order_by(col(Version.number).desc())
         version = s.exec(q).first()
         if version is None:
-            raise AdapterNotFoundError(f"adapter reference {str(r)!r} matches no version")
+            numbers = s.exec(select(Version.number).where(Version.adapter_id == adapter.id))
+            aliases = s.exec(select(Alias.name).where(Alias.adapter_id == adapter.id))
+            raise missing_version(r, numbers.all(), aliases.all())
         return adapter, version
+
+    def _no_adapter(self, s: Session, name: str) -> AdapterNotFoundError:
+        names = s.exec(select(Adapter.name)).all()
+        return missing_adapter(name, names, f"the registry ({self.display_url})")
 
     def _aliases_of(
         self, s: Session, version_ids: builtins.list[int] | None = None
@@ -463,14 +475,13 @@ class Registry:
         with Session(self._read) as s:
             return list(s.exec(select(Adapter.name).order_by(Adapter.name)))
 
-    def serving(self, alias: str = "prod") -> builtins.list[AdapterVersion]:
-        """One version per adapter name: the ``alias`` target if set, else the latest."""
-        chosen: dict[str, AdapterVersion] = {}
-        for v in self.list():  # one consistent snapshot, sorted by name then number
-            current = chosen.get(v.name)
-            if current is None or alias not in current.aliases:
-                chosen[v.name] = v
-        return list(chosen.values())
+    def serving(self, alias: str | None = None) -> builtins.list[AdapterVersion]:
+        """The live versions, sorted by name: for each adapter, the one ``alias`` (default:
+        ``settings.serving_alias``, ``prod``) points to. An adapter without that alias is not
+        served (the router never picks it), however many versions it has; ``name@3`` still
+        resolves for anyone who asks for it."""
+        alias = alias or self.settings.serving_alias
+        return [v for v in self.list() if alias in v.aliases]
 
     def revision(self) -> str:
         """A token that changes whenever anything in the registry changes."""
@@ -670,7 +681,13 @@ class Registry:
                 ).first()
             )
             if not row:
-                raise AdapterNotFoundError(f"adapter {name!r} has no alias {alias!r}")
+                if adapter is None:
+                    raise self._no_adapter(s, name)
+                names = s.exec(select(Alias.name).where(Alias.adapter_id == adapter.id)).all()
+                raise AdapterNotFoundError(
+                    f"adapter {name!r} has no alias {alias!r}",
+                    suggestions=[f"{name}:{a}" for a in close_matches(alias, names)],
+                )
             s.delete(row)
             s.commit()
 
@@ -683,9 +700,8 @@ class Registry:
         r = parse_ref(ref)
         victims = self.list(name=r.name) if r == Ref(r.name) else [self.resolve(ref)]
         if not victims:
-            raise AdapterNotFoundError(
-                f"no adapter named {r.name!r} in the registry ({self.display_url})"
-            )
+            with Session(self._read) as s:
+                raise self._no_adapter(s, r.name)
         aliased = [f"{v.name}:{a} -> {v.ref}" for v in victims for a in v.aliases]
         if aliased and not force:
             raise VersionConflictError(

@@ -38,6 +38,7 @@ from ._meta import bind_signatures, check_meta, complete_meta, read_signature_fi
 from ._transfer import checkout_ok, materialize
 from .blobs import CHUNK, check_digest, sha256_file
 from .errors import InvalidResponseError, LimitError, RegistryError, RemoteError, SignatureError
+from .hub import read_source, with_origin
 from .limits import Limits
 from .protocol import ErrorOut, GcOut, ModelCardOut, RevisionOut, VerifyOut, VersionOut
 from .refs import check_name, parse_ref
@@ -50,7 +51,6 @@ from .signing import (
     load_trust_policy,
 )
 from .tables import AdapterVersion, FileInfo
-from .validate import validate_folder
 
 logger = logging.getLogger(__name__)
 
@@ -264,8 +264,9 @@ class RemoteRegistry:
     ) -> AdapterVersion:
         """Validate locally, upload missing blobs, then post the manifest (same as Registry.push)."""
         check_name(name)
-        info = validate_folder(Path(folder))
-        meta = check_meta(complete_meta(info, meta, require_base, self.settings), name)
+        info, origin = read_source(folder)
+        meta = with_origin(complete_meta(info, meta, require_base, self.settings), origin)
+        meta = check_meta(meta, name)
         sizes = {rel: p.stat().st_size for rel, p in info.files.items()}
         self.limits.check_sizes(sizes, name)
         self.limits.check_meta(meta, name)
@@ -332,8 +333,12 @@ class RemoteRegistry:
                 self._expect(v, "GET", "/versions", name=name)
         return out
 
-    def serving(self, alias: str = "prod") -> builtins.list[AdapterVersion]:
-        return self._many("GET", "/serving", params={"alias": alias})
+    def serving(self, alias: str | None = None) -> builtins.list[AdapterVersion]:
+        """The live versions (those ``alias``, default ``settings.serving_alias``, points to)."""
+        alias = alias or self.settings.serving_alias
+        return [
+            v for v in self._many("GET", "/serving", params={"alias": alias}) if alias in v.aliases
+        ]
 
     def revision(self) -> str:
         out: RevisionOut = self._call("GET", "/revision", RevisionOut)

@@ -87,6 +87,7 @@ def _need(scope: str) -> Any:
         if kind.lower() != "bearer" or not token.strip():
             raise AuthError("unknown or malformed bearer token")
         grant = authenticate(request.app.state.registry, token.strip())
+        request.state.grant = grant  # not-found errors suggest only names it may see
         if not grant.allows(scope):
             raise ForbiddenError(
                 f"token scope {grant.scope!r} does not allow this; it needs scope {scope!r}"
@@ -143,7 +144,10 @@ def create_app(
         )
 
     @app.exception_handler(RegistryError)
-    async def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
+    async def _registry_error(request: Request, exc: RegistryError) -> JSONResponse:
+        grant = getattr(request.state, "grant", None)
+        if isinstance(exc, AdapterNotFoundError) and grant is not None:
+            exc = exc.narrowed(grant.allows_name)  # no names outside the token's prefix
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
         headers = {"www-authenticate": "Bearer"} if status == 401 else {}
         return error(status, type(exc).__name__, str(exc), **headers)
@@ -302,7 +306,7 @@ def create_app(
         return reg.resolve(ref).to_dict()
 
     @app.get(f"{API}/serving")
-    def serving(grant: Reader, alias: str = "prod") -> list[dict[str, Any]]:
+    def serving(grant: Reader, alias: str | None = None) -> list[dict[str, Any]]:
         return visible(grant, reg.serving(alias))
 
     @app.get(f"{API}/revision")

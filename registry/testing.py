@@ -1,4 +1,5 @@
-"""Helpers for tests of code that uses the registry: throwaway PostgreSQL databases.
+"""Helpers for tests of code that uses the registry: throwaway PostgreSQL databases, adapter
+folders, and Hugging Face cache layouts.
 
 Example::
 
@@ -47,6 +48,43 @@ def temporary_postgres(admin_url: str = DEFAULT_ADMIN_URL) -> Iterator[str]:
         with conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.close()
+
+
+def make_hub_cache(
+    cache: str | Path,
+    repo_id: str,
+    folder: str | Path,
+    *,
+    revision: str = "main",
+    extra: dict[str, bytes] | None = None,
+) -> Path:
+    """Lay ``folder``'s files out as ``huggingface_hub`` caches a download, and return the
+    snapshot folder: ``<cache>/models--org--name/blobs/<sha256>`` holds each file,
+    ``snapshots/<commit>/<path>`` is a relative symlink to it, ``refs/<revision>`` names the
+    commit. ``extra`` adds files (relative path -> bytes), e.g. a pickled ``training_args.bin``.
+    """
+    import hashlib
+    import os
+
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    files = {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
+    files.update(extra or {})
+    commit = hashlib.sha1(repr(sorted(files.items())).encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    for rel, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return snapshot
 
 
 def make_variant(src: str | Path, dest: str | Path, tag: str) -> Path:

@@ -1,7 +1,8 @@
 """The one validator of LoRA adapter folders: push, import, pull/checkout, the runtime's loaders
 and the load endpoint all call it.
 
-Checks, in order: safe file names and no symlinks; no pickles; ``adapter_config.json`` read by
+Checks, in order: safe file names and no symlinks (but for a Hugging Face cache snapshot's
+file links into its repository's ``blobs/``); no pickles; ``adapter_config.json`` read by
 :func:`read_adapter_config`; every safetensors header against its file; in
 ``adapter_model.safetensors``, every tensor a LoRA A/B weight of a module, both present with
 shapes A ``[r, in]`` and B ``[out, r]``, the rank the config gives that module, every weighted
@@ -126,8 +127,34 @@ def check_file_name(rel: str) -> str:
     return rel
 
 
-def scan_folder(folder: Path) -> dict[str, Path]:
+def _linked_file(link: Path, rel: str, within: Path) -> Path:
+    """The regular file a symlink leads to in one hop, when that file is inside ``within``
+    (a link to a link, or to anything outside, is refused)."""
+    hint = (
+        f"{rel!r} is a symlink leading outside the Hugging Face cache's blobs; the registry "
+        f"follows a link only into its own repository's blobs/ folder, copy the file instead"
+    )
+    try:
+        hop = Path(os.path.normpath(os.path.join(link.parent, os.readlink(link))))
+        if hop.is_symlink():
+            raise InvalidAdapterError(f"{rel!r} is a symlink to a symlink; {hint.split('; ')[1]}")
+        target = hop.resolve(strict=True)
+    except (OSError, RuntimeError):  # dangling, a loop, unreadable
+        raise InvalidAdapterError(f"{rel!r} is a broken symlink; download the file again") from None
+    if not target.is_relative_to(within):
+        raise InvalidAdapterError(hint)
+    if not target.is_file():
+        raise InvalidAdapterError(f"{rel!r} is a symlink to something that is not a regular file")
+    return target
+
+
+def scan_folder(folder: Path, *, links_within: Path | None = None) -> dict[str, Path]:
     """Relative path -> file, refusing symlinks and unsafe names; hidden entries are skipped.
+
+    ``links_within`` (a Hugging Face cache repository's ``blobs/`` folder, see
+    :func:`loraroute.registry.hub.cache_blobs`) lets a *file* symlink through when it resolves
+    to a regular file inside that folder; the path then maps to the resolved file. Every other
+    symlink is still refused, folders always.
 
     Example: ``scan_folder(Path("out/legal"))`` -> ``{"adapter_config.json": ..., ...}``
     """
@@ -137,6 +164,7 @@ def scan_folder(folder: Path) -> dict[str, Path]:
         raise InvalidAdapterError(f"adapter folder {label!r} is a symlink; pass the real folder")
     if not folder.is_dir():
         raise InvalidAdapterError(f"adapter folder {label!r} does not exist or is not a folder")
+    within = Path(links_within).resolve(strict=True) if links_within is not None else None
     files: dict[str, Path] = {}
     link_hint = "the registry stores real files only, copy the target into the folder instead"
     for root, dirs, names in os.walk(folder, followlinks=False):
@@ -151,10 +179,13 @@ def scan_folder(folder: Path) -> dict[str, Path]:
         for n in names:
             p = rootp / n
             rel = p.relative_to(folder).as_posix()
-            if p.is_symlink():
+            if p.is_symlink() and within is None:
                 raise InvalidAdapterError(f"{rel!r} is a symlink; {link_hint}")
             if n.startswith("."):
                 logger.info("skipping hidden file %s", p)
+                continue
+            if p.is_symlink():
+                files[check_file_name(rel)] = _linked_file(p, rel, within)  # type: ignore[arg-type]
                 continue
             if not p.is_file():
                 raise InvalidAdapterError(f"{rel!r} is not a regular file")
@@ -342,15 +373,19 @@ def validate_files(
 
 
 def validate_folder(
-    folder: str | Path, *, base_shapes: Mapping[str, tuple[int, int]] | None = None
+    folder: str | Path,
+    *,
+    base_shapes: Mapping[str, tuple[int, int]] | None = None,
+    links_within: Path | None = None,
 ) -> AdapterInfo:
     """Scan and validate an adapter folder; with ``base_shapes`` also check it fits the base.
 
     A top-level ``model.sig`` is returned as ``info.signature``, not as a file.
+    ``links_within``: see :func:`scan_folder` (Hugging Face cache snapshots only).
     Example: ``validate_folder("out/legal", base_shapes={"model.layers.0.mlp.up_proj": (576,
     1536)})``
     """
-    files = scan_folder(Path(folder))
+    files = scan_folder(Path(folder), links_within=links_within)
     signature = files.pop(SIGNATURE_NAME, None)
     info = validate_files(files, base_shapes=base_shapes)
     info.signature = signature

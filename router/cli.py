@@ -33,9 +33,9 @@ def _common(f):
     f = registry_options(f)
     f = click.option(
         "--alias",
-        default="prod",
-        show_default=True,
-        help="Registry alias whose adapters are the routes.",
+        default=None,
+        help="Registry alias whose versions are the routes [default: LORAROUTE_SERVING_ALIAS, "
+        "prod]: a version is routed to only once this alias points to it.",
     )(f)
     f = click.option(
         "--state",
@@ -48,11 +48,13 @@ def _common(f):
     return f
 
 
-def default_state_dir(alias: str = "prod", settings: Any = None) -> Path:
-    """Where ``fit`` saves and the other commands load: ``<home>/router/<alias>``."""
+def default_state_dir(alias: str | None = None, settings: Any = None) -> Path:
+    """Where ``fit`` saves and the other commands load: ``<home>/router/<alias>`` (default:
+    the serving alias)."""
     from loraroute.settings import get_settings
 
-    return (settings or get_settings()).home / "router" / alias
+    settings = settings or get_settings()
+    return settings.home / "router" / (alias or settings.serving_alias)
 
 
 def _router(registry_url, token, alias, state_dir, encoder, *, load_state: bool = True, **kwargs):
@@ -61,6 +63,7 @@ def _router(registry_url, token, alias, state_dir, encoder, *, load_state: bool 
     from .router import Router
 
     settings = get_settings()
+    alias = alias or settings.serving_alias
     registry = None
     if registry_url or token:  # else the router opens the settings' registry itself
         from loraroute.registry import open_registry
@@ -237,7 +240,8 @@ def route_eval(data, plot, as_json, registry_url, token, alias, state_dir, encod
 @json_option
 @_common
 def route_list(as_json, registry_url, token, alias, state_dir, encoder) -> None:
-    """List routes: routable adapters and those without routing examples."""
+    """List routes: the live versions (those the alias points to), routable or not (no
+    routing examples)."""
     router, _ = _router(registry_url, token, alias, state_dir, encoder)
     rows = [
         {
@@ -250,8 +254,14 @@ def route_list(as_json, registry_url, token, alias, state_dir, encoder) -> None:
         for r in router.routes + router.unroutable
     ]
     if as_json:
-        click.echo(json.dumps({"routes": rows, "fitted": router.fitted}, indent=2))
+        out = {"alias": router.alias, "routes": rows, "fitted": router.fitted}
+        click.echo(json.dumps(out, indent=2))
         return
+    if not rows:
+        click.echo(
+            f"no live routes: no version holds the alias {router.alias!r}; promote one with "
+            f"`adapters alias set NAME {router.alias} VERSION`"
+        )
     for row in rows:
         note = "" if row["routable"] else "  (not routable: no routing examples)"
         click.echo(f"{row['ref'] or row['name']}  {row['examples']} examples{note}")

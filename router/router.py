@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import InvalidMessagesError
 from ..messages import user_turns
 from ..settings import Settings, get_settings
+from ._compiled import _Batch, _Compiled
 from .calibration import DEFAULT_OOS_WEIGHT, Calibration, calibrate, check_objective
 from .context import ContextConfig, TurnScores, route_conversation
 from .decision import Evidence, RouteDecision
@@ -37,41 +38,6 @@ from .scoring import (
 from .state import STALE_POLICIES, FitData, SavedState, read_state, write_state
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _Compiled:
-    """Everything derived from one revision of the routes."""
-
-    revision: str | None
-    routes: list[Route]  # routable, sorted by name
-    unroutable: list[Route]
-    ex_text: list[str]
-    ex_route: np.ndarray
-    ex_vec: np.ndarray
-    index: VectorIndex | None  # over the neighbours: routing examples, then fit requests
-    cents: np.ndarray
-    head: LogisticHead | None
-    digest: str
-    ex_index: VectorIndex | None  # over the routing examples alone
-    nb_text: list[str]  # texts and routes of the index's rows
-    nb_route: np.ndarray
-
-    @property
-    def names(self) -> list[str]:
-        return [r.name for r in self.routes]
-
-
-@dataclass
-class _Batch:
-    """Per unique turn text of one ``route_batch`` call: its row in the batch's arrays."""
-
-    rows: dict[str, int]
-    scores: np.ndarray  # (texts, routes)
-    cut: list[bool]  # truncated to the encoder window
-    ev_sims: np.ndarray  # (texts, n_evidence) nearest neighbours
-    ev_ids: np.ndarray
-    thresholds: np.ndarray  # (routes,)
 
 
 def _open_source(registry: Any, settings: Settings) -> RouteSource:
@@ -110,7 +76,7 @@ class Router:
         registry: Any = None,
         *,
         encoder: str | Encoder | None = "all-minilm-l6-v2",
-        alias: str = "prod",
+        alias: str | None = None,
         settings: Settings | None = None,
         scoring: str = DEFAULT_SCORING,
         threshold: float | None = None,
@@ -133,7 +99,8 @@ class Router:
         self.encoder = load_encoder(
             encoder, settings=self.settings, cache_dir=self.settings.cache_dir / "embeddings"
         )
-        self.alias = alias
+        #: Only versions this alias points to are routes (default: the serving alias, prod).
+        self.alias = alias or self.settings.serving_alias
         #: What was asked for (``auto`` included); :attr:`scorer` is what scores now.
         self.scoring = scoring
         self.scorer = effective_scorer(scoring, fitted=False)
@@ -160,6 +127,7 @@ class Router:
         self._fit_digest: str | None = None
         self._oof: tuple | None = None  # out-of-fold (pred, score, gold, names) of the last fit
         self._lock = threading.RLock()
+        self._warned: set[str] = set()  # refs already reported as live but unroutable
         self._checked_at = 0.0
         self._compiled: _Compiled | None = None
         self.refresh(force=True)
@@ -181,16 +149,19 @@ class Router:
         cls,
         registry: Any = None,
         *,
-        alias: str = "prod",
+        alias: str | None = None,
         settings: Settings | None = None,
         **kwargs: Any,
     ) -> Router:
         """A router over ``registry`` with the state ``adapters route fit`` saved, if any.
 
-        The state lives under ``<settings.home>/router/<alias>``; without one the router is
-        unfitted (default thresholds).
+        Its routes are the live versions: those ``alias`` (default: the serving alias,
+        ``prod``) points to. The state lives under ``<settings.home>/router/<alias>``; without
+        one the router is unfitted (default thresholds). The router follows the registry's
+        revision, so a version promoted later is routed to without reopening it.
         """
         settings = settings or get_settings()
+        alias = alias or settings.serving_alias
         state = settings.home / "router" / alias
         if (state / "state.json").is_file():
             return cls.load(state, registry, alias=alias, settings=settings, **kwargs)
@@ -233,9 +204,15 @@ class Router:
         with self._lock:
             self._checked_at = now
             rev = self.source.revision()
-            if not force and self._compiled is not None and rev == self._compiled.revision:
+            old = self._compiled
+            if not force and old is not None and rev == old.revision:
                 return False
-            compiled = self._compile(rev)
+            served = self._served()
+            if not force and old is not None and served == old.routes + old.unroutable:
+                # e.g. a push nobody promoted: the live routes are the same, keep everything
+                self._compiled = replace(old, revision=rev)
+                return False
+            compiled = self._compile(rev, served)
             same_routes = compiled.digest == self._fit_digest
             if self.fit_data is not None and same_routes:  # a new revision, the fit still holds
                 compiled = self._attach_fit(compiled, self.fit_data)
@@ -245,14 +222,37 @@ class Router:
                 self._fit(self.fit_data)
             return True
 
-    def _compile(self, revision: str | None) -> _Compiled:
+    def _served(self) -> list[Route]:
+        """The live routes, routable ones first, each group sorted by name."""
         versions = self.source.serving(self.alias)
         all_routes = sorted((Route.from_version(v) for v in versions), key=lambda r: r.name)
-        routes = [r for r in all_routes if r.routable]
-        unroutable = [r for r in all_routes if not r.routable]
-        for r in unroutable:
+        return [r for r in all_routes if r.routable] + [r for r in all_routes if not r.routable]
+
+    def _compile(self, revision: str | None, served: list[Route] | None = None) -> _Compiled:
+        served = self._served() if served is None else served
+        routes = [r for r in served if r.routable]
+        unroutable = [r for r in served if not r.routable]
+        if not served and "" not in self._warned:
+            self._warned.add("")  # said once: an upgraded registry may have nothing promoted
             logger.warning(
-                "adapter %r has no routing examples; it is not routable", r.ref or r.name
+                "no version holds the alias %r, so model='auto' answers every request with the "
+                "base model; promote adapters with 'adapters alias set NAME %s VERSION'",
+                self.alias,
+                self.alias,
+            )
+        for r in unroutable:
+            if (r.ref or r.name) in self._warned:
+                continue  # said once per version, not on every refresh
+            self._warned.add(r.ref or r.name)
+            logger.warning(
+                "adapter %s is live (alias %r) but has no routing examples, so model='auto' "
+                "never routes to it (it still answers when named); to route to it, push a "
+                "version with examples (adapters push FOLDER --name %s --example TEXT ... "
+                "--alias %s)",
+                r.ref or r.name,
+                self.alias,
+                r.name,
+                self.alias,
             )
         texts = [t for r in routes for t in r.examples]
         route_ids = np.array([i for i, r in enumerate(routes) for _ in r.examples], np.int64)
@@ -767,12 +767,18 @@ class Router:
         if on_stale == "error":
             raise RouterStateError(msg + "; re-fit with 'adapters route fit DATA'")
         if on_stale == "refit" and saved.fit:
-            logger.warning(
-                "%s; re-fitting from the fit data stored with the state (run "
-                "'adapters route fit' to refit on new data)",
-                msg,
-            )
             router.fit(saved.fit.texts, saved.fit.labels)
+            try:  # saved, so that the next process neither re-fits nor warns again
+                router.save(folder)
+                done = "re-fitted it from the fit data stored with it and saved it"
+            except OSError as exc:
+                done = f"re-fitted it from its stored fit data (not saved: {exc.strerror})"
+            logger.warning(
+                "%s; %s. To fit on requests that cover the new routes, run "
+                '\'adapters route fit DATA\' (JSONL lines {"text", "label"})',
+                msg,
+                done,
+            )
         else:
             logger.warning("%s; keeping thresholds, the head is rebuilt from routing examples", msg)
         return router

@@ -43,7 +43,8 @@ class Route:
 
 @runtime_checkable
 class RouteSource(Protocol):
-    """Anything the router can take its routes from (the registry is one)."""
+    """Anything the router can take its routes from (the registry is one): ``serving(alias)``
+    gives the live versions, those ``alias`` points to; ``revision()`` changes with them."""
 
     def serving(self, alias: str = "prod") -> list[Any]: ...
 

@@ -42,7 +42,11 @@ def _mapping(values: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "--label-key", default=None, help="Record key holding the label [default: label, else domain]."
 )
-@click.option("--alias", default="prod", help="Registry alias the router serves [default: prod].")
+@click.option(
+    "--alias",
+    default=None,
+    help="Registry alias whose versions are served [default: LORAROUTE_SERVING_ALIAS, prod].",
+)
 @click.option(
     "--encoder",
     default=None,
@@ -75,7 +79,7 @@ def eval_cmd(
     token: str | None,
     adapter_map: tuple[str, ...],
     label_key: str | None,
-    alias: str,
+    alias: str | None,
     encoder: str | None,
     no_route: bool,
     no_wrong: bool,

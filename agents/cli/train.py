@@ -104,6 +104,14 @@ def _floats(value: str) -> list[float]:
 @click.option("--keep-checkpoints", is_flag=True, help="Keep OUTPUT/checkpoints after training.")
 @click.option("--push", is_flag=True, help="Push the adapter to the registry after training.")
 @click.option(
+    "--alias",
+    "aliases",
+    multiple=True,
+    metavar="ALIAS",
+    help="With --push: point ALIAS at the new version (repeatable). It is not live (routed to) "
+    "until the serving alias (default prod) points at it: --alias prod.",
+)
+@click.option(
     "--parent",
     default=None,
     metavar="REF",
@@ -137,6 +145,7 @@ def train_cmd(
     base_model: str | None,
     as_json: bool,
     push: bool,
+    aliases: tuple[str, ...],
     registry_url: str | None,
     token: str | None,
     domain: str | None,
@@ -152,7 +161,8 @@ def train_cmd(
 
     With --push the registry records the data digest, training config, base fingerprint,
     parent (--parent), dev metrics and routing examples (a de-duplicated sample of DATA's user
-    turns unless --routing-examples gives others).
+    turns unless --routing-examples gives others). The pushed version is not live (routed to)
+    until promoted: --alias prod, or `adapters alias set NAME prod N` later.
     """
     from ..training import TrainConfig, train_adapter
 
@@ -166,6 +176,8 @@ def train_cmd(
     if routing_sample is not None:
         values["routing_examples"] = routing_sample
     given_examples = _read_routing_examples(routing_file) if routing_file else None
+    if aliases and not push:
+        raise click.UsageError("--alias points an alias at the pushed version; add --push")
     parent_ref = None
     if parent is not None:
         if not push:
@@ -190,7 +202,8 @@ def train_cmd(
     if push:
         from loraroute.registry import open_registry
 
-        version = open_registry(registry_url, token=token).push(
+        registry = open_registry(registry_url, token=token)
+        version = registry.push(
             output,
             name,
             domain=domain,
@@ -203,7 +216,15 @@ def train_cmd(
             base_model_id=result.base_model_id,
             base_fingerprint=result.base_fingerprint,
         )
-        pushed = {"ref": version.ref, "digest": version.digest}
+        for alias in aliases:
+            version = registry.alias_set(name, alias, version.version)
+        live_alias = registry.settings.serving_alias
+        pushed = {
+            "ref": version.ref,
+            "digest": version.digest,
+            "aliases": version.aliases,
+            "live": live_alias in version.aliases,
+        }
     if as_json:
         click.echo(json.dumps(dict(result.to_dict(), pushed=pushed), indent=2))
         return
@@ -225,6 +246,13 @@ def train_cmd(
         )
     if pushed:
         click.echo(f"pushed {pushed['ref']} ({pushed['digest']})")
+        if not pushed["live"]:
+            click.echo(
+                f'{pushed["ref"]} is not live: model="auto" routes only to versions holding '
+                f"the alias {live_alias!r}; promote it with `adapters alias set {name} "
+                f"{live_alias} {pushed['ref'].split('@')[1]}` (or train with --alias {live_alias})",
+                err=True,
+            )
 
 
 class _StderrProgress:

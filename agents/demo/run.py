@@ -1,10 +1,10 @@
 """``adapters demo``: train, push, route and chat, end to end, on the embedded defaults.
 
 The demo writes its data and training runs under ``<home>/demo``, pushes its adapters
-(cooking, space, gardening, tech) into the local registry under home with the ``prod`` alias,
-and saves the fitted router where ``Router.open`` finds it, so ``adapters ls``, ``adapters
-route``, ``adapters chat`` and ``ChatLoraRoute()`` see the demo's adapters afterwards
-(``adapters rm cooking`` removes one). It never pushes into a registry named by
+(cooking, space, gardening, tech) into the local registry under home, promotes them with the
+serving alias (``prod``) and saves the fitted router where ``Router.open`` finds it, so
+``adapters ls``, ``adapters route``, ``adapters chat`` and ``ChatLoraRoute()`` see the demo's
+adapters afterwards (``adapters rm --force cooking`` removes one). It never pushes into a registry named by
 ``LORAROUTE_REGISTRY``. Adapters are reused when the registry already holds a version trained
 on the same data, base model and recipe, so a second run only loads and chats.
 """
@@ -74,7 +74,7 @@ def demo_registry_url(settings: Settings) -> str:
 
 def demo_router_dir(settings: Settings) -> Path:
     """Where ``Router.open`` (and so ``adapters route``/``chat``, ``ChatLoraRoute``) looks."""
-    return settings.home / "router" / "prod"
+    return settings.home / "router" / settings.serving_alias
 
 
 def demo_router(registry: Any = None, *, settings: Settings | None = None) -> tuple[Any, Any]:
@@ -148,7 +148,7 @@ def run_demo(
             and v.training_config == train_cfg.to_dict()
         ]
         if existing:
-            registry.alias_set(domain.name, "prod", existing[-1].version)
+            registry.alias_set(domain.name, settings.serving_alias, existing[-1].version)
             say(f"adapter {existing[-1].ref}: reusing (same data, base and recipe)")
             result.reused.append(existing[-1].ref)
             continue
@@ -173,7 +173,8 @@ def run_demo(
             base_model_id=trained.base_model_id,
             base_fingerprint=trained.base_fingerprint,
         )
-        registry.alias_set(domain.name, "prod", version.version)
+        # promoted explicitly: a pushed version is not live (routed to) until the alias says so
+        registry.alias_set(domain.name, settings.serving_alias, version.version)
         say(
             f"adapter {version.ref}: pushed ({version.digest[:19]}..., "
             f"train loss {trained.metrics.get('train_loss', float('nan')):.3f}, "

@@ -291,7 +291,7 @@ def _resolve_adapters(
     labels: Sequence[str],
     adapters: Mapping[str, str] | None,
     registry: Any,
-    alias: str,
+    alias: str | None,
 ) -> dict[str, str]:
     """label -> adapter ref or folder; by default the registry adapter named (or domained) so."""
     mapping = dict(adapters or {})
@@ -313,7 +313,8 @@ def _resolve_adapters(
         where = (
             "no registry was given"
             if registry is None
-            else f"the registry serves no adapter named or with domain {', '.join(still)}"
+            else f"no live adapter (one the serving alias points to) is named or has the "
+            f"domain {', '.join(still)}"
         )
         raise EvaluationError(
             f"label(s) {', '.join(still)} have no adapter ({where}); map them with "
@@ -361,7 +362,7 @@ def evaluate(
     registry: Any = None,
     router: Any = None,
     engine: Any = None,
-    alias: str = "prod",
+    alias: str | None = None,
     label_key: str | None = None,
     base_model: str | Path | None = None,
     settings: Any = None,

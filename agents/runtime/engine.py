@@ -487,7 +487,7 @@ class Engine:
         registry = self.registry
         if registry is None:
             close = difflib.get_close_matches(ref, list(self._names), n=3, cutoff=0.4)
-            hint = f"; close names: {', '.join(close)}" if close else ""
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise UnknownAdapterError(
                 f"unknown adapter {ref!r}: no registry is configured and no folder was loaded under "
                 f"that name (loaded: {', '.join(sorted(self._names)) or 'none'}){hint}"

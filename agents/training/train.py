@@ -1,7 +1,8 @@
 """Train a LoRA adapter on chat data: ``train_adapter(data, output_dir, config=TrainConfig(...))``.
 
 The result is a standard PEFT folder (``adapter_model.safetensors`` + ``adapter_config.json``,
-``base_model_name_or_path`` set to the base model name) plus ``loraroute_training.json`` with
+``base_model_name_or_path`` set to the base's Hub id, e.g. ``HuggingFaceTB/SmolLM2-135M-Instruct``
+for the embedded default, or to its absolute folder) plus ``loraroute_training.json`` with
 metrics, data digest, base fingerprint and the training configuration, ready for
 ``registry.push``.
 
@@ -120,14 +121,17 @@ def train_adapter(
 
     cfg_path = output_dir / "adapter_config.json"
     adapter_cfg = json.loads(cfg_path.read_text())
-    adapter_cfg["base_model_name_or_path"] = resolved.name
+    # portable: the base's Hub id (the embedded default's is its source model's), else the
+    # absolute folder, so PEFT, vLLM or LoRAX elsewhere load the base it names; the exact
+    # weights are pinned by the fingerprint the registry records
+    adapter_cfg["base_model_name_or_path"] = resolved.portable_name
     cfg_path.write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True))
 
     result = TrainResult(
         output_dir=output_dir,
         metrics=metrics,
         data_digest=data_digest(examples),
-        base_model_id=resolved.name,
+        base_model_id=resolved.portable_name,
         base_fingerprint=base_fp,
         training_config=config.to_dict(),
         routing_examples=routing_examples(

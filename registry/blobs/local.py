@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .._perms import new_file
 from .base import (
     CHUNK,
     BlobStore,
@@ -172,6 +173,7 @@ class LocalBlobWriter(BlobWriter):
         self.expected = expected
         store.tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="blob-", dir=store.tmp_dir)
+        new_file(fd)  # readable as the umask allows (an engine of another user reads blobs)
         self.tmp = Path(name)
         self._out: BinaryIO | None = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()

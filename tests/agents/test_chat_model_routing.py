@@ -43,6 +43,7 @@ def stack(smollm2_on_registry, tmp_path):
         ],
     )
     reg.alias_set("legal", "prod", 1)
+    reg.alias_set("math", "prod", 1)  # live: model="auto" routes to promoted versions only
     llm = ChatLoraRoute(engine=engine, registry=reg, router=Router(reg), max_tokens=8)
     yield llm, v_legal, v_math
 

@@ -49,6 +49,8 @@ def push_experts(url: str, settings, cooking: Path, space: Path) -> str:
             "when can I see jupiter in the night sky",
         ],
     )
+    for name in ("cooking", "space"):  # live: the router serves promoted versions only
+        reg.alias_set(name, "prod", 1)
     return url
 
 

@@ -120,7 +120,9 @@ def test_aliases_list_serving(reg, tiny_adapter_factory):
     assert [v.ref for v in reg.list(tag="stage=ga")] == ["med@1"]
     fp = reg.resolve("med").base_fingerprint
     assert len(reg.list(base=fp)) == 3
-    assert [v.ref for v in reg.serving("prod")] == ["legal@1", "med@1"]
+    assert [v.ref for v in reg.serving("prod")] == ["legal@1"]  # med holds no prod: not live
+    reg.alias_set("med", "prod", 1)
+    assert [v.ref for v in reg.serving()] == ["legal@1", "med@1"]  # the serving alias: prod
     reg.alias_set("legal", "staging", 2)
     reg.alias_set("legal", "prod", "staging")  # promote: an alias may name another alias
     assert reg.resolve("legal:prod").version == 2

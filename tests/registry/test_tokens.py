@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from sqlmodel import Session, update
 
 from loraroute.cli import main
-from loraroute.registry import AuthError, ForbiddenError, RemoteRegistry
+from loraroute.registry import AdapterNotFoundError, AuthError, ForbiddenError, RemoteRegistry
 from loraroute.registry.auth import create_token, list_tokens, parse_duration, revoke_token
 from loraroute.registry.tables import TokenState
 from loraroute.registry.testing import make_variant
@@ -98,8 +98,10 @@ def test_expired_token_refused(server, sqlite_store):
 
 def test_prefix_scoped_tokens(server, sqlite_store, tiny_adapter, tmp_path):
     sqlite_store.push(tiny_adapter, "med")
+    sqlite_store.alias_set("med", "prod", 1)
     legal = RemoteRegistry(server.url, token=create_token(sqlite_store, "write", prefix="legal"))
     assert legal.push(tiny_adapter, "legal-contracts").ref == "legal-contracts@1"
+    legal.alias_set("legal-contracts", "prod", 1)
     with pytest.raises(ForbiddenError, match="'legal'.*'med'"):
         legal.push(make_variant(tiny_adapter, tmp_path / "m", "m"), "med")
     with pytest.raises(ForbiddenError, match="med"):
@@ -108,12 +110,19 @@ def test_prefix_scoped_tokens(server, sqlite_store, tiny_adapter, tmp_path):
         legal.alias_set("med", "prod", 1)
     assert [v.name for v in legal.list()] == ["legal-contracts"]  # others are not listed
     assert [v.name for v in legal.serving()] == ["legal-contracts"]
+    # a miss suggests near names, but only those the token may see
+    sqlite_store.push(tiny_adapter, "megal-contracts")
+    with pytest.raises(AdapterNotFoundError, match="'legal-contracts' or 'megal-contracts'"):
+        sqlite_store.resolve("legal-contractz")  # unrestricted: both
+    with pytest.raises(AdapterNotFoundError, match="did you mean 'legal-contracts'") as miss:
+        legal.resolve("legal-contractz")
+    assert "megal" not in str(miss.value)
     admin = RemoteRegistry(server.url, token=create_token(sqlite_store, "admin", prefix="legal"))
     with pytest.raises(ForbiddenError, match="med"):
         admin.rm("med")
     with pytest.raises(ForbiddenError, match="whole registry"):
         admin.gc()
-    assert [v.ref for v in admin.rm("legal-contracts")] == ["legal-contracts@1"]
+    assert [v.ref for v in admin.rm("legal-contracts", force=True)] == ["legal-contracts@1"]
     with pytest.raises(ValueError, match="prefix"):
         create_token(sqlite_store, "read", prefix="../x")
 

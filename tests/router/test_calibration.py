@@ -244,6 +244,7 @@ def test_cli_fit_min_oos_recall(lr_home, tiny_adapter_factory, tmp_path):
     reg = open_registry(url, settings=lr_home)
     for i, (name, ex) in enumerate(ROUTES.items()):
         reg.push(tiny_adapter_factory(i + 1), name, domain=name, routing_examples=ex)
+        reg.alias_set(name, "prod", 1)
     data = tmp_path / "fit.jsonl"
     texts, labels = _data()
     data.write_text(

@@ -30,6 +30,8 @@ def registry_url(lr_home, tiny_adapter_factory):
     reg.push(tiny_adapter_factory(1), "legal", domain="legal", routing_examples=LEGAL)
     reg.push(tiny_adapter_factory(2), "math", domain="math", routing_examples=MATH)
     reg.push(tiny_adapter_factory(3), "noexamples", domain="misc")
+    for name in ("legal", "math", "noexamples"):
+        reg.alias_set(name, "prod", 1)
     return url
 
 

@@ -36,6 +36,8 @@ def reg(lr_home, tiny_adapter_factory):
     r.push(tiny_adapter_factory(1), "legal", domain="legal", routing_examples=LEGAL)
     r.push(tiny_adapter_factory(2), "math", domain="math", routing_examples=MATH)
     r.push(tiny_adapter_factory(4), "bare", domain="misc")  # no routing examples
+    for name in ("legal", "math", "bare"):  # live: the router serves promoted versions only
+        r.alias_set(name, "prod", 1)
     return r
 
 
@@ -48,22 +50,30 @@ def test_routes_from_registry_and_follows_changes(reg, tiny_adapter_factory):
     assert router.route("What is the best treatment for a migraine?").adapter != "medical"
     embedded = router.encoder.embedded
 
-    # a new adapter becomes routable without a restart; old examples are not re-embedded
-    reg.push(tiny_adapter_factory(3), "medical", domain="medical", routing_examples=MEDICAL)
+    # a pushed adapter is not routed to until promoted, then it is, without a restart; old
+    # examples are not re-embedded
+    v = reg.push(tiny_adapter_factory(3), "medical", domain="medical", routing_examples=MEDICAL)
+    assert router.route("What is the best treatment for a migraine?").adapter != "medical"
+    assert "medical" not in {r.name for r in router.routes}
+    reg.alias_set("medical", "prod", v.version)
     d = router.route("What is the best treatment for a migraine?")
     assert d.adapter == "medical"
     assert router.encoder.embedded - embedded <= len(MEDICAL) + 1
 
-    # a new version with other examples, then the prod alias pinned back to version 1
+    # a new version with other examples: live once promoted; the alias pinned back to 1
     reg.push(
         tiny_adapter_factory(5),
         "math",
         domain="math",
         routing_examples=MATH + ["Compute the area of a circle of radius 2."],
     )
+    assert router.route("What is 7 times 8?").ref == "math@1"
+    reg.alias_set("math", "prod", 2)
     assert router.route("What is 7 times 8?").ref == "math@2"
     reg.alias_set("math", "prod", 1)
     assert router.route("What is 7 times 8?").ref == "math@1"
+    reg.alias_remove("medical", "prod")  # demoted: no longer routed to
+    assert router.route("What is the best treatment for a migraine?").adapter != "medical"
 
 
 def test_fit_save_load_with_registry(reg, tmp_path):

@@ -63,6 +63,7 @@ def trained(tiny_base, tmp_path_factory):
             base_model_id=result.base_model_id,
             base_fingerprint=result.base_fingerprint,
         )
+        reg.alias_set(domain, "prod", 1)  # live: served and routed to
     return reg, url, settings, root
 
 

@@ -45,6 +45,7 @@ def served(smollm2_on_registry, tmp_path):
             base_fingerprint=engine.base_fingerprint,
             routing_examples=examples,
         )
+        reg.alias_set(name, "prod", versions[name].version)  # live: routed to
     app = create_app(LocalBackend(engine), router=Router(reg))
     with BackgroundServer(app) as srv:
         yield srv.url, versions

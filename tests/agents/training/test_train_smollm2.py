@@ -35,6 +35,8 @@ def test_train_on_smollm2_writes_named_adapter(smollm2_path, tmp_path):
     )
     assert result.metrics["train_steps"] == 3
     cfg_json = json.loads((tmp_path / "add" / "adapter_config.json").read_text())
-    assert cfg_json["base_model_name_or_path"] == "smollm2-135m-instruct"
+    # portable: the Hub id of the model the embedded GGUF comes from, loadable anywhere
+    assert cfg_json["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert result.base_model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert cfg_json["layers_to_transform"] == [28, 29]
     assert result.base_fingerprint == fingerprint(smollm2_path, settings=settings)
