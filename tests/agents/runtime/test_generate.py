@@ -115,8 +115,10 @@ def test_sampling_is_repeatable_with_a_seed(engine):
 
 
 def test_a_sampling_error_fails_only_its_own_request(engine, monkeypatch):
+    from loraroute.agents.runtime import sampling
+
     sched = engine.scheduler
-    sample = sched._sample
+    sample = sampling.sample_one
     rows_at_failure = []
 
     def flaky(row, logits):
@@ -127,7 +129,7 @@ def test_a_sampling_error_fails_only_its_own_request(engine, monkeypatch):
         rows_at_failure.append(len(sched._rows))
         raise ValueError("bad logits")
 
-    monkeypatch.setattr(sched, "_sample", flaky)
+    monkeypatch.setattr(sampling, "sample_one", flaky)
     with engine._model_lock:  # queue every request before the first forward
         good = [
             engine.submit(p, adapter=a, max_new_tokens=20)
