@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         None, description="forward generation to this OpenAI-compatible engine"
     )
     engine_api_key: SecretStr | None = Field(None, description="bearer key for `engine_url`")
+    log_json: bool = Field(
+        False,
+        description="`adapters serve` logs JSON lines (one per request: id, model asked, "
+        "adapter, route score, tokens, latency, status) instead of text",
+    )
 
     # -- the LoRA kernels on CUDA (see loraroute.agents.lora.config) -----------------------
     lora_decode_kernel: Literal["auto", "tiles", "rows"] = Field(
