@@ -10,7 +10,8 @@ Two families side by side:
   ``vllm:request_queue_time_seconds``, ``vllm:request_prefill_time_seconds``,
   ``vllm:request_decode_time_seconds``, ``vllm:request_inference_time_seconds``,
   ``vllm:request_prompt_tokens``, ``vllm:request_generation_tokens``,
-  ``vllm:request_params_n``, ``vllm:request_params_max_tokens``, the counters
+  ``vllm:request_params_n``, ``vllm:request_params_max_tokens``,
+  ``vllm:request_max_num_generation_tokens`` (the longest choice of a request), the counters
   ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total`` and
   ``vllm:request_success_total`` (by ``finished_reason``: stop, length, abort), all labelled
   ``model_name`` (the base model) and ``engine`` ("0"); and ``vllm:lora_requests_info``
@@ -222,6 +223,11 @@ class ServerMetrics:
             TOKEN_BUCKETS,
         )
         self.v_n = hist("vllm:request_params_n", "Histogram of the n request parameter.", N_BUCKETS)
+        self.v_max_gen = hist(
+            "vllm:request_max_num_generation_tokens",
+            "Histogram of maximum number of requested generation tokens.",
+            TOKEN_BUCKETS,
+        )
         self.v_max_tokens = hist(
             "vllm:request_params_max_tokens",
             "Histogram of the max_tokens request parameter.",

@@ -204,6 +204,8 @@ class Job:
             m.v_decode.labels(*labels).observe(t.tokens[-1] - first)
         if first_any is not None:
             m.ttft.labels(self.label).observe(max(0.0, first_any - self.t0))
+        if finals:
+            m.v_max_gen.labels(*labels).observe(max(f.completion_tokens for f in finals))
 
     def _timeout_error(self) -> APIError:
         return APIError(
