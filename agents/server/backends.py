@@ -298,7 +298,7 @@ class LocalBackend:
     def entry(self, lp: Any, as_ids: bool) -> LogprobEntry:
         """A runtime ``TokenLogprob`` as the wire shows it."""
         token, raw = self._token(lp.token_id, as_ids)
-        top = []
+        top: list[tuple[str, float, list[int] | None]] = []
         for token_id, value in lp.top:
             alt, alt_raw = self._token(token_id, as_ids)
             top.append((alt, value, alt_raw))

@@ -23,7 +23,10 @@ def completion_logprobs(entries: list[LogprobEntry], offset: int = 0) -> dict[st
     """OpenAI's ``choices[].logprobs`` of a text completion: ``tokens``, ``token_logprobs``,
     ``top_logprobs`` (the chosen token included, as OpenAI and vLLM do) and ``text_offset``
     (from ``offset``, the characters already sent)."""
-    tokens, values, tops, offsets = [], [], [], []
+    tokens: list[str] = []
+    values: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    offsets: list[int] = []
     for e in entries:
         tokens.append(e.token)
         values.append(e.logprob)

@@ -203,13 +203,15 @@ def _constraint(req: GenerationRequest) -> tuple[dict[str, Any] | None, str | No
             )
         name, value = given[0]
         param = "structured_outputs"
-        spec = {
-            "json": lambda: _json_spec(value, param),
-            "regex": lambda: {"kind": "regex", "regex": value},
-            "choice": lambda: _choice_spec(value, param),
-            "grammar": lambda: {"kind": "grammar", "grammar": value},
-            "json_object": lambda: {"kind": "json_schema", "schema": {"type": "object"}},
-        }[name]()
+        spec: dict[str, Any]
+        if name == "json":
+            spec = _json_spec(value, param)
+        elif name == "choice":
+            spec = _choice_spec(list(value), param)  # type: ignore[arg-type]
+        elif name == "json_object":
+            spec = {"kind": "json_schema", "schema": {"type": "object"}}
+        else:  # regex, grammar
+            spec = {"kind": name, name: value}
         asked.append((param, spec))
     fmt = _response_format(req.response_format)
     if fmt is not None:
@@ -293,10 +295,11 @@ def _sampling(req: GenerationRequest, max_tokens: int, logprobs: int | None) -> 
 
 def _common(req: GenerationRequest, kind: str, max_choices: int) -> None:
     _check_restricted(req, kind)
-    if req.min_tokens and req.max_tokens is not None and req.min_tokens > req.max_tokens:
+    max_tokens = getattr(req, "max_tokens", None)
+    if req.min_tokens and max_tokens is not None and req.min_tokens > max_tokens:
         raise APIError(
             400,
-            f"min_tokens ({req.min_tokens}) is larger than max_tokens ({req.max_tokens})",
+            f"min_tokens ({req.min_tokens}) is larger than max_tokens ({max_tokens})",
             param="min_tokens",
         )
     if req.request_id is not None and not re.fullmatch(

@@ -9,6 +9,11 @@ through the engine's ``POST /v1/load_lora_adapter``. The engine sees immutable v
 for a name we loaded (it was evicted or the engine restarted), the adapter is loaded again and
 the request retried once.
 
+Chat and text completions are forwarded as they came (every parameter the server accepted,
+``n``, ``logprobs``, ``echo``, ``guided_*`` included: the engine honours them or answers with
+its own 4xx), always streamed upstream; the chunks of several choices are dealt to their
+choices by index. The request id goes along in ``X-Request-Id``.
+
 The engine must be able to read the adapter folder: on the same host, the path is passed as
 it is; on another host, put the registry's checkouts on shared storage and pass
 ``adapter_dir`` (``--engine-adapter-dir``), the folder where the engine sees them: the engine

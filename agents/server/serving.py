@@ -61,9 +61,9 @@ async def generate(
     metrics = st.metrics
     try:
         prepared = _prepare(st, req, await request.json())
-    except APIError as err:
+    except APIError as invalid:
         metrics.requests.labels("-", "error").inc()
-        metrics.errors.labels("-", err.code or str(err.status)).inc()
+        metrics.errors.labels("-", invalid.code or str(invalid.status)).inc()
         raise
     try:
         st.admission.admit(prepared.choices)
@@ -78,11 +78,11 @@ async def generate(
         running = await st.backend.start(target, prepared)
     except BaseException as exc:
         st.admission.release(None, prepared.choices)
-        err = map_exception(exc) if isinstance(exc, Exception) else None
-        metrics.requests.labels("-", "error" if err is not None else "cancelled").inc()
-        if err is not None:
-            metrics.errors.labels("-", err.code or str(err.status)).inc()
-            raise err from exc
+        failed = map_exception(exc) if isinstance(exc, Exception) else None
+        metrics.requests.labels("-", "error" if failed is not None else "cancelled").inc()
+        if failed is not None:
+            metrics.errors.labels("-", failed.code or str(failed.status)).inc()
+            raise failed from exc
         raise
     job = Job(st, target, running, prepared, fmt, t0, current_request_id() or "-")
     headers = route_headers(target, running)
@@ -92,13 +92,13 @@ async def generate(
     try:
         finals = await job.wait(request)
     except BaseException as exc:
-        err = map_exception(exc) if isinstance(exc, Exception) else None
-        if err is None or err.status == 499:
+        stopped = map_exception(exc) if isinstance(exc, Exception) else None
+        if stopped is None or stopped.status == 499:
             job.close("cancelled")
         else:
-            job.close("timeout" if err.status == 504 else "error", code=err.code)
-        if err is not None:
-            raise err from exc
+            job.close("timeout" if stopped.status == 504 else "error", code=stopped.code)
+        if stopped is not None:
+            raise stopped from exc
         raise
     job.close("ok", finals)
     return job.response(finals, headers)

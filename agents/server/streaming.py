@@ -285,12 +285,12 @@ class Job:
                 if error is not None:
                     raise error
                 if delta is not None:
-                    chunk = self.fmt.delta(self, index, delta)
+                    piece = self.fmt.delta(self, index, delta)
                     texts[index] += delta.text
-                    if chunk is not None:
+                    if piece is not None:
                         if first:
-                            chunk["loraroute"], first = self.info, False
-                        yield self._event(chunk)
+                            piece["loraroute"], first = self.info, False
+                        yield self._event(piece)
                     continue
                 stream = streams[index]
                 final = done[index] = stream.final()

@@ -152,12 +152,13 @@ def test_guided_decoding_keeps_answers_in_the_set(client):
         out = client.chat.completions.create(
             model="legal",
             messages=USER,
-            max_tokens=8,
+            max_tokens=24,  # room for the longest choice: a cut one would be a prefix
             temperature=1.0,
             n=3,
             extra_body={"guided_choice": ["yes", "no", "it depends"]},
         )
         assert {c.message.content for c in out.choices} <= {"yes", "no", "it depends"}
+        assert {c.finish_reason for c in out.choices} == {"stop"}
     regex = client.completions.create(
         model="math",
         prompt="x =",
