@@ -634,7 +634,8 @@ class Engine:
     def logits(
         self, input_ids: Any, adapters: Sequence[str | None], attention_mask: Any = None
     ) -> Any:
-        """One forward with an adapter per row (``None`` = base); returns logits. For tests/benchmarks."""
+        """One forward with an adapter per row (``None`` = base); returns logits (the server's
+        echo scoring, tests, benchmarks)."""
         import torch
 
         slots, held = [], []

@@ -118,21 +118,22 @@ def process_logits(row: SamplingRow, logits: torch.Tensor) -> torch.Tensor:
 
 
 def _draw(row: SamplingRow, logits: torch.Tensor) -> int:
-    """A token drawn from ``softmax(logits / temperature)`` narrowed by min_p, top_k, top_p."""
+    """A token drawn from ``softmax(logits / temperature)`` narrowed by min_p, top_k and top_p
+    (vLLM's order; with top_k only its candidates are sorted and drawn from)."""
     p = row.handle.params
-    probs = torch.softmax(logits / p.temperature, -1).cpu()
+    probs = torch.softmax(logits / p.temperature, -1)
+    ids = None
+    if 0 < p.top_k < probs.shape[-1]:
+        probs, ids = torch.topk(probs, p.top_k)  # best first
+    elif p.top_p < 1.0:
+        probs, ids = torch.sort(probs, descending=True)
     if p.min_p > 0:
         probs = torch.where(probs < p.min_p * probs.max(), torch.zeros_like(probs), probs)
-    if p.top_k > 0 and p.top_k < probs.shape[-1]:
-        kth = torch.topk(probs, p.top_k).values[-1]
-        probs = torch.where(probs < kth, torch.zeros_like(probs), probs)
-    if p.top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
-        cum = torch.cumsum(sorted_p, -1) / sorted_p.sum()
-        drop = cum - sorted_p / sorted_p.sum() > p.top_p  # keep the smallest set reaching top_p
-        sorted_p[drop] = 0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-    return int(torch.multinomial(probs, 1, generator=row.generator))
+    if p.top_p < 1.0:  # keep the smallest best-first set reaching top_p
+        share = probs / probs.sum()
+        probs = torch.where(torch.cumsum(share, -1) - share > p.top_p, 0.0, probs)
+    choice = int(torch.multinomial(probs.cpu(), 1, generator=row.generator))
+    return choice if ids is None else int(ids[choice])
 
 
 def _record_logprob(row: SamplingRow, raw: torch.Tensor, token: int) -> None:

@@ -61,7 +61,7 @@ RESTRICTED: dict[str, dict[str, str]] = {
         "store": "only false (nothing is stored)",
         "service_tier": "only auto or default",
     },
-    "completion": {**_RESTRICTED_SHARED, "best_of": "at most n (no reranking)"},
+    "completion": {**_RESTRICTED_SHARED, "best_of": "only equal to n (no reranking)"},
 }
 REFUSED: dict[str, str] = {
     "functions": "use tools",
@@ -124,7 +124,7 @@ def _check_restricted(req: GenerationRequest, kind: str) -> None:
         values["store"] = bool(req.store)
         values["service_tier"] = req.service_tier not in (None, "auto", "default")
     if isinstance(req, CompletionRequest):
-        values["best_of"] = req.best_of is not None and req.best_of > (req.n or 1)
+        values["best_of"] = req.best_of is not None and req.best_of != (req.n or 1)
     for name, refused in values.items():
         if refused:
             value = getattr(req, name)

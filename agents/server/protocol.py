@@ -174,7 +174,7 @@ class CompletionRequest(GenerationRequest):
     max_tokens: int | None = Field(default=None, ge=0, description="Default 16; 0 with echo")
     echo: bool | None = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
-    best_of: int | None = Field(default=None, ge=1, description="At most n (no reranking).")
+    best_of: int | None = Field(default=None, ge=1, description="Only equal to n (no reranking).")
     add_special_tokens: bool | None = True
 
 
