@@ -151,6 +151,11 @@ class Settings(BaseSettings):
         description="the Ray cluster `adapters serve --ray` joins (`auto`, `ray://host:10001`; "
         "empty: Ray's own default, `RAY_ADDRESS` or a new local cluster)",
     )
+    log_json: bool = Field(
+        False,
+        description="`adapters serve` logs JSON lines (one per request: id, model asked, "
+        "adapter, route score, tokens, latency, status) instead of text",
+    )
 
     # -- the LoRA kernels on CUDA (see loraroute.agents.lora.config) -----------------------
     lora_decode_kernel: Literal["auto", "tiles", "rows"] = Field(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
 from loraroute.cli_options import registry_options
@@ -176,6 +174,12 @@ _MIB = 1024 * 1024
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--log-json/--no-log-json",
+    default=None,
+    help="Log JSON lines (one per request: id, model asked, adapter, route score, tokens, "
+    "latency, status) instead of text (default: LORAROUTE_LOG_JSON, off).",
+)
 def serve_cmd(
     host: str | None,
     port: int,
@@ -216,6 +220,7 @@ def serve_cmd(
     cpus_per_replica: float | None,
     gpus_per_replica: float | None,
     log_level: str,
+    log_json: bool | None,
 ) -> None:
     """Serve an OpenAI-compatible chat API with model="auto" routing.
 
@@ -257,7 +262,9 @@ def serve_cmd(
         )
     except ValidationError as exc:
         raise click.UsageError("; ".join(e["msg"] for e in exc.errors())) from exc
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from ..server.logs import configure_logging
+
+    configure_logging(log_level, json_lines=settings.log_json if log_json is None else log_json)
     ray_options = {
         "--ray-address": ray_address,
         "--replicas": replicas,

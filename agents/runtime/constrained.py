@@ -1,4 +1,5 @@
-"""Constrained decoding for tool calls and JSON output, with xgrammar.
+"""Constrained decoding for tool calls, JSON output, regular expressions, fixed choices and
+grammars (vLLM's ``guided_*`` parameters), with xgrammar.
 
 xgrammar compiles a tool schema in milliseconds and masks a step in well under one on CPU;
 lm-format-enforcer does not import with transformers 5, and outlines pulls a much larger stack.
@@ -89,6 +90,41 @@ def _structural_tag(spec: dict) -> Any:
     raise ValueError(f"unknown constraint kind {spec['kind']!r}")
 
 
+def choice_grammar(choices: list[str]) -> str:
+    """An EBNF grammar whose only sentences are ``choices`` (vLLM's ``guided_choice``)."""
+    if not choices or not all(isinstance(c, str) and c for c in choices):
+        raise ValueError("choices must be a non-empty list of non-empty strings")
+    return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+
+
+def _grammar(spec: dict) -> Any:
+    """The xgrammar ``Grammar`` of a ``regex``, ``choice`` or ``grammar`` spec (an EBNF grammar,
+    or a Lark one, as vLLM's ``guided_grammar`` accepts)."""
+    xgr = _xgr()
+    kind = spec["kind"]
+    if kind == "regex":
+        return xgr.Grammar.from_regex(spec["regex"])
+    if kind == "choice":
+        return xgr.Grammar.from_ebnf(choice_grammar(spec["choices"]))
+    if kind == "grammar":
+        try:
+            return xgr.Grammar.from_ebnf(spec["grammar"])
+        except RuntimeError as ebnf_error:
+            try:
+                return xgr.Grammar.from_lark(spec["grammar"])
+            except (RuntimeError, ValueError):
+                raise ebnf_error from None
+    raise ValueError(f"unknown constraint kind {kind!r}")
+
+
+_DESCRIBE = {
+    "json_schema": "the JSON schema",
+    "regex": "the regular expression",
+    "choice": "the choices",
+    "grammar": "the grammar",
+}
+
+
 def validate(spec: dict) -> None:
     """Compile ``spec`` without a tokenizer; raise :class:`ToolSchemaError` if it cannot be."""
     xgr = _xgr()
@@ -97,14 +133,16 @@ def validate(spec: dict) -> None:
             xgr.Grammar.from_json_schema(
                 json.dumps(spec["schema"]), max_whitespace_cnt=MAX_WHITESPACE
             )
-        else:
+        elif spec["kind"] == "tools":
             xgr.Grammar.from_structural_tag(_structural_tag(spec))
+        else:
+            _grammar(spec)
     except (RuntimeError, ValueError, TypeError) as exc:
         names = [t["function"]["name"] for t in spec.get("tools", [])]
-        what = f"tools {', '.join(names)}" if names else "the JSON schema"
+        what = f"tools {', '.join(names)}" if names else _DESCRIBE.get(spec["kind"], "it")
         raise ToolSchemaError(
-            f"cannot compile {what} into a generation constraint: {exc}; simplify the schema "
-            f"(plain JSON-schema types, no external $ref)"
+            f"cannot compile {what} into a generation constraint: {exc}; simplify it "
+            f"(plain JSON-schema types and no external $ref; xgrammar's regex and EBNF syntax)"
         ) from exc
 
 
@@ -132,8 +170,10 @@ class GrammarCompiler:
             compiled = self._compiler.compile_json_schema(
                 json.dumps(spec["schema"]), max_whitespace_cnt=MAX_WHITESPACE
             )
-        else:
+        elif spec["kind"] == "tools":
             compiled = self._compiler.compile_structural_tag(_structural_tag(spec))
+        else:
+            compiled = self._compiler.compile_grammar(_grammar(spec))
         with self._lock:
             self._cache[key] = compiled
         return compiled

@@ -524,44 +524,53 @@ class Engine:
         messages: Sequence[Any] | str,
         adapter: str | None = None,
         *,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
+        params: SamplingParams | None = None,
         constraint: dict | None = None,
+        **sampling: Any,
     ) -> RequestHandle:
         """Queue a request; returns at once with a :class:`RequestHandle`. Thread-safe.
 
+        ``params`` says how to pick tokens (:class:`SamplingParams`); or give its fields as
+        keywords (``max_new_tokens=64, temperature=0.7, top_k=40, ...``), not both.
         ``constraint`` limits the output to a grammar (see :mod:`.constrained`): e.g.
-        ``{"kind": "json_schema", "schema": {...}}`` or a ``tool_grammar_spec(...)``.
+        ``{"kind": "json_schema", "schema": {...}}``, ``{"kind": "regex", "regex": ...}``,
+        ``{"kind": "choice", "choices": [...]}`` or a ``tool_grammar_spec(...)``.
         """
-        params = SamplingParams(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            stop=tuple(stop or ()),
-            seed=seed,
-        )
-        chat = to_chat_dicts(messages)
-        budget = self.max_context - min(max_new_tokens, self.max_context // 2)
-        ids, dropped = render_prompt(self.tokenizer, chat, max_prompt_tokens=budget)
+        params = _params(params, sampling)
+        ids, dropped = self.render(messages, params.max_new_tokens)
         if dropped:
             logger.info("dropped %d oldest turn(s) to fit the context window", dropped)
-        return self._submit_ids(
-            ids, adapter, params, truncated_turns=dropped, constraint=constraint
-        )
+        return self.submit_ids(ids, adapter, params, truncated_turns=dropped, constraint=constraint)
 
-    def _submit_ids(
+    def render(self, messages: Sequence[Any] | str, max_new_tokens: int) -> tuple[list[int], int]:
+        """Prompt ids of ``messages`` in the chat template, leaving room for
+        ``max_new_tokens`` (at most half the context), and how many old turns were dropped."""
+        chat = to_chat_dicts(messages)
+        budget = self.max_context - min(max_new_tokens, self.max_context // 2)
+        return render_prompt(self.tokenizer, chat, max_prompt_tokens=budget)
+
+    def submit_ids(
         self,
         ids: list[int],
-        adapter: str | None,
-        params: SamplingParams,
+        adapter: str | None = None,
+        params: SamplingParams | None = None,
         *,
         truncated_turns: int = 0,
         constraint: dict | None = None,
+        **sampling: Any,
     ) -> RequestHandle:
-        """Queue already tokenized prompt ids (the rest of :meth:`submit`; benchmarks use it)."""
+        """Queue already tokenized prompt ids (a completion prompt, or :meth:`submit`'s
+        rendered chat); ``params`` or its fields as keywords, as in :meth:`submit`."""
+        params = _params(params, sampling)
+        vocab = self.vocab_size
+        outside = [i for i in ids if not 0 <= i < vocab][:1] or (
+            [params.max_token_id()] if params.max_token_id() >= vocab else []
+        )
+        if outside:
+            raise ValueError(
+                f"token id {outside[0]} is outside the vocabulary of {self.base_model_id} "
+                f"(ids 0..{vocab - 1})"
+            )
         with self._lock:
             entry = self._resolve(adapter)
             if entry is not None:
@@ -574,6 +583,7 @@ class Engine:
             adapter_digest=entry.digest if entry else None,
             params=params,
             truncated_turns=truncated_turns,
+            eos_ids=frozenset(self.scheduler.eos_ids),
         )
         try:
             if constraint is not None:
@@ -586,6 +596,13 @@ class Engine:
         except BaseException:
             self._on_release(handle)
             raise
+
+    _submit_ids = submit_ids  # the name benchmarks and older callers use
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the model's logits: token ids are below this."""
+        return int(self.model.config.vocab_size)
 
     def generate(
         self, messages: Sequence[Any] | str, adapter: str | None = None, **kwargs: Any
@@ -649,7 +666,8 @@ class Engine:
     def logits(
         self, input_ids: Any, adapters: Sequence[str | None], attention_mask: Any = None
     ) -> Any:
-        """One forward with an adapter per row (``None`` = base); returns logits. For tests/benchmarks."""
+        """One forward with an adapter per row (``None`` = base); returns logits (the server's
+        echo scoring, tests, benchmarks)."""
         import torch
 
         slots, held = [], []
@@ -696,6 +714,18 @@ class Engine:
             f"Engine(base={self.base_model_id!r}, fingerprint={self.base_fingerprint[:19]}..., "
             f"device={self.device}, resident={len(self.pool)}/{self.pool.max_resident})"
         )
+
+
+def _params(params: SamplingParams | None, sampling: dict[str, Any]) -> SamplingParams:
+    """``params``, or a :class:`SamplingParams` from keyword fields (never both)."""
+    if params is not None:
+        if sampling:
+            raise TypeError(
+                f"give sampling settings either as params=SamplingParams(...) or as keywords, "
+                f"not both (got params and {', '.join(sorted(sampling))})"
+            )
+        return params
+    return SamplingParams(**sampling)
 
 
 def _memory_fingerprint(model: Any) -> str:

@@ -303,6 +303,7 @@ class BatchScheduler:
     def _prefill(self, handle: RequestHandle) -> None:
         from transformers import DynamicCache
 
+        handle.mark_scheduled()
         # Tokens the grammar forces at the start are fed with the prompt (jump-forward).
         forced: list[int] = []
         if handle.constraint is not None:
@@ -394,6 +395,9 @@ class BatchScheduler:
             row.done = "stop"
             return
         row.tokens.append(token)
+        if token in h.params.stop_token_ids:  # kept, as vLLM keeps it (special ones show no text)
+            row.done = "stop"
+            return
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         for stop in h.params.stop:
             at = text.find(stop)

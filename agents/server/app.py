@@ -1,14 +1,17 @@
-"""The OpenAI-compatible chat server: routes, batches and reports per adapter.
+"""The OpenAI-compatible server: routes, batches and reports per adapter.
 
-``POST /v1/chat/completions`` takes ``model: "auto"`` (routed by content), ``"base"`` or an
-adapter reference (``legal``, ``legal:prod``, ``legal@3``); the chosen adapter version, its
-digest and the route confidence come back in ``X-LoraRoute-*`` headers and in the response's
-``loraroute`` field. ``GET /v1/models`` lists base, adapters and aliases; vLLM's
-``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` work unchanged. Requests share the
-engine's continuous batch; a bounded queue answers 429 with ``Retry-After``; each request has a
-timeout; a client that disconnects cancels its generation. ``/metrics`` is Prometheus,
-``/health`` and ``/ready`` are for probes. One module a resource: :mod:`.chat`,
-:mod:`.models`, :mod:`.adapters`, :mod:`.probes`; the protocol models are in :mod:`.protocol`.
+``POST /v1/chat/completions`` and ``POST /v1/completions`` take ``model: "auto"`` (routed by
+content), ``"base"`` or an adapter reference (``legal``, ``legal:prod``, ``legal@3``); the
+chosen adapter version, its digest and the route confidence come back in ``X-LoraRoute-*``
+headers and in the response's ``loraroute`` field. Every OpenAI and vLLM sampling parameter is
+honoured or refused with a 400 naming it (:mod:`.params`). ``GET /v1/models`` lists base,
+adapters and aliases; vLLM's ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` work
+unchanged. Requests share the engine's continuous batch; a bounded queue answers 429 with
+``Retry-After``; each request has a timeout; a client that disconnects cancels its generation.
+Every request has an id (``X-Request-Id``) and one line in the request log (:mod:`.logs`).
+``/metrics`` is Prometheus with vLLM's metric names beside ours, ``/health`` and ``/ready``
+are for probes. One module a resource: :mod:`.chat`, :mod:`.completions`, :mod:`.models`,
+:mod:`.adapters`, :mod:`.probes`; the protocol models are in :mod:`.protocol`.
 
 Example::
 
@@ -31,11 +34,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from . import adapters, chat, models, probes
+from . import adapters, chat, completions, models, probes
 from .auth import RefuseQuerySecrets
 from .backends import Backend
 from .config import ServerConfig
 from .errors import APIError, map_exception, validation_message
+from .logs import RequestContext
+from .params import REFUSED
 from .state import ServerState
 from .streaming import ROUTE_HEADERS, BodyLimit
 
@@ -65,13 +70,13 @@ def create_app(
     app = FastAPI(
         title="loraroute",
         version="0.1.0",
-        description="OpenAI-compatible chat server: many LoRA adapters on one base model, "
+        description="OpenAI-compatible server: many LoRA adapters on one base model, "
         'routed by content with model="auto".',
         lifespan=lifespan,
     )
     app.state.lr = st
     _add_error_handlers(app)
-    for module in (chat, models, adapters, probes):
+    for module in (chat, completions, models, adapters, probes):
         app.include_router(module.router)
     app.add_middleware(RefuseQuerySecrets)
     if config.cors_origins:
@@ -86,6 +91,7 @@ def create_app(
             expose_headers=ROUTE_HEADERS,
         )
     app.add_middleware(BodyLimit, limit=config.max_request_bytes)
+    app.add_middleware(RequestContext)  # outermost: every answer has an id and a log line
     return app
 
 
@@ -98,7 +104,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param, code = validation_message(list(exc.errors()))
+        message, param, code = validation_message(list(exc.errors()), hints=REFUSED)
         return APIError(400, message, param=param, code=code).response()
 
     @app.exception_handler(StarletteHTTPException)

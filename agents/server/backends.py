@@ -8,6 +8,7 @@ routing, admission, timeouts, metrics and the wire format; backends only generat
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
 import logging
@@ -16,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import AgentError, PoolFullError, UnknownAdapterError
+from ..errors import AgentError, PoolFullError, ToolSchemaError, UnknownAdapterError
 from .errors import APIError
+from .params import Prepared
 
 logger = logging.getLogger(__name__)
 
@@ -38,37 +40,67 @@ class Target:
 
 
 @dataclass
-class Prepared:
-    """A validated request: messages as dicts plus generation settings."""
+class LogprobEntry:
+    """One token's log-probability as the wire shows it (``logprob`` ``None``: the first
+    prompt token of an echo, which has no context); ``top``: ``(token, logprob, bytes)``."""
 
-    messages: list[dict[str, Any]]
-    max_tokens: int
-    temperature: float
-    top_p: float
-    stop: list[str]
-    seed: int | None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
-    body: dict[str, Any] = field(default_factory=dict)  # the request as sent (proxy forwards it)
+    token: str
+    logprob: float | None
+    bytes: list[int] | None = None
+    top: list[tuple[str, float, list[int] | None]] | None = None
+
+
+@dataclass
+class Delta:
+    """New text of one choice, with the log-probabilities of the tokens it completes."""
+
+    text: str
+    logprobs: list[LogprobEntry] = field(default_factory=list)
 
 
 @dataclass
 class Final:
+    """One choice, finished. ``echo`` (and ``echo_logprobs``) is the prompt a completion
+    repeats before ``content`` when a backend adds it itself."""
+
     content: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
     tool_calls: list[dict[str, Any]] | None = None
+    logprobs: list[LogprobEntry] | None = None
+    echo: str = ""
+    echo_logprobs: list[LogprobEntry] | None = None
+    stop_reason: str | int | None = None
+
+
+@dataclass
+class Timings:
+    """``perf_counter`` times of one choice: queued, taken into the batch (``None``: not known),
+    each token chosen."""
+
+    submitted: float | None = None
+    scheduled: float | None = None
+    tokens: list[float] = field(default_factory=list)
+
+
+class ChoiceStream(Protocol):
+    """One choice of a running request: its deltas, then its :class:`Final`."""
+
+    index: int
+    sent_logprobs: int  # log-probabilities of generated tokens already given in deltas
+
+    def deltas(self) -> AsyncIterator[Delta]: ...
+
+    def final(self) -> Final: ...
+
+    def timings(self) -> Timings: ...
 
 
 class Running(Protocol):
     adapter_ref: str | None
     adapter_digest: str | None
-
-    def deltas(self) -> AsyncIterator[str]: ...
-
-    def final(self) -> Final: ...
+    streams: list[Any]  # ChoiceStream, one per choice, in index order
 
     def cancel(self) -> None: ...
 
@@ -89,6 +121,8 @@ class Backend(Protocol):
 
     async def start(self, target: Target, prepared: Prepared) -> Running: ...
 
+    async def prompt_text(self, prompt: str | list[int]) -> str: ...
+
     async def adapter_cards(self) -> list[dict[str, Any]]: ...
 
     async def load_adapter(self, name: str, path: str, inplace: bool) -> str: ...
@@ -105,33 +139,83 @@ class Backend(Protocol):
 
 
 def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run blocking work (tokenising, reading adapter files, registry I/O) off the event loop."""
+    """Run blocking work (tokenising, reading adapter files, registry I/O) off the event loop,
+    in the caller's context (so log lines keep the request id)."""
     loop = asyncio.get_running_loop()
-    return loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+    ctx = contextvars.copy_context()
+    return loop.run_in_executor(None, functools.partial(ctx.run, fn, *args, **kwargs))
 
 
 # -- the in-process engine ------------------------------------------------------------------
 
 
-class LocalRunning:
-    """A request in the engine's continuous batch."""
+class LocalChoice:
+    """One choice in the engine's continuous batch (``handle`` ``None``: nothing generated)."""
 
-    def __init__(self, handle: Any, tools: bool):
+    def __init__(
+        self,
+        index: int,
+        handle: Any,
+        backend: LocalBackend,
+        prepared: Prepared,
+        *,
+        prompt_tokens: int,
+        tools: bool = False,
+        echo: str = "",
+        echo_logprobs: list[LogprobEntry] | None = None,
+    ):
+        self.index = index
         self.handle = handle
+        self.backend = backend
+        self.prepared = prepared
+        self.prompt_tokens = prompt_tokens
         self.tools = tools
-        self.adapter_ref: str | None = handle.adapter_ref
-        self.adapter_digest: str | None = handle.adapter_digest
+        self.echo = echo
+        self.echo_logprobs = echo_logprobs
+        self.sent_logprobs = 0
 
-    async def deltas(self) -> AsyncIterator[str]:
-        async for delta in self.handle.astream():
-            if not self.tools:  # tool calls parse only when complete: sent with final()
-                yield delta
+    async def deltas(self) -> AsyncIterator[Delta]:
+        if self.echo:
+            yield Delta(self.echo, list(self.echo_logprobs or []))
+        if self.handle is None:
+            return
+        want = self.prepared.logprobs is not None
+        async for text in self.handle.astream():
+            if self.tools:  # tool calls parse only when complete: sent with final()
+                continue
+            entries: list[LogprobEntry] = []
+            if want:
+                new = self.handle.logprobs_so_far()[self.sent_logprobs :]
+                self.sent_logprobs += len(new)
+                entries = [self.backend.entry(t, self.prepared.tokens_as_ids) for t in new]
+            yield Delta(text, entries)
 
     def final(self) -> Final:
+        p = self.prepared
+        if self.handle is None:
+            return Final(
+                "",
+                self.prompt_tokens,
+                0,
+                "length",
+                logprobs=[] if p.logprobs is not None else None,
+                echo=self.echo,
+                echo_logprobs=self.echo_logprobs,
+            )
         from ..runtime.constrained import parse_tool_calls
 
         gen = self.handle.result(timeout=0)
         content, calls = gen.text, None
+        stop_reason: str | int | None = gen.stop_sequence
+        if gen.stop_sequence and p.include_stop_str:
+            content += gen.stop_sequence
+        if (
+            stop_reason is None
+            and gen.finish_reason == "stop"
+            and gen.token_ids
+            and gen.token_ids[-1] in p.sampling["stop_token_ids"]
+        ):
+            stop_reason = gen.token_ids[-1]
         if self.tools:
             content, parsed, _invalid = parse_tool_calls(gen.text)
             calls = [
@@ -142,46 +226,43 @@ class LocalRunning:
                 }
                 for c in parsed
             ] or None
+        logprobs = None
+        if gen.logprobs is not None:
+            logprobs = [self.backend.entry(t, p.tokens_as_ids) for t in gen.logprobs]
         return Final(
             content=content,
             prompt_tokens=gen.prompt_tokens,
             completion_tokens=gen.completion_tokens,
             finish_reason="tool_calls" if calls else gen.finish_reason,
             tool_calls=calls,
+            logprobs=logprobs,
+            echo=self.echo,
+            echo_logprobs=self.echo_logprobs,
+            stop_reason=stop_reason,
         )
 
+    def timings(self) -> Timings:
+        h = self.handle
+        if h is None:
+            return Timings()
+        return Timings(h.submitted_at, h.scheduled_at, list(h.token_times))
+
+
+class LocalRunning:
+    """A request's choices in the engine's continuous batch."""
+
+    def __init__(self, streams: list[LocalChoice], adapter_ref: str | None, digest: str | None):
+        self.streams = streams
+        self.adapter_ref = adapter_ref
+        self.adapter_digest = digest
+
     def cancel(self) -> None:
-        self.handle.cancel()
+        for s in self.streams:
+            if s.handle is not None:
+                s.handle.cancel()
 
     def done(self) -> bool:
-        return bool(self.handle.done())
-
-
-def _json_schema_constraint(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not fmt:
-        return None
-    kind = fmt.get("type")
-    if kind in (None, "text"):
-        return None
-    if kind == "json_object":
-        return {"kind": "json_schema", "schema": {"type": "object"}}
-    if kind == "json_schema":
-        spec = fmt.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise APIError(
-                400,
-                "response_format.json_schema.schema must be a JSON-schema object",
-                param="response_format",
-                code="invalid_response_format",
-            )
-        return {"kind": "json_schema", "schema": schema}
-    raise APIError(
-        400,
-        f"response_format type {kind!r} is not supported; use text, json_object or json_schema",
-        param="response_format",
-        code="invalid_response_format",
-    )
+        return all(s.handle is None or s.handle.done() for s in self.streams)
 
 
 class LocalBackend:
@@ -206,6 +287,7 @@ class LocalBackend:
         self.concurrency: int = engine.scheduler.max_batch_size
         self.max_context: int | None = engine.max_context
         self._loaded: dict[str, str] = {}  # names given to /v1/load_lora_adapter -> digest
+        self._tokens: dict[int, str] = {}  # token id -> its text, for log-probabilities
 
     @property
     def registry(self) -> Any:
@@ -215,9 +297,89 @@ class LocalBackend:
         return {self.base_model.lower()}
 
     async def start(self, target: Target, prepared: Prepared) -> Running:
-        return await _run(self._submit, target, prepared)
+        return await _run(self._start, target, prepared)
 
-    def _submit(self, target: Target, p: Prepared) -> LocalRunning:
+    async def prompt_text(self, prompt: str | list[int]) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        vocab = self.engine.vocab_size
+        outside = next((i for i in prompt if not 0 <= i < vocab), None)
+        if outside is not None:
+            raise APIError(
+                400,
+                f"prompt token id {outside} is outside the vocabulary (ids 0..{vocab - 1})",
+                param="prompt",
+            )
+        return str(self.engine.tokenizer.decode(prompt, skip_special_tokens=True))
+
+    def entry(self, lp: Any, as_ids: bool) -> LogprobEntry:
+        """A runtime ``TokenLogprob`` as the wire shows it."""
+        token, raw = self._token(lp.token_id, as_ids)
+        top: list[tuple[str, float, list[int] | None]] = []
+        for token_id, value in lp.top:
+            alt, alt_raw = self._token(token_id, as_ids)
+            top.append((alt, value, alt_raw))
+        return LogprobEntry(token, lp.logprob, raw, top)
+
+    def _token(self, token_id: int, as_ids: bool) -> tuple[str, list[int]]:
+        text = self._tokens.get(token_id)
+        if text is None:
+            text = self._tokens[token_id] = self.engine.tokenizer.decode([token_id])
+        return (f"token_id:{token_id}" if as_ids else text), list(text.encode("utf-8"))
+
+    def _start(self, target: Target, p: Prepared) -> LocalRunning:
+        from ..runtime.requests import SamplingParams
+
+        engine = self.engine
+        entry = engine.load_adapter(target.adapter) if target.adapter else None
+        adapter = entry.ref if entry is not None else None
+        constraint, tools, dropped = p.constraint, False, 0
+        if p.kind == "chat":
+            ids, dropped, constraint, tools = self._chat_prompt(p)
+            prompts: list[tuple[list[int], str]] = [(ids, "")]
+        else:
+            prompts = [self._completion_prompt(x, p) for x in p.prompts]
+        streams: list[LocalChoice] = []
+        try:
+            for ids, text in prompts:
+                echo_logprobs = None
+                if p.echo and p.logprobs is not None:
+                    echo_logprobs = self._score(ids, adapter, p)
+                for _ in range(p.n):
+                    handle = None
+                    if p.max_tokens > 0:
+                        fields = dict(p.sampling)
+                        if fields["seed"] is not None:  # vLLM's rule: choice i draws with seed + i
+                            fields["seed"] = (fields["seed"] + len(streams)) % (2**63)
+                        handle = engine.submit_ids(
+                            ids,
+                            adapter,
+                            SamplingParams(**fields),
+                            constraint=constraint,
+                            truncated_turns=dropped,
+                        )
+                    streams.append(
+                        LocalChoice(
+                            len(streams),
+                            handle,
+                            self,
+                            p,
+                            prompt_tokens=len(ids),
+                            tools=tools,
+                            echo=text if p.echo else "",
+                            echo_logprobs=echo_logprobs,
+                        )
+                    )
+        except BaseException as exc:
+            for s in streams:
+                if s.handle is not None:
+                    s.handle.cancel()
+            if isinstance(exc, ToolSchemaError) and p.constraint_param:
+                raise APIError(400, str(exc), param=p.constraint_param) from exc
+            raise
+        return LocalRunning(streams, adapter, entry.digest if entry is not None else None)
+
+    def _chat_prompt(self, p: Prepared) -> tuple[list[int], int, dict[str, Any] | None, bool]:
         from ..runtime.constrained import (
             normalize_tool_choice,
             tool_grammar_spec,
@@ -226,8 +388,7 @@ class LocalBackend:
         from ..runtime.prompts import to_chat_dicts
 
         chat = to_chat_dicts(p.messages)
-        constraint = None
-        tools = False
+        constraint, tools = p.constraint, False
         if p.tools and p.tool_choice != "none":
             for tool in p.tools:  # a tool without parameters takes none
                 tool["function"].setdefault("parameters", {"type": "object", "properties": {}})
@@ -240,19 +401,58 @@ class LocalBackend:
                     chat.insert(0, {"role": "system", "content": prompt})
                 constraint = tool_grammar_spec(p.tools, choice)
                 tools = True
-        if constraint is None:
-            constraint = _json_schema_constraint(p.response_format)
-        handle = self.engine.submit(
-            chat,
-            target.adapter,
-            max_new_tokens=p.max_tokens,
-            temperature=p.temperature,
-            top_p=p.top_p,
-            stop=p.stop,
-            seed=p.seed,
-            constraint=constraint,
-        )
-        return LocalRunning(handle, tools)
+        ids, dropped = self.engine.render(chat, p.sampling["max_new_tokens"])
+        if p.truncate_prompt_tokens:
+            ids = ids[-p.truncate_prompt_tokens :]
+        return ids, dropped, constraint, tools
+
+    def _completion_prompt(self, prompt: str | list[int], p: Prepared) -> tuple[list[int], str]:
+        """A completion prompt's ids, and its text (what echo repeats)."""
+        tok = self.engine.tokenizer
+        if isinstance(prompt, str):
+            ids = list(tok(prompt, add_special_tokens=p.add_special_tokens)["input_ids"])
+            if not ids:
+                raise APIError(400, "prompt has no tokens; send a text", param="prompt")
+        else:
+            ids = list(prompt)
+            vocab = self.engine.vocab_size
+            if max(ids) >= vocab:
+                raise APIError(
+                    400,
+                    f"prompt holds token id {max(ids)}, outside the vocabulary "
+                    f"(ids 0..{vocab - 1})",
+                    param="prompt",
+                )
+        if p.truncate_prompt_tokens:
+            ids = ids[-p.truncate_prompt_tokens :]
+        context = self.engine.max_context
+        if len(ids) + p.max_tokens > context:
+            raise APIError(
+                400,
+                f"the prompt has {len(ids)} tokens and max_tokens asks for {p.max_tokens} more, "
+                f"beyond the model's context of {context} tokens; shorten the prompt, lower "
+                f"max_tokens or send truncate_prompt_tokens",
+                param="prompt",
+                code="context_length_exceeded",
+            )
+        text = prompt if isinstance(prompt, str) else tok.decode(ids, skip_special_tokens=True)
+        return ids, text
+
+    def _score(self, ids: list[int], adapter: str | None, p: Prepared) -> list[LogprobEntry]:
+        """Log-probabilities of the prompt's own tokens (echo with logprobs), in one forward."""
+        import torch
+
+        from ..runtime.sampling import prompt_logprobs
+
+        logits = self.engine.logits(torch.tensor([ids]), [adapter])[0]
+        out = []
+        for lp in prompt_logprobs(logits, ids, p.logprobs or 0):
+            if lp is None:
+                token, raw = self._token(ids[0], p.tokens_as_ids)
+                out.append(LogprobEntry(token, None, raw, None))
+            else:
+                out.append(self.entry(lp, p.tokens_as_ids))
+        return out
 
     async def adapter_cards(self) -> list[dict[str, Any]]:
         cards = []

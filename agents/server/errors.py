@@ -148,8 +148,23 @@ def _is_router_error(exc: BaseException, name: str) -> bool:
     return cls is not None and isinstance(exc, cls)
 
 
-def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None, str]:
-    """FastAPI/pydantic validation errors -> (one readable message, first param, code)."""
+def validation_message(
+    errors: list[dict[str, Any]], hints: dict[str, str] | None = None
+) -> tuple[str, str | None, str]:
+    """FastAPI/pydantic validation errors -> (one readable message, first param, code).
+
+    A parameter the request model does not know is refused by name (``hints``: what to do
+    instead, by parameter name)."""
+    for err in errors:
+        if err.get("type") == "extra_forbidden":
+            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+            where = ".".join(loc) or "body"
+            hint = (hints or {}).get(loc[-1] if loc else "", "leave it out")
+            return (
+                f"this server does not support the parameter {where!r}; {hint}",
+                where,
+                "unsupported_parameter",
+            )
     parts = []
     param = None
     code = "invalid_request"

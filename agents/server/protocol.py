@@ -1,15 +1,22 @@
 """Wire types of the OpenAI-compatible server: requests, responses, errors.
 
-Field names and shapes follow OpenAI's chat completions API (and vLLM's adapter endpoints) so
-that unmodified clients work. Requests ignore fields they do not know (clients send many
-optional ones), but a known field with a value we cannot honour is refused with a clear 400.
+Requests follow OpenAI's chat and completions APIs plus vLLM's extra parameters, so that
+unmodified clients work. Every parameter a request may carry is declared here; anything else
+is refused with a 400 naming it (a parameter must never be silently ignored), and a declared
+parameter whose value we cannot honour is refused the same way (see :mod:`.params`). Explicit
+``null`` stands for "not given". Responses are OpenAI's own types from the ``openai`` package,
+with our ``loraroute`` field (which adapter answered, and why) added.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from openai.types import Completion as _Completion
+from openai.types.chat import ChatCompletion as _ChatCompletion
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TokenId = Annotated[int, Field(ge=0)]
 
 # -- requests ------------------------------------------------------------------------------
 
@@ -37,6 +44,8 @@ class ToolCall(BaseModel):
 
 
 class ChatMessage(BaseModel):
+    # a message copied from an earlier answer carries fields (refusal, annotations, ...) that
+    # say nothing about this request
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -44,12 +53,6 @@ class ChatMessage(BaseModel):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    include_usage: bool = False
 
 
 class FunctionDef(BaseModel):
@@ -67,10 +70,40 @@ class ToolDef(BaseModel):
     function: FunctionDef
 
 
-class ChatCompletionRequest(BaseModel):
-    """``POST /v1/chat/completions``. ``model``: ``auto``, ``base`` or an adapter reference."""
+class _Strict(BaseModel):
+    """Refuses unknown fields; an explicit ``null`` counts as not given."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k in cls.model_fields}
+        return data
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = False
+    include_obfuscation: bool | None = Field(
+        default=None, description="Only false: this server adds no obfuscation field."
+    )
+
+
+class StructuredOutputs(_Strict):
+    """vLLM's ``structured_outputs``: one of ``json``, ``regex``, ``choice``, ``grammar``,
+    ``json_object``."""
+
+    json_schema: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+
+class GenerationRequest(_Strict):
+    """What chat and completion requests share: the OpenAI sampling parameters and vLLM's
+    extra ones."""
 
     model: str = Field(
         min_length=1,
@@ -78,25 +111,71 @@ class ChatCompletionRequest(BaseModel):
         description='"auto" routes by content; "base" is the bare base model; any other value '
         "names an adapter (legal, legal:prod, legal@3).",
     )
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
     top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
-    n: int | None = Field(default=None, ge=1, le=1, description="Only 1 is supported.")
+    n: int | None = Field(default=None, ge=1, le=128, description="Choices, sampled in one batch.")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = Field(default=None)
-    seed: int | None = None
-    user: str | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
+    user: str | None = Field(default=None, max_length=256, description="Logged with the request.")
     presence_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        default=None, description="Token id (as a string) -> bias added to its logit."
+    )
+    response_format: dict[str, Any] | None = None
+    # vLLM's extra sampling parameters
+    top_k: int | None = Field(default=None, ge=-1, description="-1 or 0: off")
+    min_p: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=100, allow_inf_nan=False)
+    stop_token_ids: list[TokenId] | None = Field(default=None, max_length=256)
+    include_stop_str_in_output: bool | None = False
+    ignore_eos: bool | None = False
+    min_tokens: int | None = Field(default=None, ge=0)
+    skip_special_tokens: bool | None = Field(default=True, description="Only true.")
+    spaces_between_special_tokens: bool | None = Field(default=True, description="Only true.")
+    truncate_prompt_tokens: int | None = Field(default=None, ge=1)
+    allowed_token_ids: list[TokenId] | None = Field(default=None, min_length=1)
+    return_tokens_as_token_ids: bool | None = False
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = Field(default=None, max_length=65536)
+    guided_choice: list[str] | None = Field(default=None, min_length=1, max_length=1024)
+    guided_grammar: str | None = Field(default=None, max_length=262144)
+    guided_decoding_backend: str | None = Field(default=None, description="xgrammar or auto")
+    structured_outputs: StructuredOutputs | None = None
+    request_id: str | None = Field(default=None, description="This request's id in logs.")
+    priority: int | None = Field(default=0, description="Only 0: no priority scheduling.")
+
+
+class ChatCompletionRequest(GenerationRequest):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[ToolDef] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    modalities: list[str] | None = Field(default=None, description='Only ["text"].')
+    store: bool | None = Field(default=None, description="Only false: nothing is stored.")
+    service_tier: str | None = Field(default=None, description="Only auto or default.")
+    safety_identifier: str | None = Field(default=None, max_length=256)
+
+
+class CompletionRequest(GenerationRequest):
+    """``POST /v1/completions``: one prompt or several, as text or token ids."""
+
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(
+        description="A text, texts, token ids, or lists of token ids"
+    )
+    max_tokens: int | None = Field(default=None, ge=0, description="Default 16; 0 with echo")
+    echo: bool | None = False
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    best_of: int | None = Field(default=None, ge=1, description="Only equal to n (no reranking).")
+    add_special_tokens: bool | None = True
 
 
 class LoadAdapterRequest(BaseModel):
@@ -153,33 +232,15 @@ class RouteInfo(BaseModel):
     )
 
 
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+class ChatCompletion(_ChatCompletion):
+    """OpenAI's chat completion, with which adapter answered."""
+
+    loraroute: RouteInfo
 
 
-class ResponseMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+class Completion(_Completion):
+    """OpenAI's text completion, with which adapter answered."""
 
-
-class Choice(BaseModel):
-    index: int = 0
-    message: ResponseMessage
-    finish_reason: str | None = None
-    logprobs: None = None
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[Choice]
-    usage: Usage
-    system_fingerprint: str | None = None
     loraroute: RouteInfo
 
 

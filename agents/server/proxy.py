@@ -9,6 +9,11 @@ through the engine's ``POST /v1/load_lora_adapter``. The engine sees immutable v
 for a name we loaded (it was evicted or the engine restarted), the adapter is loaded again and
 the request retried once.
 
+Chat and text completions are forwarded as they came (every parameter the server accepted,
+``n``, ``logprobs``, ``echo``, ``guided_*`` included: the engine honours them or answers with
+its own 4xx), always streamed upstream; the chunks of several choices are dealt to their
+choices by index. The request id goes along in ``X-Request-Id``.
+
 The engine must be able to read the adapter folder: on the same host, the path is passed as
 it is; on another host, put the registry's checkouts on shared storage and pass
 ``adapter_dir`` (``--engine-adapter-dir``), the folder where the engine sees them: the engine
@@ -25,14 +30,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 from typing import Any
 
 import httpx
 
-from .backends import Final, Prepared, Target, _run
+from .backends import Delta, Final, LogprobEntry, Target, Timings, _run
 from .errors import APIError
+from .logs import current_request_id
+from .params import Prepared
 
 logger = logging.getLogger(__name__)
 
@@ -61,56 +69,73 @@ def _is_loaded_adapter(card: dict[str, Any]) -> bool:
     return not isinstance(extra, dict) or bool(extra.get("resident", True))
 
 
-class ProxyRunning:
-    """One streamed request on the external engine (always streamed upstream, so a client
-    disconnect closes the upstream connection and the engine stops generating)."""
+def _chat_logprobs(data: Any) -> list[LogprobEntry]:
+    """A chat chunk's ``logprobs.content`` entries."""
+    out = []
+    for e in (data or {}).get("content") or []:
+        top = [(t["token"], t["logprob"], t.get("bytes")) for t in e.get("top_logprobs") or []]
+        out.append(LogprobEntry(e["token"], e.get("logprob"), e.get("bytes"), top))
+    return out
 
-    def __init__(self, resp: httpx.Response, adapter_ref: str | None, digest: str | None):
-        self.resp = resp
-        self.adapter_ref = adapter_ref
-        self.adapter_digest = digest
-        self._text: list[str] = []
-        self._finish = "stop"
-        self._usage: dict[str, Any] = {}
-        self._calls: dict[int, dict[str, Any]] = {}
-        self._done = False
 
-    async def deltas(self) -> AsyncIterator[str]:
-        try:
-            async for line in self.resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    err = chunk["error"]
-                    msg = err.get("message") if isinstance(err, dict) else str(err)
-                    raise APIError(502, f"the engine failed mid-stream: {msg}", code="engine_error")
-                if chunk.get("usage"):
-                    self._usage = chunk["usage"]
-                for choice in chunk.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    for call in delta.get("tool_calls") or []:
-                        self._merge_call(call)
-                    if choice.get("finish_reason"):
-                        self._finish = choice["finish_reason"]
-                    content = delta.get("content")
-                    if content:
-                        self._text.append(content)
-                        yield content
-        except httpx.HTTPError as exc:
-            raise APIError(
-                502, f"the engine connection failed: {exc}", code="engine_error"
-            ) from exc
-        finally:
-            self._done = True
-            await self.resp.aclose()
+def _completion_logprobs(data: Any) -> list[LogprobEntry]:
+    """A completion chunk's ``logprobs`` (parallel lists)."""
+    if not data:
+        return []
+    tokens = data.get("tokens") or []
+    values = data.get("token_logprobs") or [None] * len(tokens)
+    tops = data.get("top_logprobs") or [None] * len(tokens)
+    return [
+        LogprobEntry(t, v, None, [(k, x, None) for k, x in top.items()] if top else None)
+        for t, v, top in zip(tokens, values, tops, strict=False)
+    ]
+
+
+class ProxyChoice:
+    """One choice of a proxied request, fed by :class:`ProxyRunning`'s reader."""
+
+    def __init__(self, index: int, running: ProxyRunning):
+        self.index = index
+        self.running = running
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.text: list[str] = []
+        self.logprobs: list[LogprobEntry] = []
+        self.finish = "stop"
+        self.stop_reason: str | int | None = None
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.sent_logprobs = 0
+        self.times = Timings(submitted=running.started)
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        self.running.start_reader()
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self.sent_logprobs += len(item.logprobs)
+            yield item
+
+    def final(self) -> Final:
+        usage = self.running.usage if self.index == 0 else {}  # the engine counts the request
+        calls = [self.calls[i] for i in sorted(self.calls)] or None
+        return Final(
+            "".join(self.text),
+            int(usage.get("prompt_tokens", 0)),
+            int(usage.get("completion_tokens", 0)),
+            self.finish,
+            calls,
+            logprobs=self.logprobs if self.running.logprobs else None,
+            stop_reason=self.stop_reason,
+        )
+
+    def timings(self) -> Timings:
+        return self.times
 
     def _merge_call(self, call: dict[str, Any]) -> None:
-        slot = self._calls.setdefault(
-            int(call.get("index", len(self._calls))),
+        slot = self.calls.setdefault(
+            int(call.get("index", len(self.calls))),
             {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
         )
         if call.get("id"):
@@ -121,17 +146,100 @@ class ProxyRunning:
         if fn.get("arguments"):
             slot["function"]["arguments"] += fn["arguments"]
 
-    def final(self) -> Final:
-        text = "".join(self._text)
-        prompt = int(self._usage.get("prompt_tokens", 0))
-        completion = int(self._usage.get("completion_tokens", 0))
-        calls = [self._calls[i] for i in sorted(self._calls)] or None
-        return Final(text, prompt, completion, self._finish, calls)
+
+class ProxyRunning:
+    """One request streamed from the external engine (always streamed upstream, so a client
+    disconnect closes the upstream connection and the engine stops generating); its chunks are
+    dealt to one :class:`ProxyChoice` per choice index."""
+
+    def __init__(
+        self,
+        resp: httpx.Response,
+        adapter_ref: str | None,
+        digest: str | None,
+        *,
+        kind: str,
+        choices: int,
+        logprobs: bool,
+    ):
+        self.resp = resp
+        self.adapter_ref = adapter_ref
+        self.adapter_digest = digest
+        self.kind = kind
+        self.logprobs = logprobs
+        self.started = time.perf_counter()
+        self.usage: dict[str, Any] = {}
+        self.streams = [ProxyChoice(i, self) for i in range(choices)]
+        self._reader: asyncio.Future[None] | None = None
+        self._done = False
+
+    def start_reader(self) -> None:
+        if self._reader is None:
+            self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for line in self.resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                self._chunk(json.loads(data))
+            outcome: BaseException | None = None
+        except APIError as exc:
+            outcome = exc
+        except (httpx.HTTPError, ValueError) as exc:
+            outcome = APIError(502, f"the engine connection failed: {exc}", code="engine_error")
+        except asyncio.CancelledError:
+            outcome = APIError(499, "the request was cancelled", code="client_disconnected")
+        finally:
+            self._done = True
+            await self.resp.aclose()
+        for s in self.streams:
+            if outcome is not None:
+                s.queue.put_nowait(outcome)
+            s.queue.put_nowait(None)
+
+    def _chunk(self, chunk: dict[str, Any]) -> None:
+        if "error" in chunk:
+            err = chunk["error"]
+            msg = err.get("message") if isinstance(err, dict) else str(err)
+            raise APIError(502, f"the engine failed mid-stream: {msg}", code="engine_error")
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        now = time.perf_counter()
+        for choice in chunk.get("choices") or []:
+            index = int(choice.get("index", 0))
+            if not 0 <= index < len(self.streams):
+                continue
+            s = self.streams[index]
+            if self.kind == "chat":
+                delta = choice.get("delta") or {}
+                for call in delta.get("tool_calls") or []:
+                    s._merge_call(call)
+                text = delta.get("content") or ""
+                entries = _chat_logprobs(choice.get("logprobs"))
+            else:
+                text = choice.get("text") or ""
+                entries = _completion_logprobs(choice.get("logprobs"))
+            if choice.get("finish_reason"):
+                s.finish = choice["finish_reason"]
+            if choice.get("stop_reason") is not None:
+                s.stop_reason = choice["stop_reason"]
+            if text or entries:
+                s.times.tokens.append(now)
+                s.text.append(text)
+                s.logprobs.extend(entries)
+                s.queue.put_nowait(Delta(text, entries))
 
     def cancel(self) -> None:
         if not self._done:
             self._done = True
-            asyncio.ensure_future(self.resp.aclose())
+            if self._reader is not None:
+                self._reader.cancel()
+            else:
+                asyncio.ensure_future(self.resp.aclose())
 
     def done(self) -> bool:
         return self._done
@@ -287,8 +395,10 @@ class ProxyBackend:
         name, version = await self._resolve(target)
         body = dict(prepared.body)
         body.update(model=name, stream=True, stream_options={"include_usage": True})
+        path = "/v1/chat/completions" if prepared.kind == "chat" else "/v1/completions"
+        headers = {"X-Request-Id": current_request_id() or ""}
         for attempt in range(2):
-            request = self.client.build_request("POST", "/v1/chat/completions", json=body)
+            request = self.client.build_request("POST", path, json=body, headers=headers)
             try:
                 resp = await self.client.send(request, stream=True)
             except httpx.HTTPError as exc:
@@ -307,8 +417,25 @@ class ProxyBackend:
                 await resp.aclose()
                 raise self._engine_error(resp, text)
             ref = version.ref if version is not None else (target.adapter or None)
-            return ProxyRunning(resp, ref, version.digest if version is not None else None)
+            return ProxyRunning(
+                resp,
+                ref,
+                version.digest if version is not None else None,
+                kind=prepared.kind,
+                choices=prepared.choices,
+                logprobs=prepared.logprobs is not None,
+            )
         raise APIError(502, f"the engine does not serve {name!r} even after loading it")
+
+    async def prompt_text(self, prompt: str | list[int]) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        raise APIError(
+            400,
+            'model="auto" routes by text, and token-id prompts cannot be read here (the '
+            "engine holds the tokenizer); send the prompt as text or name an adapter",
+            param="prompt",
+        )
 
     def _engine_error(self, resp: httpx.Response, text: str) -> APIError:
         msg = f"engine: {_upstream_message(resp, text)}"

@@ -65,15 +65,16 @@ class BackgroundServer:
 
 
 def serve(app: Any, config: ServerConfig, *, log_level: str = "info") -> None:
-    """Run ``app`` in the foreground until interrupted."""
+    """Run ``app`` in the foreground until interrupted. uvicorn installs no handlers of its
+    own (its records reach the root logger, set up by the caller) and writes no access lines:
+    the app's request log (:mod:`.logs`) has one line per request, with its id."""
     import uvicorn
-
-    from loraroute.redact import uvicorn_log_config
 
     uvicorn.run(
         app,
         host=config.host,
         port=config.port,
         log_level=log_level,
-        log_config=uvicorn_log_config(),  # no key or password in an access or error line
+        log_config=None,
+        access_log=False,
     )

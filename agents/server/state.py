@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 class Admission:
-    """The bounded queue: at most ``capacity`` requests admitted (running + waiting)."""
+    """The bounded queue: at most ``capacity`` batch rows admitted (running + waiting); a
+    request takes one row per choice."""
 
     def __init__(self, concurrency: int, max_queue: int):
         self.concurrency = concurrency
@@ -28,21 +29,21 @@ class Admission:
         self.inflight = 0
         self.latency_ewma = 1.0  # seconds per request, for Retry-After
 
-    def admit(self) -> None:
-        if self.inflight >= self.capacity:
+    def admit(self, rows: int = 1) -> None:
+        if self.inflight + rows > self.capacity:
             waiting = max(1, self.inflight - self.concurrency)
             retry = min(60, max(1, math.ceil(self.latency_ewma * waiting / self.concurrency)))
             raise APIError(
                 429,
-                f"the server is at capacity ({self.inflight} requests admitted, queue limit "
-                f"{self.capacity}); retry after {retry} s",
+                f"the server is at capacity ({self.inflight} batch rows admitted, queue limit "
+                f"{self.capacity}; this request needs {rows}); retry after {retry} s",
                 code="queue_full",
                 headers={"Retry-After": str(retry)},
             )
-        self.inflight += 1
+        self.inflight += rows
 
-    def release(self, seconds: float | None) -> None:
-        self.inflight -= 1
+    def release(self, seconds: float | None, rows: int = 1) -> None:
+        self.inflight -= rows
         if seconds is not None:
             self.latency_ewma = 0.9 * self.latency_ewma + 0.1 * seconds
 
@@ -59,10 +60,16 @@ class ServerState:
         self.router_ready = router is not None or not self.open_router
         self.started = int(time.time())
         self.admission = Admission(config.max_concurrency or backend.concurrency, config.max_queue)
-        self.metrics = ServerMetrics(self.stats)
+        self.metrics = ServerMetrics(self.stats, lambda: backend.base_model)
+        self.jobs: set[Any] = set()  # streaming.Job objects in flight
         # what error messages to clients must not show: the registry's URL and folders, ...
         private = getattr(backend, "private_strings", None)
         self.scrub = Scrubber(private() if private is not None else {})
+
+    @property
+    def max_choices(self) -> int:
+        """Most choices (``n`` x prompts) one request may ask for: what admission can hold."""
+        return max(1, min(128, self.admission.capacity))
 
     def stats(self) -> dict[str, Any]:
         s = dict(self.backend.stats())
@@ -75,6 +82,10 @@ class ServerState:
             capacity=a.capacity,
             queue_depth=max(0, a.inflight - running),
         )
+        started = [job.started() for job in list(self.jobs)]
+        jobs = list(zip(list(self.jobs), started, strict=False))
+        s["running_adapters"] = sorted({j.label for j, on in jobs if on and j.label != "base"})
+        s["waiting_adapters"] = sorted({j.label for j, on in jobs if not on and j.label != "base"})
         return s
 
     async def load_router(self) -> None:
@@ -101,10 +112,14 @@ class ServerState:
         if low != "auto":
             return Target(model, model.strip())
         if self.router is None:
+            self.metrics.route_decisions.labels("base", "no_router", "true").inc()
             return Target(model, None, reason=self.router_error or "no_router")
         d = await _run(self.router.route, messages)
         adapter = d.ref or d.adapter
         self.metrics.route_confidence.labels(adapter or "base").observe(float(d.confidence))
+        self.metrics.route_decisions.labels(
+            adapter or "base", d.reason or "routed", "false" if adapter else "true"
+        ).inc()
         return Target(
             model,
             adapter,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -52,6 +53,9 @@ def test_bad_engine_url_is_a_clean_error():
     assert result.exit_code == 2 and "http://" in result.output
 
 
+KEY = "sk-cli-test-key-1"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,6 +63,7 @@ def _free_port() -> int:
 
 
 def test_serve_runs_with_a_key_and_a_preloaded_adapter(lr_home, tiny_base, tiny_adapter_factory):
+    """... and logs JSON lines: one per request with its id, never the key."""
     import openai
 
     from loraroute.models import fingerprint
@@ -70,8 +75,8 @@ def test_serve_runs_with_a_key_and_a_preloaded_adapter(lr_home, tiny_base, tiny_
     )
     port = _free_port()
     cmd = [sys.executable, "-m", "loraroute.cli", "serve", "--base-model", str(tiny_base)]
-    cmd += ["--device", "cpu", "--port", str(port), "--api-key", "k1", "--preload", "legal"]
-    cmd += ["--no-router", "--log-level", "warning"]
+    cmd += ["--device", "cpu", "--port", str(port), "--api-key", KEY, "--preload", "legal"]
+    cmd += ["--no-router", "--log-level", "info", "--log-json"]
     cmd += ["--max-cpu-adapters", "2", "--lora-backend", "torch", "--no-cuda-graphs"]
     proc = subprocess.Popen(
         cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -88,9 +93,12 @@ def test_serve_runs_with_a_key_and_a_preloaded_adapter(lr_home, tiny_base, tiny_
                 pass
             assert time.monotonic() < deadline, "the server did not become ready"
             time.sleep(0.25)
-        client = openai.OpenAI(base_url=url + "/v1", api_key="k1", max_retries=0)
+        client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         out = client.chat.completions.create(
-            model="legal", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+            model="legal",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=2,
+            extra_headers={"X-Request-Id": "cli-req-1"},
         )
         assert out.model == v.ref
         assert out.model_extra["loraroute"]["adapter_digest"] == v.digest
@@ -109,3 +117,9 @@ def test_serve_runs_with_a_key_and_a_preloaded_adapter(lr_home, tiny_base, tiny_
             proc.kill()
             raise
     assert proc.returncode == 0
+    output = proc.stdout.read() if proc.stdout else ""
+    assert KEY not in output
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    (request,) = [r for r in lines if r.get("request_id") == "cli-req-1" and "status" in r]
+    assert request["status"] == 200 and request["adapter"] == v.ref and request["model"] == "legal"
+    assert request["completion_tokens"] >= 1 and request["latency_s"] > 0

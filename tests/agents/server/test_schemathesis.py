@@ -32,6 +32,7 @@ def served(tmp_path_factory, tiny_base, tiny_adapter_factory):
 
 
 MODELS = [None, "auto", "base", "legal", "legal:prod", "math@1"]
+GENERATION = ("/v1/chat/completions", "/v1/completions")
 
 
 def _with_model(pair):
@@ -49,6 +50,7 @@ def test_no_server_errors(served, mode):
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {
         "/v1/chat/completions",
+        "/v1/completions",
         "/v1/models",
         "/v1/load_lora_adapter",
         "/v1/unload_lora_adapter",
@@ -56,7 +58,7 @@ def test_no_server_errors(served, mode):
     seen: list[tuple[str, int]] = []
     for op in operations:
         strategy = op.as_strategy(generation_mode=mode)
-        if op.path == "/v1/chat/completions":
+        if op.path in GENERATION:
             strategy = st.tuples(strategy, st.sampled_from(MODELS)).map(_with_model)
 
         @given(case=strategy)
@@ -81,7 +83,8 @@ def test_no_server_errors(served, mode):
         except Unsatisfiable:  # nothing to break in an operation without inputs
             assert mode is GenerationMode.NEGATIVE
             continue
-    statuses = {status for label, status in seen if label == "POST /v1/chat/completions"}
-    if mode is GenerationMode.POSITIVE:
-        assert 200 in statuses  # fuzzed requests did reach generation
-    assert statuses and max(statuses) < 500
+    for path in GENERATION:
+        statuses = {status for label, status in seen if label == f"POST {path}"}
+        if mode is GenerationMode.POSITIVE:
+            assert 200 in statuses, path  # fuzzed requests did reach generation
+        assert statuses and max(statuses) < 500
