@@ -20,9 +20,17 @@ here = Path(loraroute.__file__).resolve().parent
 if "site-packages" not in here.parts:
     sys.exit(f"loraroute was imported from {here}, not from an installed wheel")
 names = [m.name for m in pkgutil.walk_packages(loraroute.__path__, "loraroute.")]
+# Alembic's env.py and revision scripts run only inside Alembic's migration context.
+migrations = "loraroute.registry.migrations."
 for name in names:
-    importlib.import_module(name)
-for needed in ("loraroute.registry", "loraroute.router.encoders", "loraroute.agents.lora"):
+    if not name.startswith(migrations):
+        importlib.import_module(name)
+for needed in (
+    "loraroute.registry",
+    "loraroute.router.encoders",
+    "loraroute.agents.lora",
+    f"{migrations}env",
+):
     if needed not in names:
         sys.exit(f"the wheel lacks {needed}")
 print(f"imported {len(names)} modules from {here}")
