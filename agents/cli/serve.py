@@ -55,6 +55,20 @@ _MIB = 1024 * 1024
     "--no-cuda-graphs", is_flag=True, help="Run decode steps eagerly on CUDA (no graph replay)."
 )
 @click.option(
+    "--kv-cache",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "paged", "dense"]),
+    help="Paged KV cache with chunked prefill (auto: for Llama-family models), or dense.",
+)
+@click.option(
+    "--kv-cache-tokens",
+    default=None,
+    type=click.IntRange(1),
+    help="Tokens the paged KV cache holds (default: --max-batch-size full contexts, at most "
+    "90% of the free GPU memory).",
+)
+@click.option(
     "--max-queue",
     default=64,
     show_default=True,
@@ -196,6 +210,8 @@ def serve_cmd(
     max_cpu_adapters: int | None,
     lora_backend: str,
     no_cuda_graphs: bool,
+    kv_cache: str,
+    kv_cache_tokens: int | None,
     max_queue: int,
     max_concurrency: int | None,
     request_timeout: float,
@@ -333,6 +349,8 @@ def serve_cmd(
             "--max-cpu-adapters": max_cpu_adapters is not None,
             "--lora-backend": lora_backend != "auto",
             "--no-cuda-graphs": no_cuda_graphs,
+            "--kv-cache": kv_cache != "auto",
+            "--kv-cache-tokens": kv_cache_tokens is not None,
         }
         given = [name for name, on in engine_only.items() if on]
         if given:
@@ -368,6 +386,8 @@ def serve_cmd(
             max_cpu_adapters=max_cpu_adapters,
             lora_backend=lora_backend,  # type: ignore[arg-type]
             cuda_graphs=not no_cuda_graphs,
+            kv_cache=kv_cache,  # type: ignore[arg-type]
+            kv_cache_tokens=kv_cache_tokens,
         )
         engine = Engine(base_model, registry=registry, settings=settings, config=engine_config)
         try:

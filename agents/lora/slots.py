@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .config import LoraKernelConfig
+from .fuse import fuse_rows
 from .launchers import unavailable_reason
 from .layer import LoraGroup, SlotLoraLinear
 from .layout import PackedAdapter, SlotLayout
@@ -80,7 +81,6 @@ class SlotLayers:
         self.active: list[set[int]] = [set() for _ in range(num_slots)]  # groups with a rank
         self.slot_writes = [0] * num_slots  # bumped at every write into a slot (cache keys)
         self._copy_stream: Any = None
-        self._fused: dict[tuple[str, ...], torch.Tensor] = {}  # group names -> concat weight
 
     @property
     def backend(self) -> str:
@@ -152,41 +152,20 @@ class SlotLayers:
         )
 
     def _fuse_weights(self, group: LoraGroup) -> torch.Tensor | None:
-        """Make the group's base weights rows of one tensor; returns its transpose.
+        """Make the group's base weights rows of one tensor (:func:`.fuse.fuse_rows`);
+        returns its transpose.
 
         ``q``/``k``/``v`` (or ``gate``/``up``) then cost one GEMM instead of three (two) when
-        the Triton path or the CPU path computes the group together. Each module keeps a
-        weight that is a view into the concatenated tensor, so nothing is stored twice and
-        ``state_dict`` is unchanged. Single modules, and the torch path on CUDA, are left
-        alone.
+        the Triton path or the CPU path computes the group together. Single modules, and the
+        torch path on CUDA, are left alone.
         """
         if len(group.members) < 2 or not (self._backend == "triton" or group.cpu):
             return None
         bases = [m.base for m in group.members]
         if group.cpu and any(b.bias is not None for b in bases):
             return None  # the CPU group GEMM adds no biases
-        weights = [b.weight for b in bases]
-        if any(w.dtype != weights[0].dtype or w.device != weights[0].device for w in weights):
-            return None
-        cat = self._fused.get(tuple(m.name for m in group.members))
-        offset = 0
-        if cat is not None:  # fused before a re-layout: still the same tensors?
-            for w in weights:
-                expected = cat.data_ptr() + offset * cat.stride(0) * cat.element_size()
-                if w.data_ptr() != expected:
-                    cat = None
-                    break
-                offset += w.shape[0]
-        if cat is None:
-            with torch.no_grad():
-                cat = torch.cat([w.detach() for w in weights], 0)
-            offset = 0
-            for b, w in zip(bases, weights, strict=True):
-                rows = w.shape[0]
-                b.weight = nn.Parameter(cat[offset : offset + rows], requires_grad=False)
-                offset += rows
-            self._fused[tuple(m.name for m in group.members)] = cat
-        return cat.t()
+        cat = fuse_rows(bases)
+        return None if cat is None else cat.t()
 
     def _wrap(self, name: str) -> SlotLoraLinear:
         layer = self.layers.get(name)

@@ -16,6 +16,14 @@ class EngineConfig(BaseModel):
     ``"auto"``: Triton on CUDA when installed). ``cuda_graphs``: on CUDA, decode steps run over
     static KV buffers and are replayed as CUDA graphs (no effect on CPU).
 
+    ``kv_cache``: ``"paged"`` (a paged KV cache of ``kv_block_size``-token blocks, prompts
+    prefilled in chunks of at most ``max_step_tokens`` inside decode steps, admission by free
+    blocks, prefix reuse when ``prefix_caching``), ``"dense"`` (each prompt prefilled alone,
+    rows merged by left padding) or ``"auto"``: paged for Llama-family models (Llama,
+    Mistral, Qwen2; faster on CPU too: benchmarks/results/runtime.md), dense for the rest.
+    ``kv_cache_tokens`` sizes the paged cache (default: ``max_batch_size`` sequences of the
+    full context, at most ``kv_memory_fraction`` of the free GPU memory).
+
     Example::
 
         >>> EngineConfig(max_resident=4).max_batch_size
@@ -34,6 +42,14 @@ class EngineConfig(BaseModel):
     max_cpu_bytes: int | None = Field(None, ge=1, description="bytes of the CPU tier")
     lora_backend: Literal["auto", "triton", "torch"] = "auto"
     cuda_graphs: bool = True
+    kv_cache: Literal["auto", "paged", "dense"] = "auto"
+    kv_block_size: int = Field(16, ge=1, description="tokens per paged KV block")
+    kv_cache_tokens: int | None = Field(None, ge=1, description="tokens the paged cache holds")
+    kv_memory_fraction: float = Field(0.9, gt=0, le=1, description="of free GPU memory, at most")
+    max_step_tokens: int | None = Field(
+        None, ge=1, description="tokens a paged step feeds; default 2048 on CUDA, 512 elsewhere"
+    )
+    prefix_caching: bool = True
 
     def merged(self, **options: Any) -> EngineConfig:
         """A copy with ``options`` (validated) over this config's values."""

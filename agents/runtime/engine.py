@@ -183,6 +183,7 @@ class Engine:
             on_release=self._on_release,
             static_decode=config.cuda_graphs and self.device.type == "cuda",
             cuda_graphs=config.cuda_graphs,
+            paged=self._paged_factory(),
         )
         logger.info(
             "engine ready: base %s (%s) on %s/%s, LoRA backend %s",
@@ -191,6 +192,49 @@ class Engine:
             self.device,
             self.dtype,
             self.slots.backend,
+        )
+
+    def _paged_factory(self) -> Any:
+        """What makes the scheduler's paged batch, when this engine uses the paged path
+        (``EngineConfig.kv_cache``; ``None``: the dense path)."""
+        import functools
+
+        from .paged import PagedBatch, cache_blocks, supports_paged
+
+        config = self.config
+        mode = config.kv_cache
+        if mode == "dense":
+            return None
+        reason = supports_paged(self.model)
+        if reason is not None:
+            if config.kv_cache == "paged":
+                raise AgentError(
+                    f"kv_cache='paged' cannot serve this model: {reason}; use kv_cache='dense'"
+                )
+            logger.info("dense KV cache: the paged path does not run %s", reason)
+            return None
+        cuda = self.device.type == "cuda"
+        blocks = cache_blocks(
+            self.model,
+            block_size=config.kv_block_size,
+            max_rows=config.max_batch_size,
+            max_context=self.max_context,
+            tokens=config.kv_cache_tokens,
+            memory_fraction=config.kv_memory_fraction,
+        )
+        return functools.partial(
+            PagedBatch,
+            self.model,
+            self.slots.context,
+            max_rows=config.max_batch_size,
+            max_context=self.max_context,
+            block_size=config.kv_block_size,
+            blocks=blocks,
+            max_step_tokens=config.max_step_tokens or (2048 if cuda else 512),
+            prefix_caching=config.prefix_caching,
+            graphs=config.cuda_graphs,
+            # the kernels run where the LoRA's Triton kernels run (CUDA, or the interpreter)
+            triton=self.slots.backend == "triton" and (cuda or self.slots.config.interpret),
         )
 
     def _eos_ids(self) -> set[int]:

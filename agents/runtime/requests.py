@@ -177,6 +177,11 @@ class RequestHandle:
     _finished: bool = field(default=False, repr=False)
     cancelled: bool = False
 
+    @property
+    def first_token_at(self) -> float | None:
+        """When the first token was chosen (``time.perf_counter()``), for TTFT figures."""
+        return self.token_times[0] if self.token_times else None
+
     # -- worker side ---------------------------------------------------------------------
     def _emit(self, delta: str) -> None:
         with self._lock:

@@ -1,6 +1,14 @@
 """Continuous batching: one background thread decodes every running request together.
 
-Each new request is prefilled alone (its KV cache has no padding, so its numbers are exactly
+Two paths share this thread, the requests' bookkeeping (tokens, text, stop conditions,
+streaming, cancellation) and the sampling seam (:func:`~.sampling.choose_tokens`, once a step):
+
+- the paged path (:mod:`.paged`; the default on CUDA for Llama-family models): a paged KV
+  cache, prompts prefilled in chunks inside the same steps that decode the running rows,
+  admission by free blocks, preemption, prefix reuse, fused kernels and graphed decode steps;
+- the dense path, below (the default on CPU, and for every other model).
+
+Dense path: each new request is prefilled alone (its KV cache has no padding, so its numbers are exactly
 those of a single-request run) and then merged into the running batch by left-padding the
 shorter cache. Every decode step is one forward over all running rows, each with its own
 adapter slot (set in the :class:`~loraroute.agents.lora.AdapterContext`), position and
@@ -29,7 +37,6 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,6 +44,7 @@ import torch
 from ..errors import EngineClosedError
 from ..lora import AdapterContext
 from .requests import Generation, RequestHandle
+from .rows import EMIT_INTERVAL, Row, holdback, text_decoder
 from .sampling import choose_tokens
 
 logger = logging.getLogger(__name__)
@@ -69,27 +77,7 @@ def attention_backends(device: torch.device) -> Any:
     )
 
 
-@dataclass
-class _Row:
-    handle: RequestHandle
-    tokens: list[int] = field(default_factory=list)  # generated ids
-    position: int = 0  # position of the next token fed to the model
-    emitted: int = 0  # characters of text already streamed
-    generator: torch.Generator | None = None
-    # None while running; "stop", "length", "cancelled", "error" or ("stop", seq, at)
-    done: Any = None
-    error: BaseException | None = None  # why the row failed (done == "error")
-
-
-def _holdback(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing characters might still become a stop sequence."""
-    keep = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:n]):
-                keep = max(keep, n)
-                break
-    return keep
+_Row = Row  # the name older code and tests use
 
 
 class BatchScheduler:
@@ -108,9 +96,13 @@ class BatchScheduler:
         on_release: Callable[[RequestHandle], None] | None = None,
         static_decode: bool = False,
         cuda_graphs: bool = False,
+        paged: Callable[[], Any] | None = None,
     ):
+        """``paged``: makes the :class:`~.paged.PagedBatch` of this model (``None``: the
+        dense path only); it is made here, so that its KV cache is reserved up front."""
         self.model = model
         self.tokenizer = tokenizer
+        self._decode = text_decoder(tokenizer)
         self.context = context
         self.model_lock = model_lock
         self.eos_ids = eos_ids
@@ -131,12 +123,19 @@ class BatchScheduler:
         self.steps = 0  # decode steps run (for tests and stats)
         self.max_rows_seen = 0
         self.decode_tokens = 0  # tokens produced by decode steps (not by prefills)
-        self.decode_seconds = 0.0  # wall time of decode steps, sampling included
+        # wall time of decode steps, sampling included (paged path: steps that only decode;
+        # steps with prefill chunks, their decode rows included, count in prefill_tokens /
+        # prefill_seconds)
+        self.decode_seconds = 0.0
+        self.prefill_tokens = 0
+        self.prefill_seconds = 0.0
         # decode over static KV buffers (set before the first request), replayed as CUDA
         # graphs when ``cuda_graphs`` and the model is on a GPU
         self.static_decode = static_decode
         self.cuda_graphs = cuda_graphs
         self._static: Any = None  # the StaticDecoder, made at the first static merge
+        self._paged_factory = paged
+        self.paged: Any = paged() if paged is not None else None
 
     # -- public ----------------------------------------------------------------------------
     def submit(self, handle: RequestHandle) -> RequestHandle:
@@ -161,44 +160,72 @@ class BatchScheduler:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
 
-    def set_decode(self, *, static: bool, graphs: bool) -> None:
-        """Switch between dynamic and static decode (and CUDA graphs) once no request runs
-        (for benchmarks and tests; waits up to 10 s for the last step to end)."""
+    def set_decode(self, *, static: bool, graphs: bool, paged: bool | None = None) -> None:
+        """Switch between dynamic and static decode (and CUDA graphs), and between the paged
+        and the dense path (``paged``; ``None`` keeps it), once no request runs (for
+        benchmarks and tests; waits up to 10 s for the last step to end)."""
         deadline = time.monotonic() + 10
-        while self._rows or self._pending:
+        while self._rows or self._pending or (self.paged is not None and self.paged.busy):
             if time.monotonic() > deadline:
                 raise RuntimeError("set_decode needs an idle scheduler")
             time.sleep(0.001)
         with self.model_lock:
             self.static_decode, self.cuda_graphs = static, graphs
             self._static = None
+            if paged is False:
+                self.paged = None
+            elif paged and self.paged is None:
+                if self._paged_factory is None:
+                    raise RuntimeError("this scheduler was made without a paged path")
+                self.paged = self._paged_factory()
+            if self.paged is not None:
+                self.paged.set_graphs(graphs, static=static)
 
     @property
     def running(self) -> int:
         return len(self._rows)
+
+    def _busy(self) -> bool:
+        return bool(
+            self._closed
+            or self._pending
+            or self._rows
+            or (self.paged is not None and self.paged.waiting)
+        )
 
     # -- worker ----------------------------------------------------------------------------
     def _run(self) -> None:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    self._cond.wait_for(lambda: self._closed or self._pending or self._rows)
+                    self._cond.wait_for(self._busy)
                     if self._closed:
                         break
-                    room = self.max_batch_size - len(self._rows)
+                    if self.paged is not None:  # the paged batch queues and admits them
+                        room = len(self._pending)
+                    else:
+                        room = self.max_batch_size - len(self._rows)
                     new = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
                 try:
                     self._step(new)
                 except Exception as exc:  # noqa: BLE001 - hand the error to every waiting caller
                     logger.exception("batch step failed")
-                    for row in self._rows:
+                    rows = list(self._rows)
+                    if self.paged is not None:
+                        rows = self.paged.reset()
+                    for row in rows:
                         self._end(row, None, error=exc)
                     for handle in new:
                         if not handle.done():
                             handle._finish(None, exc)
                             self._release(handle)
                     self._rows, self._cache = [], None
-        for row in self._rows:
+                    if self.paged is not None:
+                        self._rows = self.paged.running
+        rows = list(self._rows)
+        if self.paged is not None:
+            rows = self.paged.reset()
+        for row in rows:
             self._end(row, "cancelled")
         while self._pending:
             handle = self._pending.popleft()
@@ -210,6 +237,9 @@ class BatchScheduler:
             self.on_release(handle)
 
     def _step(self, new: list[RequestHandle]) -> None:
+        if self.paged is not None:
+            self._step_paged(new)
+            return
         for handle in new:
             if handle.cancelled:
                 self._finish_unstarted(handle)
@@ -252,6 +282,50 @@ class BatchScheduler:
         self.decode_tokens += len(self._rows)
         self.decode_seconds += time.perf_counter() - started
         self._drop_finished()
+
+    def _new_row(self, handle: RequestHandle) -> _Row:
+        """A row for ``handle``: the tokens its grammar forces at the start are fed with the
+        prompt (jump-forward); its own generator when it has a seed."""
+        forced: list[int] = []
+        if handle.constraint is not None:
+            forced = handle.constraint.jump_forward(handle.params.max_new_tokens - 1)
+        row = _Row(handle, tokens=forced, position=len(handle.prompt_ids) + len(forced))
+        if handle.params.seed is not None:
+            row.generator = torch.Generator(device="cpu").manual_seed(handle.params.seed)
+        return row
+
+    def _step_paged(self, new: list[RequestHandle]) -> None:
+        """One step of the paged path (:mod:`.paged.batch`): chunks of new prompts and the
+        running rows' next tokens in one forward, then one choice of tokens."""
+        paged = self.paged
+        for handle in new:
+            if handle.cancelled:
+                self._finish_unstarted(handle)
+            else:
+                paged.add(self._new_row(handle))
+        paged.drop(self._end)
+        self._rows = paged.running
+        started = time.perf_counter()
+        with self.model_lock:
+            plan = paged.schedule()
+            if not plan:
+                return
+            out = paged.run(plan)
+        self.max_rows_seen = max(self.max_rows_seen, len(paged.running))
+        if out.rows:
+            chosen = choose_tokens(out.logits, out.rows)
+            for row, token in zip(out.rows, chosen, strict=True):
+                row.position = row.computed
+                self._next_token(row, token)
+        self.steps += 1
+        elapsed = time.perf_counter() - started
+        if out.decode_only:
+            self.decode_tokens += out.decode_rows
+            self.decode_seconds += elapsed
+        else:  # its decode rows' tokens count here, not as decode tokens
+            self.prefill_tokens += out.tokens
+            self.prefill_seconds += elapsed
+        paged.drop(self._end)
 
     def _step_static(self) -> torch.Tensor:
         """One decode step over the static buffers; returns ``[rows, vocab]`` logits."""
@@ -304,11 +378,9 @@ class BatchScheduler:
         from transformers import DynamicCache
 
         handle.mark_scheduled()
-        # Tokens the grammar forces at the start are fed with the prompt (jump-forward).
-        forced: list[int] = []
-        if handle.constraint is not None:
-            forced = handle.constraint.jump_forward(handle.params.max_new_tokens - 1)
-        n = len(handle.prompt_ids) + len(forced)
+        row = self._new_row(handle)
+        forced = list(row.tokens)
+        n = row.position
         ids = torch.tensor([handle.prompt_ids + forced], device=self.device)
         cache = DynamicCache(config=self.model.config)
         with (
@@ -319,9 +391,6 @@ class BatchScheduler:
             out = self.model(
                 input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: cache}
             )
-        row = _Row(handle, tokens=forced, position=n)
-        if handle.params.seed is not None:
-            row.generator = torch.Generator(device="cpu").manual_seed(handle.params.seed)
         mask = torch.ones(1, n, dtype=torch.long, device=self.device)
         self._merge(row, cache, mask)
         self._next_token(row, choose_tokens(out.logits[:, -1, :], [row])[0])
@@ -384,7 +453,13 @@ class BatchScheduler:
             row.done, row.error = "error", exc
 
     def _accept(self, row: _Row, token: int) -> None:
-        """Add ``token`` to ``row``; stream what is safe to stream; mark the row done if it is."""
+        """Add ``token`` to ``row``; stream what is safe to stream; mark the row done if it is.
+
+        Decoding text costs more host time than a GPU decode step spends per row, so a row
+        without stop sequences decodes and streams its text at its first token and then at
+        most every :data:`EMIT_INTERVAL` seconds (the rest goes out when it ends); a row with
+        stop sequences checks its text at every token.
+        """
         h = row.handle
         if h.cancelled:
             row.done = "cancelled"
@@ -398,21 +473,29 @@ class BatchScheduler:
         if token in h.params.stop_token_ids:  # kept, as vLLM keeps it (special ones show no text)
             row.done = "stop"
             return
-        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-        for stop in h.params.stop:
+        stops = h.params.stop
+        full = len(row.tokens) >= h.params.max_new_tokens or row.position + 1 >= self.max_context
+        now = time.perf_counter()
+        if not stops and row.emitted_at is not None and now - row.emitted_at < EMIT_INTERVAL:
+            if full:
+                row.done = "length"
+            return
+        text = row.text(self._decode)
+        for stop in stops:
             at = text.find(stop)
             if at >= 0:
                 row.done = ("stop", stop, at)
                 return
-        if len(row.tokens) >= h.params.max_new_tokens or row.position + 1 >= self.max_context:
+        if full:
             row.done = "length"
             return
-        safe = len(text) - _holdback(text, h.params.stop)
+        safe = len(text) - holdback(text, stops)
         if text.endswith("\ufffd"):  # half of a multi-byte character; wait for the rest
             safe = min(safe, len(text) - 1)
         if safe > row.emitted:
             h._emit(text[row.emitted : safe])
             row.emitted = safe
+            row.emitted_at = now
 
     def _drop_finished(self) -> None:
         keep = []
@@ -446,7 +529,7 @@ class BatchScheduler:
             row.handle._finish(None, error)
             self._release(row.handle)
             return
-        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        text = self._decode(row.tokens)
         stop_seq = None
         if isinstance(state, tuple):
             _, stop_seq, at = state

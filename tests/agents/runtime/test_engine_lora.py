@@ -171,5 +171,5 @@ def test_dora_is_refused(tiny_adapter, tmp_path):
 
 def test_unknown_adapter_lists_close_names(engine, tiny_adapter):
     engine.load_adapter_folder(tiny_adapter, name="legal")
-    with pytest.raises(UnknownAdapterError, match="close names: legal"):
+    with pytest.raises(UnknownAdapterError, match="did you mean 'legal'"):
         engine.generate("hi", adapter="legl", max_new_tokens=2)

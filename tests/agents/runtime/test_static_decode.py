@@ -33,7 +33,14 @@ def engine(tiny_base, tiny_adapter_factory, tmp_path_factory):
     from loraroute.settings import get_settings
 
     settings = get_settings(home=tmp_path_factory.mktemp("home"))
-    eng = Engine(tiny_base, settings=settings, device="cpu", max_resident=4, max_batch_size=8)
+    eng = Engine(
+        tiny_base,
+        settings=settings,
+        device="cpu",
+        max_resident=4,
+        max_batch_size=8,
+        kv_cache="dense",
+    )
     eng.load_adapter_folder(tiny_adapter_factory(1), name="a")
     eng.load_adapter_folder(
         tiny_adapter_factory(2, r=8, target_modules=("q_proj", "v_proj", "down_proj")), name="b"
