@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..backends import Final, Prepared, Target, _run
+from ..backends import Delta, Final, Prepared, Target, Timings, _run
 from ..errors import APIError
 from .config import RayServeArgs
 
@@ -61,8 +61,74 @@ def _error(event: dict[str, Any]) -> APIError:
     )
 
 
+class RayChoice:
+    """One choice of a request on an engine replica, fed by :class:`RayRunning`'s reader."""
+
+    def __init__(self, index: int, running: RayRunning):
+        self.index = index
+        self.running = running
+        self.queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
+        self.sent_logprobs = 0  # log-probabilities the caller has had in deltas
+        self.text = ""  # text handed to the caller
+        self.entries = 0  # log-probability entries handed to the caller
+        self.replay: list[Any] | None = None  # [text, entries] of a resent answer, until past
+        self.ended = False
+        self._final: Final | None = None
+        self.times = Timings(submitted=running.started)
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        self.running.start_reader()
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self.sent_logprobs += len(item.logprobs)
+            yield item
+
+    def final(self) -> Final:
+        if self._final is None:
+            raise APIError(502, "the engine replica's answer is incomplete")
+        return self._final
+
+    def timings(self) -> Timings:
+        return self.times
+
+    def _delta(self, delta: Delta) -> None:
+        text, logprobs = delta.text, list(delta.logprobs)
+        if self.replay is not None:
+            replay = self.replay
+            replay[0] += text
+            replay[1] += len(logprobs)
+            if not (self.text.startswith(replay[0]) or replay[0].startswith(self.text)):
+                raise RayRunning.diverged()
+            if len(replay[0]) <= len(self.text):
+                return
+            text = replay[0][len(self.text) :]
+            logprobs = logprobs[max(0, len(logprobs) - (replay[1] - self.entries)) :]
+            self.replay = None
+        if text or logprobs:
+            self.text += text
+            self.entries += len(logprobs)
+            self.times.tokens.append(time.perf_counter())
+            self.queue.put_nowait(Delta(text, logprobs))
+
+    def _end(self, final: Final | None, outcome: BaseException | None = None) -> None:
+        if final is not None:
+            if self.replay is not None and self.replay[0] != self.text:
+                raise RayRunning.diverged()
+            self._final = final
+        if not self.ended:
+            self.ended = True
+            if outcome is not None:
+                self.queue.put_nowait(outcome)
+            self.queue.put_nowait(None)
+
+
 class RayRunning:
-    """One request on an engine replica; sent again elsewhere if its replica dies."""
+    """One request on an engine replica, its choices dealt to one :class:`RayChoice` each;
+    sent again elsewhere if its replica dies."""
 
     def __init__(self, backend: RayBackend, target: Target, prepared: Prepared):
         self.backend = backend
@@ -72,8 +138,10 @@ class RayRunning:
         self.adapter_ref: str | None = target.adapter
         self.adapter_digest: str | None = None
         self.placement: dict[str, Any] = {"replica": None, "attempts": 0}
+        self.started = time.perf_counter()
+        self.streams = [RayChoice(i, self) for i in range(prepared.choices)]
         self._gen: Any = None
-        self._final: Final | None = None
+        self._reader: asyncio.Future[None] | None = None
         self._done = False
 
     async def begin(self, digest: str | None) -> None:
@@ -131,52 +199,65 @@ class RayRunning:
         logger.warning("engine replica failed (%s); sending the request again", type(exc).__name__)
         await asyncio.sleep(min(2.0, 0.1 * 2 ** (attempts - 1)))
 
-    async def deltas(self) -> AsyncIterator[str]:
+    def start_reader(self) -> None:
+        if self._reader is None:
+            self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
         kinds = _retryable()
-        sent = ""  # text the caller has had
-        replay: str | None = None  # a resent streamed answer, until it has passed ``sent``
+        outcome: BaseException | None = None
         try:
             while True:
                 try:
                     async for event in self._gen:
-                        kind = event.get("event")
-                        if kind == "delta":
-                            text = event["text"]
-                            if replay is not None:
-                                replay += text
-                                if not (sent.startswith(replay) or replay.startswith(sent)):
-                                    raise self._diverged()
-                                if len(replay) <= len(sent):
-                                    continue
-                                text, replay = replay[len(sent) :], None
-                            if text:
-                                sent += text
-                                yield text
-                        elif kind == "final":
-                            if replay is not None and replay != sent:
-                                raise self._diverged()
-                            self._final = Final(**event["final"])
+                        self._event(event)
+                        if all(s.ended for s in self.streams):
                             return
-                        elif kind == "error":
-                            raise _error(event)
                     raise APIError(502, "the engine replica ended the answer without finishing it")
                 except APIError:
                     raise
                 except Exception as exc:
                     await self._retry_or_raise(exc, kinds)
                     await self._attempt()
-                    # a streamed answer resumes after what was sent; a whole one starts over
-                    if self.stream and sent:
-                        replay = ""
-                    else:
-                        sent = ""
+                    self._resume()
+        except asyncio.CancelledError:
+            outcome = APIError(499, "the request was cancelled", code="client_disconnected")
+        except Exception as exc:  # noqa: BLE001 - handed to the choices' readers
+            outcome = exc
         finally:
-            if self._final is None:  # abandoned (client gone, timeout, error): stop the replica
-                self.cancel()
+            unfinished = not all(s.ended for s in self.streams)
+            for s in self.streams:
+                s._end(None, outcome or APIError(502, "the engine replica's answer is incomplete"))
+            if unfinished:  # abandoned (client gone, timeout, error): stop the replica
+                self._stop()
             self._done = True
 
+    def _event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "error":
+            raise _error(event)
+        index = int(event.get("index", 0))
+        if not 0 <= index < len(self.streams) or self.streams[index].ended:
+            return  # a choice already finished before a resend
+        choice = self.streams[index]
+        if kind == "delta":
+            choice._delta(event["delta"])
+        elif kind == "final":
+            choice._end(event["final"])
+
+    def _resume(self) -> None:
+        """After a resend: a streamed choice resumes after the text already sent; a whole one
+        (nothing shown yet) starts over."""
+        for s in self.streams:
+            if s.ended:
+                continue
+            if self.stream and s.text:
+                s.replay = ["", 0]
+            else:
+                s.text, s.entries = "", 0
+
     @staticmethod
-    def _diverged() -> APIError:
+    def diverged() -> APIError:
         return APIError(
             502,
             "an engine replica failed mid-answer and the answer sent again differs from the "
@@ -184,16 +265,17 @@ class RayRunning:
             code="replica_failed_mid_stream",
         )
 
-    def final(self) -> Final:
-        if self._final is None:
-            raise APIError(502, "the engine replica's answer is incomplete")
-        return self._final
+    def _stop(self) -> None:
+        if self._gen is not None:
+            self._gen.cancel()  # the replica's generator ends and cancels its request
 
     def cancel(self) -> None:
         if not self._done:
             self._done = True
-            if self._gen is not None:
-                self._gen.cancel()  # the replica's generator ends and cancels its request
+            if self._reader is not None:
+                self._reader.cancel()
+            else:
+                self._stop()
 
     def done(self) -> bool:
         return self._done
@@ -263,6 +345,14 @@ class RayBackend:
         running = RayRunning(self, target, prepared)
         await running.begin(digest)
         return running
+
+    async def prompt_text(self, prompt: str | list[int]) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        answer = await self.handle.prompt_text.remote(prompt)
+        if answer.get("event") == "error":
+            raise _error(answer)
+        return str(answer["text"])
 
     async def adapter_cards(self) -> list[dict[str, Any]]:
         cards: dict[str, dict[str, Any]] = {}

@@ -9,14 +9,14 @@ frees its slot too, so what Serve routes by is what the replica holds.
 
 A request is an async generator of events: ``start`` (which replica, whether the adapter was
 already resident when the request arrived, the replica's pool and load count), then ``delta``
-texts, then ``final`` (or ``error``, an OpenAI-shaped error body), so the ingress can report
+events of each choice (its index and a :class:`~..backends.Delta`), then each choice's
+``final`` (or ``error``, an OpenAI-shaped error body), so the ingress can report
 placement before the first token and retry on another replica if this one dies.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -163,9 +163,8 @@ class EngineReplica:
                 "base_model": self.engine.base_model_id,
                 "base_fingerprint": self.engine.base_fingerprint,
             }
-            async for delta in running.deltas():
-                yield {"event": "delta", "text": delta}
-            yield {"event": "final", "final": dataclasses.asdict(running.final())}
+            async for event in self._choices(running):
+                yield event
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:  # noqa: BLE001 - sent to the ingress as an error answer
@@ -174,6 +173,40 @@ class EngineReplica:
         finally:
             if running is not None and not running.done():
                 running.cancel()
+
+    @staticmethod
+    async def _choices(running: Any) -> AsyncIterator[dict[str, Any]]:
+        """Each choice's ``delta`` events as they come, interleaved, and its ``final``."""
+        queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+
+        async def pump(stream: Any) -> None:
+            try:
+                async for delta in stream.deltas():
+                    await queue.put({"event": "delta", "index": stream.index, "delta": delta})
+                await queue.put({"event": "final", "index": stream.index, "final": stream.final()})
+            except Exception as exc:  # noqa: BLE001 - raised in the generator below
+                await queue.put(exc)
+
+        tasks = [asyncio.ensure_future(pump(s)) for s in running.streams]
+        try:
+            finished = 0
+            while finished < len(tasks):
+                event = await queue.get()
+                if isinstance(event, BaseException):
+                    raise event
+                finished += event["event"] == "final"
+                yield event
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def prompt_text(self, prompt: list[int]) -> dict[str, Any]:
+        """A token-id prompt as text (the ingress routes ``model="auto"`` by text)."""
+        try:
+            return {"event": "text", "text": await self.backend.prompt_text(prompt)}
+        except Exception as exc:  # noqa: BLE001 - sent to the ingress as an error answer
+            err = map_exception(exc)
+            return {"event": "error", "status": err.status, "headers": err.headers, **err.body()}
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from ray.exceptions import ActorDiedError
 
-from loraroute.agents.server.backends import Prepared, Target
+from loraroute.agents.server.backends import Delta, Final, Prepared, Target
 from loraroute.agents.server.errors import APIError
 from loraroute.agents.server.rayserve import RayBackend, RayServeArgs
 
@@ -48,20 +48,12 @@ class Script:
         for i, text in enumerate(self.texts):
             if self.die_after is not None and i == self.die_after:
                 raise ActorDiedError()
-            yield {"event": "delta", "text": text}
+            yield {"event": "delta", "index": 0, "delta": Delta(text)}
         if self.die_after is not None and self.die_after >= len(self.texts):
             raise ActorDiedError()
         content = "".join(self.texts)
-        yield {
-            "event": "final",
-            "final": {
-                "content": content,
-                "prompt_tokens": 3,
-                "completion_tokens": len(self.texts),
-                "finish_reason": "stop",
-                "tool_calls": None,
-            },
-        }
+        final = Final(content, 3, len(self.texts), "stop")
+        yield {"event": "final", "index": 0, "final": final}
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -100,20 +92,29 @@ class _Dead:
 def answer(backend: Scripted, *, stream: bool) -> tuple[Any, str]:
     async def go():
         prepared = Prepared(
-            [{"role": "user", "content": "hi"}], 8, 0.0, 1.0, [], None, body={"stream": stream}
+            "chat",
+            {"temperature": 0.0},
+            max_tokens=8,
+            messages=[{"role": "user", "content": "hi"}],
+            body={"stream": stream},
         )
         running = await backend.start(Target("legal@1", None), prepared)
-        text = "".join([d async for d in running.deltas()])
-        return running, text
+        (choice,) = running.streams
+        text = "".join([d.text async for d in choice.deltas()])
+        return choice, text
 
     return asyncio.run(go())
 
 
 def test_a_whole_answer_starts_over_on_another_replica():
     backend = Scripted([Script("r1", ["Hel", "lo"], die_after=1), Script("r2", ["Hi", "!"])])
-    running, _ = answer(backend, stream=False)
-    assert running.final().content == "Hi!"  # the second replica's answer, whole
-    assert running.placement == {"replica": "r2", "attempts": 2, "adapter_was_resident": True}
+    choice, _ = answer(backend, stream=False)
+    assert choice.final().content == "Hi!"  # the second replica's answer, whole
+    assert choice.running.placement == {
+        "replica": "r2",
+        "attempts": 2,
+        "adapter_was_resident": True,
+    }
     assert backend.retried == 1
 
 
@@ -121,9 +122,9 @@ def test_a_stream_resumes_after_the_text_already_sent():
     backend = Scripted(
         [Script("r1", ["Hel", "lo", " wor"], die_after=2), Script("r2", ["Hell", "o w", "orld"])]
     )
-    running, text = answer(backend, stream=True)
+    choice, text = answer(backend, stream=True)
     assert text == "Hello world"  # "Hello" once, then the rest of the new answer
-    assert running.final().content == "Hello world"
+    assert choice.final().content == "Hello world"
 
 
 def test_a_stream_whose_new_answer_differs_ends_with_an_error():
@@ -162,3 +163,40 @@ def test_a_replica_error_is_the_clients_error_and_not_retried():
     with pytest.raises(APIError, match="unknown adapter 'nope'") as err:
         answer(backend, stream=False)
     assert err.value.status == 404 and backend.calls == 1
+
+
+class TwoChoices(Script):
+    """Two choices, interleaved; choice 0 finishes before the replica dies (if it does)."""
+
+    async def _events(self):
+        async for event in super()._events():
+            if event["event"] != "delta":
+                if event["event"] == "final":
+                    yield {"event": "final", "index": 1, "final": Final("B" * 2, 3, 2, "length")}
+                    return
+                yield event
+                continue
+            yield event
+            if event["delta"].text == self.texts[0]:
+                yield {"event": "delta", "index": 1, "delta": Delta("B")}
+                yield {"event": "final", "index": 0, "final": Final(self.texts[0], 3, 1, "stop")}
+
+
+def test_each_choice_gets_its_own_events_and_a_finished_choice_survives_a_resend():
+    backend = Scripted([TwoChoices("r1", ["A", "x"], die_after=1), TwoChoices("r2", ["C", "y"])])
+
+    async def go():
+        prepared = Prepared(
+            "chat", {"temperature": 1.0}, max_tokens=2, n=2, messages=[], body={"stream": False}
+        )
+        running = await backend.start(Target("legal@1", None), prepared)
+        texts = []
+        for stream in running.streams:
+            texts.append([d.text async for d in stream.deltas()])
+        return running, texts
+
+    running, texts = asyncio.run(go())
+    first, second = (s.final() for s in running.streams)
+    assert first.content == "A" and first.finish_reason == "stop"  # kept from the first replica
+    assert second.content == "BB" and second.finish_reason == "length"  # from the second
+    assert texts[0] == ["A"] and backend.retried == 1
