@@ -1,7 +1,7 @@
 """Check the package as users install it: run by the wheel's own interpreter, outside the
 checkout (``make wheel-check``). Imports every module of the installed wheel (none may need
 more than the core dependencies at import time) and runs ``adapters --help`` and
-``adapters doctor`` from the installed console script."""
+``adapters doctor`` from the installed console script, and Alembic's migrations from the wheel."""
 
 from __future__ import annotations
 
@@ -44,3 +44,14 @@ with tempfile.TemporaryDirectory() as home:
     )
     report = json.loads(out.stdout)
     print(f"adapters doctor: registry {report['registry']}, device {report['torch_device']}")
+    # the schema's revisions ship in the wheel and run under Alembic from there
+    old = f"sqlite:///{home}/old.db"
+    subprocess.run([str(script), "registry", "migrate", "--registry", old], check=True, env=env)
+    out = subprocess.run(
+        [str(script), "registry", "migrate", "--check", "--registry", old, "--json"],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    print(f"adapters registry migrate: {out.stdout.strip()}")
