@@ -243,7 +243,7 @@ def test_cli_train_push_and_merge(tiny_base, tmp_path, lr_home):
     merged = reg.resolve("both")
     assert merged.parent == refs[0]
     assert merged.tags["merged_from"] == f"{refs[0]},{refs[1]}"
-    assert merged.rank == 2
+    assert merged.rank == 4  # cat, the default: the ranks add up
     assert sorted(merged.routing_examples) == sorted(f"Say {w}" for w in WORDS[:2])
 
 
