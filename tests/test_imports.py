@@ -1,4 +1,5 @@
-"""An import regression of our own code fails the suite; it never turns into skips."""
+"""An import regression of our own code, or a missing service in CI, fails the suite; neither
+turns into skips."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -54,3 +57,27 @@ def test_no_test_skips_on_our_own_imports():
         if own.search(line) or module_skip.search(line)
     ]
     assert not found, f"skips that hide our own import errors: {found}"
+
+
+def test_a_missing_service_skips_only_outside_ci(service_missing, monkeypatch):
+    """``.ci/run`` sets CI: there a missing service fails the test instead of skipping it."""
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        service_missing("PostgreSQL is not running")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        service_missing("PostgreSQL is not running")
+
+
+def test_skips_go_through_the_ci_rule():
+    """A bare ``pytest.skip`` in a test or fixture would pass CI with the service missing."""
+    bare = re.compile(r"pytest\.skip\(")
+    found = [
+        f"{path.relative_to(REPO)}:{n}"
+        for path in TESTS.rglob("*.py")
+        if path.name != "conftest.py" or path.parent != TESTS
+        if path != Path(__file__).resolve()
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if bare.search(line)
+    ]
+    assert not found, f"use the service_missing fixture instead: {found}"
