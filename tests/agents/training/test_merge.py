@@ -140,3 +140,27 @@ def test_merge_refuses_an_adapter_of_another_base(tiny_base, other_tiny_base, pa
     assert not (tmp_path / "m1").exists() and not (tmp_path / "m2").exists()
     # its own base takes it
     merge_adapters(other_tiny_base, foreign, foreign, tmp_path / "m3")
+
+
+def test_registry_merge_refuses_across_bases(tiny_base, other_tiny_base, pair, tmp_path, lr_home):
+    """Through the registry: two adapters recorded on different bases, and an adapter whose
+    recorded fingerprint is not that of the base its base_model_id resolves to."""
+    from loraroute.agents.training.merge import merge_from_registry
+    from loraroute.models import fingerprint
+    from loraroute.registry import open_registry
+
+    reg = open_registry(f"sqlite:///{tmp_path / 'reg.db'}", settings=lr_home)
+    ours, theirs = fingerprint(tiny_base), fingerprint(other_tiny_base)
+    foreign = make_tiny_adapter(other_tiny_base, tmp_path / "foreign", seed=41)
+    reg.push(pair[0], "ours", base_model_id=str(tiny_base), base_fingerprint=ours)
+    reg.push(foreign, "theirs", base_model_id=str(other_tiny_base), base_fingerprint=theirs)
+    with pytest.raises(IncompatibleAdapterError, match="different bases"):
+        merge_from_registry("ours@1", "theirs@1", "both", registry=reg, settings=lr_home)
+    # both say the other base's fingerprint, but name this base: the loaded base disagrees
+    reg.push(foreign, "mislabelled", base_model_id=str(tiny_base), base_fingerprint=theirs)
+    with pytest.raises(IncompatibleAdapterError, match="trained on base"):
+        merge_from_registry("mislabelled@1", "theirs@1", "m", registry=reg, settings=lr_home)
+    assert [v.name for v in reg.list()] == ["mislabelled", "ours", "theirs"]
+    merged = merge_from_registry("ours@1", "ours@1", "twice", registry=reg, settings=lr_home)
+    assert merged.base_fingerprint == ours and merged.rank == 8
+    reg.close()
