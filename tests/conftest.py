@@ -82,6 +82,12 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session")
+def service_missing():
+    """``unavailable`` for fixtures and tests that reach a service themselves."""
+    return unavailable
+
+
 @pytest.fixture
 def postgres_url():
     """A fresh database on the PostgreSQL server at 127.0.0.1:5432, dropped afterwards."""

@@ -387,7 +387,7 @@ def _train_with_progress(
     "--combination",
     type=click.Choice(["auto", "linear", "cat", "svd"]),
     default="auto",
-    help="peft combination type [default: linear for equal ranks and targets, else cat].",
+    help="peft combination type [default: cat, the exact weighted sum; linear keeps the rank but adds cross terms].",
 )
 @registry_options
 @click.option("--domain", default=None, help="Domain recorded in the registry.")

@@ -20,11 +20,20 @@ def merge_adapters(
     *,
     weights: tuple[float, float] = (0.5, 0.5),
     combination: str = "auto",
+    base_fingerprints: tuple[str | None, str | None] = (None, None),
+    settings: Any = None,
 ) -> Path:
     """Write the weighted combination of two adapter folders on ``base_path`` into ``dest``.
 
-    ``combination="auto"`` uses ``linear`` when both adapters have the same rank and target
-    modules (the result keeps that rank) and ``cat`` otherwise (ranks add up, exact).
+    ``combination="auto"`` is ``cat``: the merged delta is exactly
+    ``w1 * s1 * B1 @ A1 + w2 * s2 * B2 @ A2`` and the ranks add up. ``linear`` (on request,
+    equal ranks and targets) keeps the rank but is peft's product of the sqrt(w*s)-weighted sums
+    of the A's and of the B's, which carries the cross terms ``B1 @ A2`` and ``B2 @ A1``.
+
+    ``base_fingerprints`` are the fingerprints the adapters were trained on, when the caller
+    knows them (the registry records them); otherwise each folder's own record is used (its
+    training record, or the local base folder named in its config). An adapter recorded on
+    another base is refused.
     """
     import json
 
@@ -37,9 +46,10 @@ def merge_adapters(
         cfgs = [read_adapter_config(Path(p) / "adapter_config.json") for p in (first, second)]
     except InvalidAdapterError as exc:
         raise IncompatibleAdapterError(f"cannot merge: {exc}") from exc
+    _check_bases(base_path, (Path(first), Path(second)), cfgs, base_fingerprints, settings)
     same = cfgs[0].r == cfgs[1].r and sorted(cfgs[0].target_list) == sorted(cfgs[1].target_list)
     if combination == "auto":
-        combination = "linear" if same else "cat"
+        combination = "cat"
     if combination == "linear" and not same:
         raise IncompatibleAdapterError(
             f"linear merge needs equal ranks and targets, got r={cfgs[0].r} "
@@ -66,6 +76,52 @@ def merge_adapters(
     cfg["base_model_name_or_path"] = cfgs[0].base_model_name_or_path
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
     return dest
+
+
+def _recorded_base(folder: Path, config: Any, settings: Any) -> str | None:
+    """The fingerprint of the base ``folder``'s adapter was trained on, if the folder says."""
+    import json
+
+    from loraroute.models import fingerprint
+
+    from .config import TRAINING_FILE
+
+    record = folder / TRAINING_FILE
+    if record.is_file():
+        try:
+            recorded = json.loads(record.read_text()).get("base_fingerprint")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise IncompatibleAdapterError(f"cannot read {record}: {exc}") from exc
+        if isinstance(recorded, str) and recorded:
+            return recorded
+    named = Path(config.base_model_name_or_path or "").expanduser()
+    if config.base_model_name_or_path and named.is_dir() and any(named.glob("*.safetensors")):
+        return fingerprint(named, settings=settings)
+    return None
+
+
+def _check_bases(
+    base_path: Path,
+    folders: tuple[Path, Path],
+    cfgs: list[Any],
+    given: tuple[str | None, str | None],
+    settings: Any,
+) -> None:
+    """Refuse an adapter whose recorded base is not ``base_path``."""
+    from loraroute.models import fingerprint
+
+    base_fp: str | None = None
+    for folder, cfg, recorded in zip(folders, cfgs, given, strict=True):
+        recorded = recorded or _recorded_base(folder, cfg, settings)
+        if recorded is None:
+            logger.warning("adapter %s records no base; merging it onto %s", folder, base_path)
+            continue
+        base_fp = base_fp or fingerprint(base_path, settings=settings)
+        if recorded != base_fp:
+            raise IncompatibleAdapterError(
+                f"adapter {folder} was trained on base {recorded}, but the base to merge on "
+                f"({base_path}) is {base_fp}; merge adapters on the base they were trained on"
+            )
 
 
 def merge_from_registry(
@@ -116,6 +172,8 @@ def merge_from_registry(
             Path(tmp) / name,
             weights=weights,
             combination=combination,
+            base_fingerprints=(a.base_fingerprint, b.base_fingerprint),
+            settings=settings,
         )
         seen: dict[str, None] = {}
         for ex in list(a.routing_examples or []) + list(b.routing_examples or []):

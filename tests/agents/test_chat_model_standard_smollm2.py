@@ -2,6 +2,8 @@
 
 The model is pinned to the base (``model="base"``) so the suite does not depend on the router;
 the per-call override test switches to a random rank-8 adapter loaded into the same engine.
+The file takes about 6.5 minutes on 2 shared CPU cores (32 passed, 8 skipped by the suite for
+inputs the model lacks, 10 xfailed); the xfails, which run until the token limit, take 4 of them.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from loraroute.testing import make_random_lora
 pytestmark = pytest.mark.slow
 
 OVERRIDE = "smol-random"
-# A Hermes-format call of the standard tools takes 29 tokens + EOS (+ room for whitespace).
-MAX_TOKENS = 40
+# The longest correct answer the suite draws from SmolLM2 is test_unicode_tool_call_integration's
+# Chinese customer call: 91 tokens (a 40-token cap cut it off and blamed the model); 128 leaves
+# room. Measured per call with a 256-token cap; the xfails below loop at 256 too.
+MAX_TOKENS = 128
 
 
 @functools.cache
@@ -71,38 +75,39 @@ class TestChatLoraRouteIntegration(ChatModelIntegrationTests):
     def model_override_value(self) -> str:
         return OVERRIDE
 
-    # -- honest xfails: limits of a 135M-parameter model, not of the runtime -------------------
+    # -- xfails (strict, see pyproject): limits of a 135M-parameter model, each failure shown
+    # by running it; the measured answers are quoted. README lists them.
     _LOOPS = (
-        "SmolLM2-135M repeats itself inside free-text JSON string values under greedy decoding "
-        "until max_tokens (40 here); the runtime reports the cut-off call in invalid_tool_calls"
+        "SmolLM2-135M under greedy decoding repeats itself inside the free-text joke fields "
+        "(setup 'A cat is a cat, a cat is a cat, ...', punchline 'the cat was a cat, and the cat "
+        "was a cat, ...') until max_tokens, also with 256 tokens, so the structured call never "
+        "closes and parses to None"
     )
     _AUTO = (
-        "with tool_choice='auto' SmolLM2-135M answers in prose instead of deciding to call the "
-        "tool; forced calls (tool_choice='any' or a name) pass in test_tool_calling/test_tool_choice"
+        "with tool_choice='auto' SmolLM2-135M answers the weather question in prose ('The "
+        "weather in San Francisco, CA, is typically described as ...', 256 tokens without a "
+        "call) instead of calling the tool; forced calls pass in test_tool_calling/test_tool_choice"
     )
 
     @pytest.mark.xfail(reason=_LOOPS)
-    def test_unicode_tool_call_integration(self, model):
-        super().test_unicode_tool_call_integration(model)
-
-    # The structured-output variants ask for free-text jokes and all hit the same limit; they
-    # are not run, to keep the suite short. test_chat_model_tools.py shows structured output
-    # working on SmolLM2 with a schema of enums and integers.
-    @pytest.mark.xfail(reason=_LOOPS, run=False)
     @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
     def test_structured_output(self, model, schema_type):
         super().test_structured_output(model, schema_type)
 
-    @pytest.mark.xfail(reason=_LOOPS, run=False)
+    @pytest.mark.xfail(reason=_LOOPS)
     @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
     async def test_structured_output_async(self, model, schema_type):
         await super().test_structured_output_async(model, schema_type)
 
-    @pytest.mark.xfail(reason=_LOOPS, run=False)
+    @pytest.mark.xfail(reason=_LOOPS)
     def test_structured_output_pydantic_2_v1(self, model):
         super().test_structured_output_pydantic_2_v1(model)
 
-    @pytest.mark.xfail(reason=_LOOPS, run=False)
+    @pytest.mark.xfail(
+        reason="the first call (a schema whose punchline is optional) fits in 47 tokens and "
+        "parses; the second repeats 'The cat was a cat, and it was a cat, ...' in the setup "
+        "until max_tokens, also with 256 tokens"
+    )
     def test_structured_output_optional_param(self, model):
         super().test_structured_output_optional_param(model)
 

@@ -24,7 +24,8 @@ class Review(BaseModel):
 @tool
 def get_weather(city: Literal["paris", "london", "tokyo"]) -> str:
     """Get the weather in a city."""
-    return {"paris": "sunny", "london": "rainy", "tokyo": "cloudy"}[city]
+    # Paris' answer is one a model would not guess, so an answer naming it read the tool result
+    return {"paris": "snowing", "london": "rainy", "tokyo": "cloudy"}[city]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,9 @@ def test_forced_tool_call_then_answer_from_the_tool_result(llm):
     result = get_weather.invoke(call)
     assert isinstance(result, ToolMessage)
     answer = llm.bind_tools([get_weather]).invoke([question, call_msg, result])
-    assert answer.tool_calls == [] or answer.tool_calls[0]["name"] == "get_weather"
+    # SmolLM2 answers (measured) '<tool_response>\nsnowing\n</tool_response>' wrapped twice: no
+    # new call, and the weather that only the tool result holds
+    assert answer.tool_calls == [] and "snowing" in answer.content
     assert answer.usage_metadata["input_tokens"] > call_msg.usage_metadata["input_tokens"]
 
 

@@ -7,20 +7,19 @@ Bounded (a few dozen cases per operation) so that it runs in CI in well under a 
 from __future__ import annotations
 
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis.generation import GenerationMode
 
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from schemathesis.generation import GenerationMode  # noqa: E402
-
-from loraroute.registry import Limits, open_registry  # noqa: E402
-from loraroute.registry.auth import create_token  # noqa: E402
+from loraroute.registry import Limits, open_registry
+from loraroute.registry.auth import create_token
 
 
 @pytest.fixture(
     scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
-def fuzzed(request, tmp_path_factory, tiny_adapter_factory, serve):
+def fuzzed(request, tmp_path_factory, tiny_adapter_factory, serve, service_missing):
     from loraroute.registry.server import create_app
     from loraroute.registry.testing import PostgresUnavailable, temporary_postgres
 
@@ -31,7 +30,7 @@ def fuzzed(request, tmp_path_factory, tiny_adapter_factory, serve):
             cm = temporary_postgres()
             url = cm.__enter__()
         except PostgresUnavailable as exc:
-            pytest.skip(str(exc))
+            service_missing(str(exc))
         request.addfinalizer(lambda: cm.__exit__(None, None, None))
     reg = open_registry(url, blob_dir=root / "blobs")
     reg.push(tiny_adapter_factory(1), "legal", routing_examples=["draft an NDA"])

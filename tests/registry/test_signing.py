@@ -37,8 +37,6 @@ from loraroute.registry.testing import (
     write_lora_folder,
 )
 
-pytest.importorskip("model_signing")
-
 
 # -- key material ----------------------------------------------------------------------------
 def _write_key(folder: Path, name: str):
@@ -165,8 +163,8 @@ class Env:
     store: Registry  # where the bytes live (the server's store for HTTP)
 
 
-@pytest.fixture(params=["sqlite", "postgres", "http"])
-def env(request, tmp_path, lr_home):
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "http"])
+def env(request, tmp_path, lr_home, service_missing):
     kind = request.param
     if kind == "postgres":
         try:
@@ -175,7 +173,7 @@ def env(request, tmp_path, lr_home):
                 yield Env(kind, store, store)
                 store.close()
         except PostgresUnavailable as exc:
-            pytest.skip(str(exc))
+            service_missing(str(exc))
         return
     store = open_registry(f"sqlite:///{tmp_path / 'store' / 'registry.db'}")
     if kind == "sqlite":
@@ -337,7 +335,7 @@ def test_signed_version_can_be_removed(env, adapter, keys):
 
 
 # -- travel between registries ---------------------------------------------------------------
-def test_signature_survives_push_pull_push(tmp_path, lr_home, adapter, keys):
+def test_signature_survives_push_pull_push(tmp_path, lr_home, adapter, keys, service_missing):
     policy = key_policy(keys)
     first = open_registry(f"sqlite:///{tmp_path / 'first' / 'registry.db'}")
     v = first.push(adapter, "legal")
@@ -358,8 +356,8 @@ def test_signature_survives_push_pull_push(tmp_path, lr_home, adapter, keys):
                 v3 = third.push(again, "legal")
                 assert verify_signatures(third.local_path(v3.ref), policy).ok
                 third.close()
-        except PostgresUnavailable:
-            pass
+        except PostgresUnavailable as exc:
+            service_missing(str(exc))
         remote.close()
     server_store.close()
     first.close()

@@ -18,8 +18,6 @@ from loraroute.registry import SignatureError, TrustPolicy
 from loraroute.registry.signing import check_signatures, describe_bundle, folder_digests
 from loraroute.registry.testing import write_lora_folder
 
-pytest.importorskip("model_signing")
-
 FUZZ = settings(
     max_examples=150,
     deadline=None,

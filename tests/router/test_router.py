@@ -94,7 +94,8 @@ def test_examples_embedded_once(lr_home):
     router = Router(src, encoder=enc, refresh_interval=0)
     n = enc.embedded
     src.set("code", ["write a python function", "fix this javascript bug"])
-    assert router.refresh() is False or True  # refresh is implicit on route()
+    assert router.refresh() is True  # the source's revision changed: rebuilt
+    assert router.refresh() is False  # unchanged since: nothing to do
     assert router.route("write a python function to sort a list").adapter == "code"
     assert enc.embedded == n + 2 + 1  # two new examples + the request, old examples cached
 

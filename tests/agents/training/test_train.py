@@ -10,17 +10,25 @@ from loraroute.agents.errors import TrainingError
 from loraroute.agents.training import TRAINING_FILE, TrainConfig, train_adapter
 
 WORDS = ["apple", "river", "stone", "cloud"]
-RECORDS = [
-    {
-        "id": w,
-        "messages": [
-            {"role": "user", "content": f"Say {w}"},
-            {"role": "assistant", "content": f"{w} {w} {w}"},
-        ],
-    }
-    for w in WORDS
-]
-FAST = dict(batch_size=4, rank=4, target_modules="all-linear", learning_rate=5e-3, warmup=0)
+
+
+def _records(words: list[str]) -> list[dict]:
+    return [
+        {
+            "id": w,
+            "messages": [
+                {"role": "user", "content": f"Say {w}"},
+                {"role": "assistant", "content": f"The word is {w}."},
+            ],
+        }
+        for w in words
+    ]
+
+
+RECORDS = _records(WORDS)
+#: dev data the adapter never trains on: the same task on other words
+HELD_OUT = _records(["grass", "flame"])
+FAST = dict(batch_size=4, rank=4, target_modules="all-linear", learning_rate=2e-2, warmup=0)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +42,7 @@ def trained(tiny_base, tmp_path_factory):
         RECORDS,
         out,
         base_model=str(tiny_base),
-        dev=RECORDS,
+        dev=HELD_OUT,
         settings=settings,
         config=TrainConfig(max_steps=12, **FAST),
         progress=lambda s, t, logs: calls.append((s, t, logs)),
@@ -42,7 +50,8 @@ def trained(tiny_base, tmp_path_factory):
     return result, calls, settings
 
 
-def test_training_reduces_dev_loss(trained):
+def test_training_reduces_held_out_loss(trained):
+    """The adapter beats the base on dev examples it never saw (5.75 -> 5.51 when measured)."""
     result, _, _ = trained
     m = result.metrics
     assert m["train_steps"] == 12
@@ -243,22 +252,27 @@ def test_cli_train_push_and_merge(tiny_base, tmp_path, lr_home):
     merged = reg.resolve("both")
     assert merged.parent == refs[0]
     assert merged.tags["merged_from"] == f"{refs[0]},{refs[1]}"
-    assert merged.rank == 2
+    assert merged.rank == 4  # cat, the default: the ranks add up
     assert sorted(merged.routing_examples) == sorted(f"Say {w}" for w in WORDS[:2])
 
 
 def test_early_stopping_with_dev_keeps_the_best_adapter(tiny_base, tmp_path, lr_home):
-    # eval and checkpoint once an epoch; the best checkpoint is reloaded before saving
+    """Eval and checkpoint once an epoch (one step here) on held-out dev data; at this rate the
+    dev loss falls, then rises (measured 5.66, 5.64, 5.68 from 5.75), so training stops early
+    and the best checkpoint, not the last, is reloaded before saving."""
     result = train_adapter(
         RECORDS,
         tmp_path / "es",
         base_model=str(tiny_base),
         settings=lr_home,
-        dev=RECORDS,
-        config=TrainConfig(epochs=8, early_stopping_patience=1, **dict(FAST, learning_rate=0.5)),
+        dev=HELD_OUT,
+        config=TrainConfig(epochs=8, early_stopping_patience=1, **dict(FAST, learning_rate=0.05)),
     )
-    assert 1 <= result.metrics["train_steps"] <= 8
-    assert result.metrics["eval_loss"] <= result.metrics["base_eval_loss"] + 1.0
+    m, history = result.metrics, [h["eval_loss"] for h in result.data_report["eval_history"]]
+    assert m["train_steps"] < 8 and len(history) == m["train_steps"]
+    assert history[-1] > min(history)  # it stopped because the dev loss rose
+    assert m["eval_loss"] == pytest.approx(min(history), abs=1e-6)  # the best one was kept
+    assert m["eval_loss"] < m["base_eval_loss"]  # and it beats the base on held-out data
     assert (tmp_path / "es" / "adapter_model.safetensors").is_file()
 
 
