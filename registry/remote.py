@@ -585,7 +585,9 @@ class RemoteRegistry:
         out: builtins.list[PromotionOut] = self._call(
             "GET", "/promotions", _PROMOTIONS, params={"name": name}
         )
-        rows = [p.model_dump(by_alias=True, mode="json") for p in out]
+        rows = [
+            {**p.model_dump(by_alias=True), "created_at": p.created_at.isoformat()} for p in out
+        ]
         if any(row["name"] != name for row in rows):
             raise self._invalid(
                 "GET", "/promotions", f"a promotion of another adapter than {name!r}"
