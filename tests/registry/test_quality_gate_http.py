@@ -168,3 +168,29 @@ def test_bad_requests_to_the_gate_endpoints(server, store):
     with pytest.raises(InvalidRequestError, match="finite"):  # refused by the client first
         server.clients["write"].record_eval("legal@1", acc(float("nan")))
     assert store.evals("legal") == []
+
+
+def test_the_command_line_against_the_server(server, tmp_path):
+    from click.testing import CliRunner
+
+    from loraroute.cli import main
+
+    data = tmp_path / "dev.jsonl"
+    data.write_text("x\n")
+
+    def run(scope: str, *args: str):
+        env = {"LORAROUTE_REGISTRY": server.url, "LORAROUTE_REGISTRY_TOKEN": server.tokens[scope]}
+        return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+    common = ("--data", str(data), "--metric", "accuracy")
+    assert run("write", "evals", "add", "legal@1", *common, "--value", "0.8").exit_code == 0
+    assert run("write", "evals", "add", "legal@2", *common, "--value", "0.6").exit_code == 0
+    out = run("write", "alias", "set", "legal", "prod", "2")
+    assert out.exit_code == 1 and "a drop of 0.2 " in out.output
+    out = run("write", "alias", "set", "legal", "prod", "2", "--force")
+    assert out.exit_code == 1 and "needs 'admin'" in out.output
+    out = run("admin", "alias", "set", "legal", "prod", "2", "--force")
+    assert out.exit_code == 0 and "legal:prod -> legal@2 (live)" in out.output
+    out = run("read", "show", "legal@2")
+    assert out.exit_code == 0 and "eval results of legal@2" in out.output
+    assert "token #3 (admin-bot)" in out.output
