@@ -140,7 +140,17 @@ class AliasIn(_Strict):
 
 
 Finite = Metric  # a finite number, not a bool or text
-MetricName = Annotated[StrictStr, Field(pattern=METRIC_RE.pattern, max_length=128)]
+
+
+def _metric_name(value: str) -> str:
+    if not METRIC_RE.fullmatch(value):
+        raise ValueError(
+            f"metric name {value[:80]!r} is not 1-128 characters of [A-Za-z0-9_.:/@+-]"
+        )
+    return value
+
+
+MetricName = Annotated[StrictStr, AfterValidator(_metric_name)]
 
 
 class EvalResultIn(_Strict):
