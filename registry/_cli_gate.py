@@ -63,15 +63,16 @@ def alias_set(
     refuses it)."""
     reg = open_registry_for(registry_url, token)
     live = alias_name == reg.settings.serving_alias
-    report = (
-        reg.gate_check(name, version, alias=alias_name, tolerance=tolerance)
-        if live or dry_run
-        else None
-    )
+    report = reg.gate_check(name, version, alias=alias_name, tolerance=tolerance) if live else None
     if dry_run:
         if as_json:
-            dump(report.to_dict() if report else {})
-        elif report is not None:
+            dump(report.to_dict() if report else {"gated": False})
+        elif report is None:
+            click.echo(
+                f"{name}:{alias_name} is not gated: only the serving alias "
+                f"{reg.settings.serving_alias!r} is"
+            )
+        else:
             verdict = "refuses" if report.refused else "allows"
             click.echo(f"quality gate {verdict} {name}:{alias_name} -> {name}@{report.candidate}")
             _echo_report(report)

@@ -80,6 +80,7 @@ def test_the_gate_on_the_command_line(run, legal):
         in run("alias", "set", "legal", "prod", "2", "--dry-run", "--tolerance", "0.2").output
     )
 
+    assert "is not gated" in run("alias", "set", "legal", "staging", "2", "--dry-run").output
     out = run("alias", "set", "legal", "prod", "3")
     assert "legal:prod -> legal@3 (live)" in out.output and "up by 0.05" in out.output
     out = run("alias", "set", "legal", "prod", "2", "--force", "--json")
