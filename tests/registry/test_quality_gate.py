@@ -216,3 +216,31 @@ def test_call_shapes(reg, tiny_adapter):
         reg.record_eval("legal@1", [acc(0.5)] * 257)
     (r,) = reg.record_eval("legal@1", {**acc(0.5), "ci": [0.4, 0.6]})
     assert (r.ci_low, r.ci_high) == (0.4, 0.6)
+
+
+def test_judge_alone():
+    """The rule without a database: the latest result per dataset and metric counts, a
+    disagreement on the direction is not compared, the report survives JSON."""
+    from loraroute.registry.evals import GateReport, enforce, judge
+
+    def r(value: float, metric: str = "accuracy", up: bool = True) -> EvalResult:
+        return EvalResult("dev", DEV, metric, value, higher_is_better=up)
+
+    report = judge(
+        "legal",
+        "prod",
+        2,
+        [r(0.5), r(0.79), r(2.0, "loss", up=False)],
+        1,
+        [r(0.8), r(1.0, "loss")],
+        tolerance=0.01,
+    )
+    assert [c.metric for c in report.comparisons] == ["accuracy"]
+    assert not report.refused and report.verdict == "passed"  # 0.01 down: within tolerance
+    assert "disagree whether higher is better" in report.warnings[0]
+    refused = judge("legal", "prod", 2, [r(0.7)], 1, [r(0.8)], tolerance=0.01)
+    with pytest.raises(QualityGateError):
+        enforce(refused, force=False)
+    forced = enforce(refused, force=True)
+    again = GateReport.from_dict(forced.to_dict())
+    assert again == forced and again.verdict == "forced" and again.regressions
