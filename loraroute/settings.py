@@ -73,6 +73,20 @@ class Settings(BaseSettings):
         description='the alias that makes a version live: the router and `model="auto"` '
         "serve only versions holding it (`adapters alias set NAME ALIAS VERSION` promotes)",
     )
+    gate_tolerance: float = Field(
+        0.01,
+        ge=0,
+        allow_inf_nan=False,
+        description="the quality gate: promoting to the serving alias is refused when an eval "
+        "metric drops by more than this (absolute) against the version holding it, on the same "
+        "dataset digest (`--force` overrides, and is recorded)",
+    )
+    gate_require_evals: bool = Field(
+        False,
+        description="refuse a promotion to the serving alias when the candidate and the "
+        "version holding it share no eval result (dataset digest and metric) to compare; "
+        "off: allowed with a warning",
+    )
 
     # -- where the registry's blobs live (loraroute.registry.blobs) ----------------------
     blob_store: str = Field(

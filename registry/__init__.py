@@ -26,6 +26,7 @@ from .errors import (
     InvalidRequestError,
     InvalidResponseError,
     LimitError,
+    QualityGateError,
     RegistryError,
     RemoteError,
     SchemaError,
@@ -33,6 +34,7 @@ from .errors import (
     StorageError,
     VersionConflictError,
 )
+from .evals import EvalResult, GateReport, dataset_digest
 from .limits import Limits
 from .local import Registry
 from .refs import Ref, parse_ref
@@ -98,8 +100,10 @@ __all__ = [
     "AdapterVersion",
     "AuthError",
     "BlobStore",
+    "EvalResult",
     "FileInfo",
     "ForbiddenError",
+    "GateReport",
     "GcReport",
     "IntegrityError",
     "InvalidAdapterError",
@@ -109,6 +113,7 @@ __all__ = [
     "LimitError",
     "Limits",
     "LoraModule",
+    "QualityGateError",
     "Ref",
     "Registry",
     "RegistryError",
@@ -121,6 +126,7 @@ __all__ = [
     "TrustPolicy",
     "VerifyReport",
     "VersionConflictError",
+    "dataset_digest",
     "load_trust_policy",
     "open_blob_store",
     "open_registry",

@@ -1,15 +1,66 @@
-"""Pieces of the registry's commands: the source a push takes, promotion, the version table.
+"""Pieces of the registry's commands: the command class (clean database errors), opening the
+registry, JSON output, the source a push takes, promotion, the version table.
 
 Kept apart from :mod:`loraroute.registry.cli` so that each file stays small.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+
+
+class Command(click.Command):
+    """A registry command: a database failure becomes a clean, redacted CLI error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from loraroute.redact import redact_text
+
+        try:
+            return super().invoke(ctx)
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            first = (str(cause).strip().splitlines() or [""])[0]
+            raise click.ClickException(
+                f"the registry's database failed ({type(cause).__name__}: "
+                f"{redact_text(first)[:300]}); check --registry / LORAROUTE_REGISTRY and that "
+                f"the database is reachable"
+            ) from None
+
+
+class Group(click.Group):
+    command_class = Command
+
+
+Group.group_class = Group
+
+
+def open_registry_for(
+    url: str | None, token: str | None = None, trust_policy: Path | None = None
+) -> Any:
+    from loraroute.settings import get_settings
+
+    from . import open_registry
+
+    settings = get_settings(trust_policy=str(trust_policy) if trust_policy else None)
+    return open_registry(url, token=token, settings=settings)
+
+
+def dump(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def version_dict(v: Any, live_alias: str | None = None) -> dict[str, Any]:
+    out = {"ref": v.ref, **v.to_dict()}
+    if live_alias is not None:
+        out["live"] = live_alias in v.aliases
+    return out
 
 
 def console() -> Any:
@@ -122,11 +173,16 @@ alias_option = click.option(
 
 
 __all__ = [
+    "Command",
+    "Group",
     "SourceType",
     "alias_option",
     "console",
+    "dump",
     "name_for",
     "not_live_hint",
+    "open_registry_for",
     "promote",
+    "version_dict",
     "version_table",
 ]

@@ -19,15 +19,25 @@ import click
 
 from loraroute.cli_options import json_option, registry_option, token_option
 
+from ._cli_gate import alias, evals_group, gate_history, print_gate_history
 from ._cli_parts import (
+    Command,
+    Group,
     SourceType,
     alias_option,
     console,
+    dump,
     name_for,
     not_live_hint,
+    open_registry_for,
     promote,
+    version_dict,
     version_table,
 )
+
+# the short names this module's commands use
+_Command, _Group, _open = Command, Group, open_registry_for
+_dump, _version_dict = dump, version_dict
 
 trust_policy_option = click.option(
     "--trust-policy",
@@ -36,33 +46,6 @@ trust_policy_option = click.option(
     help="JSON trust policy: refuse versions without a trusted signature "
     "(default: LORAROUTE_TRUST_POLICY, else none: signatures are only reported).",
 )
-
-
-class _Command(click.Command):
-    """A registry command: a database failure becomes a clean, redacted CLI error."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        from sqlalchemy.exc import SQLAlchemyError
-
-        from loraroute.redact import redact_text
-
-        try:
-            return super().invoke(ctx)
-        except SQLAlchemyError as exc:
-            cause = getattr(exc, "orig", None) or exc
-            first = (str(cause).strip().splitlines() or [""])[0]
-            raise click.ClickException(
-                f"the registry's database failed ({type(cause).__name__}: "
-                f"{redact_text(first)[:300]}); check --registry / LORAROUTE_REGISTRY and that "
-                f"the database is reachable"
-            ) from None
-
-
-class _Group(click.Group):
-    command_class = _Command
-
-
-_Group.group_class = _Group
 
 
 class _Duration(click.ParamType):
@@ -86,15 +69,6 @@ def _read_json(path: Path, what: str) -> Any:
         raise click.BadParameter(f"{path} is not valid JSON: {e}", param_hint=what) from None
 
 
-def _open(url: str | None, token: str | None = None, trust_policy: Path | None = None) -> Any:
-    from loraroute.settings import get_settings
-
-    from . import open_registry
-
-    settings = get_settings(trust_policy=str(trust_policy) if trust_policy else None)
-    return open_registry(url, token=token, settings=settings)
-
-
 def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
     out = {}
     for item in values:
@@ -102,17 +76,6 @@ def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=what)
         out[key] = value
-    return out
-
-
-def _dump(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
-
-
-def _version_dict(v: Any, live_alias: str | None = None) -> dict[str, Any]:
-    out = {"ref": v.ref, **v.to_dict()}
-    if live_alias is not None:
-        out["live"] = live_alias in v.aliases
     return out
 
 
@@ -407,12 +370,15 @@ def ls(name, tag, domain, base, live, registry_url, token, as_json) -> None:
 @token_option
 @json_option
 def show(ref: str, registry_url, token, as_json) -> None:
-    """Metadata, files, digests, lineage and model card of REF."""
+    """Metadata, files, digests, lineage, eval results, promotions and model card of REF."""
     reg = _open(registry_url, token)
     v = reg.resolve(ref)
     card = reg.model_card(v.ref)
+    history = gate_history(reg, v)
     if as_json:
-        _dump({**_version_dict(v), "model_card": card})
+        evals = [r.to_dict() for r in history["evals"]]
+        promotions = history["promotions"]
+        _dump({**_version_dict(v), "model_card": card, "evals": evals, "promotions": promotions})
         return
     from rich.markdown import Markdown
     from rich.table import Table
@@ -451,47 +417,9 @@ def show(ref: str, registry_url, token, as_json) -> None:
     for f in v.files:
         files.add_row(f.path, f.digest, str(f.size))
     out.print(files)
+    print_gate_history(history, v)
     if card:
         out.print(Markdown(card))
-
-
-@click.group(cls=_Group)
-def alias() -> None:
-    """Move or remove an adapter's aliases (``legal:prod``)."""
-
-
-@alias.command("set")
-@click.argument("name")
-@click.argument("alias_name", metavar="ALIAS")
-@click.argument("version")
-@registry_option
-@token_option
-@json_option
-def alias_set(name, alias_name, version, registry_url, token, as_json) -> None:
-    """Point NAME:ALIAS at VERSION (a number or reference). Pointing the serving alias
-    (default prod) at a version makes it live: model="auto" may route to it."""
-    reg = _open(registry_url, token)
-    v = reg.alias_set(name, alias_name, version)
-    live = alias_name == reg.settings.serving_alias
-    if as_json:
-        _dump({"alias": f"{name}:{alias_name}", "live": live, **_version_dict(v)})
-    else:
-        click.echo(f"{name}:{alias_name} -> {v.ref}" + (" (live)" if live else ""))
-
-
-@alias.command("rm")
-@click.argument("name")
-@click.argument("alias_name", metavar="ALIAS")
-@registry_option
-@token_option
-@json_option
-def alias_rm(name, alias_name, registry_url, token, as_json) -> None:
-    """Remove NAME:ALIAS (the serving alias: NAME is no longer routed to)."""
-    _open(registry_url, token).alias_remove(name, alias_name)
-    if as_json:
-        _dump({"removed": f"{name}:{alias_name}"})
-    else:
-        click.echo(f"removed {name}:{alias_name}")
 
 
 @click.command(cls=_Command)
@@ -775,7 +703,21 @@ def token_revoke(token_id, registry_url, as_json) -> None:
 
 def register(group: click.Group) -> None:
     """Add the registry commands to the root ``adapters`` group."""
-    for cmd in (push, pull, ls, show, alias, rm, verify, sign, gc, export, import_, registry_group):
+    for cmd in (
+        push,
+        pull,
+        ls,
+        show,
+        alias,
+        evals_group,
+        rm,
+        verify,
+        sign,
+        gc,
+        export,
+        import_,
+        registry_group,
+    ):
         group.add_command(cmd)
 
 

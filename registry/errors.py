@@ -65,6 +65,12 @@ class VersionConflictError(RegistryError, RuntimeError):
     """A version number is taken by different content, or an alias blocks a removal."""
 
 
+class QualityGateError(RegistryError, RuntimeError):
+    """Promotion to the serving alias refused: the candidate's eval results regress beyond the
+    tolerance against the version holding the alias, on the same dataset and metric (409 over
+    HTTP). ``force=True`` (``--force``) promotes anyway and records the override."""
+
+
 class IntegrityError(RegistryError, RuntimeError):
     """Stored or transferred bytes do not match their recorded sha256 digest."""
 
@@ -111,6 +117,7 @@ __all__ = [
     "InvalidRequestError",
     "InvalidResponseError",
     "LimitError",
+    "QualityGateError",
     "RegistryError",
     "RemoteError",
     "SchemaError",

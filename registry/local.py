@@ -33,8 +33,11 @@ from sqlmodel import Session, col, delete, select
 from loraroute.redact import redact_url
 from loraroute.settings import Settings, get_settings
 
-from ._checkout import cached_checkout_ok, new_checkout_check, sign_version
+from ._checkout import cached_checkout_ok, new_checkout_check
 from ._db import bump_revision, make_engines, sqlite_path
+from ._evals_store import gate_promotion
+from ._local_evals import EvalMethods, alias_target
+from ._local_signing import SignatureMethods
 from ._location import pin_blob_store
 from ._manifest import manifest_digest
 from ._meta import (
@@ -55,20 +58,15 @@ from .errors import (
     IntegrityError,
     InvalidAdapterError,
     InvalidRequestError,
-    SignatureError,
     VersionConflictError,
 )
 from .hub import read_source, with_origin
 from .limits import CARD_NAMES, Limits
 from .migrate import ensure_schema
-from .refs import Ref, check_name, check_version, parse_ref, parse_version
+from .refs import Ref, check_name, check_version, parse_ref
 from .reports import GcReport, VerifyReport
 from .signing import (
-    MAX_SIGNATURES_PER_VERSION,
-    SignatureInfo,
-    SignatureReport,
     TrustPolicy,
-    check_signatures,
     load_trust_policy,
 )
 from .tables import (
@@ -77,6 +75,7 @@ from .tables import (
     AdapterVersion,
     Alias,
     Blob,
+    EvalRecord,
     FileEntry,
     FileInfo,
     State,
@@ -114,7 +113,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-class Registry:
+class Registry(SignatureMethods, EvalMethods):
     """A registry stored in SQL (``url``) plus a blob store: ``blob_store`` (a
     :class:`BlobStore`, ``s3://bucket/prefix`` or a folder), else ``blob_dir``, else
     ``settings.blob_store``, else the folder ``blobs`` beside a SQLite file (or
@@ -535,129 +534,45 @@ class Registry:
         """Import an existing PEFT folder (same checks as push)."""
         return self.push(folder, name, **meta)
 
-    # -- signatures ------------------------------------------------------------------------
-    def _version_id(self, s: Session, v: AdapterVersion) -> int:
-        _, row = self._find(s, Ref(v.name, digest=v.digest))
-        return row.id  # type: ignore[return-value]
-
-    def _store_signature(self, v: AdapterVersion, sig: SignatureInfo) -> SignatureInfo:
-        with Session(self._write) as s:
-            bump_revision(s)
-            vid = self._version_id(s, v)
-            rows = s.exec(select(VersionSignature).where(VersionSignature.version_id == vid)).all()
-            same = next((r for r in rows if r.digest == sig.digest), None)
-            if same is not None:
-                s.rollback()
-                sig.created_at = same.created_at
-                return sig
-            if len(rows) >= MAX_SIGNATURES_PER_VERSION:
-                raise SignatureError(
-                    f"{v.ref} already carries {len(rows)} signatures; the limit is "
-                    f"{MAX_SIGNATURES_PER_VERSION}"
-                )
-            row = VersionSignature(
-                version_id=vid,
-                digest=sig.digest,
-                kind=sig.kind,
-                signer=sig.signer,
-                bundle=sig.bundle,
-            )
-            s.add(row)
-            s.commit()
-            sig.created_at = row.created_at
-        logger.info("%s: stored signature %s (%s)", v.ref, sig.digest, sig.signer)
-        return sig
-
-    def attach_signature(self, ref: str | AdapterVersion, bundle: str) -> SignatureInfo:
-        """Store a model-signing bundle with a version, after checking it signs exactly the
-        version's files (its signer is judged later, by each reader's trust policy).
-
-        Example: ``reg.attach_signature("legal@3", Path("model.sig").read_text())``
-        """
-        v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
-        (sig,) = bind_signatures(v.ref, [bundle], v.files)
-        return self._store_signature(v, sig)
-
-    def signatures(self, ref: str | AdapterVersion) -> builtins.list[SignatureInfo]:
-        """The signatures stored with a version, oldest first.
-
-        Example: ``[s.signer for s in reg.signatures("legal@3")]``
-        """
-        v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
-        with Session(self._read) as s:
-            vid = self._version_id(s, v)
-            rows = s.exec(
-                select(VersionSignature)
-                .where(VersionSignature.version_id == vid)
-                .order_by(col(VersionSignature.id))
-            ).all()
-        return [
-            SignatureInfo(
-                r.digest,
-                r.kind,  # type: ignore[arg-type]
-                r.signer,
-                r.bundle,
-                r.created_at,
-            )
-            for r in rows
-        ]
-
-    def signature_report(
-        self, ref: str | AdapterVersion, policy: TrustPolicy | None = None
-    ) -> SignatureReport:
-        """Check a version's signatures against its recorded digests and ``policy`` (default:
-        this registry's ``trust_policy``); a report, never raises for a bad signature.
-
-        Example: ``reg.signature_report("legal@3", TrustPolicy.from_file("trust.json")).ok``
-        """
-        v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
-        bundles = [sig.bundle for sig in self.signatures(v)]
-        return check_signatures(
-            v.ref, {f.path: f.digest for f in v.files}, bundles, policy or self.trust_policy
-        )
-
-    def sign(
-        self,
-        ref: str,
-        *,
-        key: str | Path,
-        password: str | None = None,
-        certificate: str | Path | None = None,
-        chain: Sequence[str | Path] = (),
-    ) -> SignatureInfo:
-        """Sign a version's files with model-signing (an EC private key PEM, or a certificate
-        and its chain) and store the bundle with the version.
-
-        Example: ``reg.sign("legal@3", key="release.key.pem")``
-        """
-        v = self.resolve(ref)
-        bundle = sign_version(
-            v, self.blobs.iter_chunks, key, password=password, certificate=certificate, chain=chain
-        )
-        return self.attach_signature(v, bundle)
-
     # -- aliases and removal ---------------------------------------------------------------
-    def alias_set(self, name: str, alias: str, version: int | str) -> AdapterVersion:
-        """Point ``name:alias`` at ``version`` (a number or a reference of the same adapter)."""
+    def alias_set(
+        self,
+        name: str,
+        alias: str,
+        version: int | str,
+        *,
+        force: bool = False,
+        tolerance: float | None = None,
+        actor: str | None = None,
+    ) -> AdapterVersion:
+        """Point ``name:alias`` at ``version`` (a number or a reference of the same adapter).
+
+        The serving alias passes the quality gate (:mod:`.evals`): QualityGateError if the
+        version's eval results regress by more than ``tolerance`` (default
+        ``settings.gate_tolerance``) against the holder's, unless ``force``; each move is
+        recorded (:meth:`promotions`) with the verdict and ``actor``."""
         check_name(alias, "alias")
         if alias == "latest":
             raise VersionConflictError(
                 "alias 'latest' is implicit (the newest version); pick another"
             )
-        if isinstance(version, int) and not isinstance(version, bool):
-            check_version(version)
-        target = str(version)
-        if parse_version(target) is not None or target.startswith("sha256:"):
-            ref = f"{name}@{target}"
-        elif "@" in target or ":" in target:
-            ref = target
-        else:  # another alias of the same adapter, e.g. promote staging to prod
-            ref = f"{name}:{target}"
+        ref = alias_target(name, version)
         with Session(self._write) as s:
             bump_revision(s)
             adapter, v = self._find(s, ref)
             if adapter.name != name:
                 raise VersionConflictError(f"{ref!r} is not a version of {name!r}")
+            if alias == self.settings.serving_alias:
+                gate_promotion(
+                    s,
+                    self.settings,
+                    adapter,
+                    v,
+                    alias,
+                    force=force,
+                    tolerance=tolerance,
+                    actor=actor,
+                )
             row = s.exec(
                 select(Alias).where(Alias.adapter_id == adapter.id, Alias.name == alias)
             ).first()
@@ -728,6 +643,7 @@ class Registry:
             vids = [vid for vid, _, _ in rows]
             s.execute(delete(Alias).where(col(Alias.version_id).in_(vids)))
             s.execute(delete(VersionSignature).where(col(VersionSignature.version_id).in_(vids)))
+            s.execute(delete(EvalRecord).where(col(EvalRecord.version_id).in_(vids)))
             s.execute(delete(FileEntry).where(col(FileEntry.version_id).in_(vids)))
             s.execute(delete(Version).where(col(Version.id).in_(vids)))
             left = s.exec(select(func.count()).where(col(Version.adapter_id) == adapter.id)).one()

@@ -31,6 +31,7 @@ from ._manifest import manifest_digest
 from ._model_signing import MAX_SIGNATURE_BYTES
 from ._text import check_json, check_text
 from .blobs import check_digest
+from .evals import MAX_EXAMPLES, MAX_RESULTS_PER_CALL, METRIC_RE, Comparison, EvalResult, GateReport
 from .refs import MAX_VERSION, check_name, parse_ref
 from .tables import AdapterVersion, FileInfo
 from .validate import check_file_name
@@ -126,10 +127,110 @@ class ManifestIn(_Strict):
     )
 
 
+Tolerance = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+
+
 class AliasIn(_Strict):
-    """``PUT /v1/adapters/{name}/aliases/{alias}``: a version number or a reference."""
+    """``PUT /v1/adapters/{name}/aliases/{alias}``: a version number or a reference; for the
+    serving alias, ``force`` past the quality gate and a ``tolerance`` for this move."""
 
     version: VersionNumber | Annotated[StrictStr, _line(300)]
+    force: StrictBool = False
+    tolerance: Tolerance | None = None
+
+
+Finite = Metric  # a finite number, not a bool or text
+
+
+def _metric_name(value: str) -> str:
+    if not METRIC_RE.fullmatch(value):
+        raise ValueError(
+            f"metric name {value[:80]!r} is not 1-128 characters of [A-Za-z0-9_.:/@+-]"
+        )
+    return value
+
+
+MetricName = Annotated[StrictStr, AfterValidator(_metric_name)]
+
+
+class EvalResultIn(_Strict):
+    """One eval result (see :class:`loraroute.registry.evals.EvalResult`)."""
+
+    dataset: Annotated[StrictStr, _line(256)]
+    dataset_digest: Digest
+    metric: MetricName
+    value: Finite
+    ci_low: Finite | None = None
+    ci_high: Finite | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_EXAMPLES)] | None = None
+    higher_is_better: StrictBool = True
+    source: Annotated[StrictStr, _line(256)] | None = None
+    details: JsonObject = {}
+
+    def to_result(self) -> EvalResult:
+        return EvalResult(**{k: getattr(self, k) for k in type(self).model_fields})
+
+
+class EvalsIn(_Strict):
+    """``POST /v1/evals?ref=REF``: results to store with the version REF names."""
+
+    results: Annotated[list[EvalResultIn], Field(min_length=1, max_length=MAX_RESULTS_PER_CALL)]
+
+
+class EvalOut(EvalResultIn):
+    """A stored eval result, as the server answers it."""
+
+    ref: Annotated[StrictStr, AfterValidator(_ref)]
+    actor: Annotated[StrictStr, _line(256)] | None = None
+    created_at: Annotated[datetime, Field(strict=False)]
+
+
+class ComparisonOut(_Strict):
+    dataset: Annotated[StrictStr, _line(256)]
+    dataset_digest: Digest
+    metric: MetricName
+    candidate: Finite
+    holder: Finite
+    higher_is_better: StrictBool
+    drop: Finite
+    regressed: StrictBool
+    candidate_ci: tuple[Finite, Finite] | None = None
+    holder_ci: tuple[Finite, Finite] | None = None
+
+
+class GateOut(_Strict):
+    """``GET /v1/gate``: the quality gate's report on a promotion."""
+
+    name: Name
+    alias: AliasName
+    candidate: VersionNumber
+    holder: VersionNumber | None
+    tolerance: Tolerance
+    verdict: Annotated[StrictStr, _line(32)]
+    comparisons: Annotated[list[ComparisonOut], Field(max_length=4096)] = []
+    warnings: Annotated[list[Annotated[StrictStr, _line(4096)]], Field(max_length=4096)] = []
+    refused: StrictBool = False
+    forced: StrictBool = False
+
+    def to_report(self) -> GateReport:
+        data = self.model_dump()
+        data["comparisons"] = [Comparison(**c) for c in data["comparisons"]]
+        return GateReport(**data)
+
+
+class PromotionOut(_Strict):
+    """``GET /v1/promotions``: one move of the serving alias and the gate's verdict."""
+
+    name: Name
+    alias: AliasName
+    from_: Annotated[StrictStr, AfterValidator(_ref)] | None = Field(None, alias="from")
+    to: Annotated[StrictStr, AfterValidator(_ref)]
+    verdict: Annotated[StrictStr, _line(32)]
+    forced: StrictBool
+    tolerance: Tolerance
+    report: JsonObject
+    actor: Annotated[StrictStr, _line(256)] | None = None
+    created_at: Annotated[datetime, Field(strict=False)]
 
 
 class VersionOut(_Strict):
@@ -217,11 +318,17 @@ class ErrorOut(BaseModel):
 
 __all__ = [
     "AliasIn",
+    "ComparisonOut",
     "ErrorOut",
+    "EvalOut",
+    "EvalResultIn",
+    "EvalsIn",
     "FileEntryModel",
+    "GateOut",
     "GcOut",
     "ManifestIn",
     "ModelCardOut",
+    "PromotionOut",
     "PushMeta",
     "RevisionOut",
     "VerifyOut",

@@ -38,9 +38,20 @@ from ._meta import bind_signatures, check_meta, complete_meta, read_signature_fi
 from ._transfer import checkout_ok, materialize
 from .blobs import CHUNK, check_digest, sha256_file
 from .errors import InvalidResponseError, LimitError, RegistryError, RemoteError, SignatureError
+from .evals import EvalResult, GateReport, as_results, check_tolerance
 from .hub import read_source, with_origin
 from .limits import Limits
-from .protocol import ErrorOut, GcOut, ModelCardOut, RevisionOut, VerifyOut, VersionOut
+from .protocol import (
+    ErrorOut,
+    EvalOut,
+    GateOut,
+    GcOut,
+    ModelCardOut,
+    PromotionOut,
+    RevisionOut,
+    VerifyOut,
+    VersionOut,
+)
 from .refs import check_name, parse_ref
 from .reports import GcReport, VerifyReport
 from .signing import (
@@ -61,6 +72,15 @@ M = TypeVar("M")
 
 _VERSION = TypeAdapter(VersionOut)
 _VERSIONS = TypeAdapter(list[VersionOut])
+_EVALS = TypeAdapter(list[EvalOut])
+_PROMOTIONS = TypeAdapter(list[PromotionOut])
+
+
+def _eval_payload(r: EvalResult) -> dict[str, Any]:
+    d = r.to_dict()
+    for key in ("ref", "actor", "created_at"):
+        d.pop(key)
+    return d
 
 
 def _clean_detail(text: str) -> str:
@@ -482,12 +502,97 @@ class RemoteRegistry:
         return self.attach_signature(v, bundle)
 
     # -- writes ----------------------------------------------------------------------------
-    def alias_set(self, name: str, alias: str, version: int | str) -> AdapterVersion:
+    def alias_set(
+        self,
+        name: str,
+        alias: str,
+        version: int | str,
+        *,
+        force: bool = False,
+        tolerance: float | None = None,
+    ) -> AdapterVersion:
+        """Same as Registry.alias_set; the server enforces the quality gate under its own
+        settings (``force``, or a tolerance looser than the server's, needs an admin token)."""
         check_name(name)
         check_name(alias, "alias")
+        body: dict[str, Any] = {"version": version}
+        if force:
+            body["force"] = True
+        if tolerance is not None:
+            body["tolerance"] = check_tolerance(tolerance)
         path = f"/adapters/{name}/aliases/{alias}"
-        v = self._one("PUT", path, json={"version": version})
+        v = self._one("PUT", path, json=body)
         return self._expect(v, "PUT", path, name=name)
+
+    # -- eval results and the quality gate -------------------------------------------------
+    def record_eval(
+        self, ref: str, results: Any, *, source: str | None = None
+    ) -> builtins.list[EvalResult]:
+        """Send eval results to be stored with ``ref`` (checked here first, as the server
+        will); needs a write token."""
+        r = parse_ref(ref)
+        checked = as_results(results, source=source)
+        payload = {"results": [_eval_payload(x) for x in checked]}
+        out: builtins.list[EvalOut] = self._call(
+            "POST", "/evals", _EVALS, params={"ref": ref}, json=payload
+        )
+        return self._eval_results(out, r.name, "POST")
+
+    def evals(self, ref: str) -> builtins.list[EvalResult]:
+        """Eval results of a version, or of every version for a bare name, oldest first."""
+        r = parse_ref(ref)
+        out: builtins.list[EvalOut] = self._call("GET", "/evals", _EVALS, params={"ref": ref})
+        return self._eval_results(out, r.name, "GET")
+
+    def _eval_results(
+        self, out: builtins.list[EvalOut], name: str, method: str
+    ) -> builtins.list[EvalResult]:
+        results = []
+        for item in out:
+            if parse_ref(item.ref).name != name:
+                raise self._invalid(method, "/evals", f"a result of {item.ref!r}, not of {name!r}")
+            result = item.to_result()
+            result.ref, result.actor, result.created_at = item.ref, item.actor, item.created_at
+            results.append(result)
+        return results
+
+    def gate_check(
+        self,
+        name: str,
+        version: int | str,
+        *,
+        alias: str | None = None,
+        tolerance: float | None = None,
+    ) -> GateReport:
+        """The server's quality gate on pointing ``alias`` (default: this client's serving
+        alias) at ``version``; nothing moves."""
+        check_name(name)
+        params: dict[str, Any] = {
+            "name": name,
+            "version": str(version),
+            "alias": check_name(alias or self.settings.serving_alias, "alias"),
+        }
+        if tolerance is not None:
+            params["tolerance"] = check_tolerance(tolerance)
+        out: GateOut = self._call("GET", "/gate", GateOut, params=params)
+        if out.name != name:
+            raise self._invalid("GET", "/gate", f"a report on {out.name!r}, not {name!r}")
+        return out.to_report()
+
+    def promotions(self, name: str) -> builtins.list[dict[str, Any]]:
+        """Moves of ``name``'s serving alias with the gate's verdicts, oldest first."""
+        check_name(name)
+        out: builtins.list[PromotionOut] = self._call(
+            "GET", "/promotions", _PROMOTIONS, params={"name": name}
+        )
+        rows = [
+            {**p.model_dump(by_alias=True), "created_at": p.created_at.isoformat()} for p in out
+        ]
+        if any(row["name"] != name for row in rows):
+            raise self._invalid(
+                "GET", "/promotions", f"a promotion of another adapter than {name!r}"
+            )
+        return rows
 
     def alias_remove(self, name: str, alias: str) -> None:
         check_name(name)

@@ -44,14 +44,16 @@ from .errors import (
     InvalidReferenceError,
     InvalidRequestError,
     LimitError,
+    QualityGateError,
     RegistryError,
     SignatureError,
     StorageError,
     VersionConflictError,
 )
+from .evals import as_results
 from .limits import Limits
 from .local import GC_GRACE_SECONDS, Registry
-from .protocol import AliasIn, ManifestIn
+from .protocol import AliasIn, EvalsIn, ManifestIn
 from .refs import parse_ref
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ _STATUS: tuple[tuple[type[RegistryError], int], ...] = (
     (InvalidRequestError, 400),
     (InvalidAdapterError, 422),
     (VersionConflictError, 409),
+    (QualityGateError, 409),
     (IntegrityError, 422),
     (SignatureError, 422),
     (LimitError, 413),
@@ -328,10 +331,60 @@ def create_app(
         may(grant, parse_ref(ref).name)
         return reg.attach_signature(ref, body.bundle).to_dict()
 
+    def actor(grant: Grant) -> str | None:
+        if grant is None:
+            return None
+        return f"token #{grant.id}" + (f" ({grant.name})" if grant.name else "")
+
     @app.put(f"{API}/adapters/{{name}}/aliases/{{alias}}")
     def alias_set(name: str, alias: str, body: AliasIn, grant: Writer) -> dict[str, Any]:
         may(grant, name)
-        return reg.alias_set(name, alias, body.version).to_dict()
+        # the gate's own rule is the server's: passing it by force, or with a looser
+        # tolerance than the server's, takes an admin token
+        looser = body.tolerance is not None and body.tolerance > reg.settings.gate_tolerance
+        if (body.force or looser) and grant is not None and not grant.allows("admin"):
+            what = (
+                "force a promotion past the quality gate"
+                if body.force
+                else f"loosen the quality gate's tolerance beyond {reg.settings.gate_tolerance:g}"
+            )
+            raise ForbiddenError(f"token scope {grant.scope!r} may not {what}; it needs 'admin'")
+        v = reg.alias_set(
+            name,
+            alias,
+            body.version,
+            force=body.force,
+            tolerance=body.tolerance,
+            actor=actor(grant),
+        )
+        return v.to_dict()
+
+    @app.get(f"{API}/gate")
+    def gate(
+        name: str,
+        version: str,
+        grant: Reader,
+        alias: str | None = None,
+        tolerance: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
+    ) -> dict[str, Any]:
+        may(grant, name)
+        return reg.gate_check(name, version, alias=alias, tolerance=tolerance).to_dict()
+
+    @app.post(f"{API}/evals", status_code=201)
+    def record_eval(ref: str, body: EvalsIn, grant: Writer) -> list[dict[str, Any]]:
+        may(grant, parse_ref(ref).name)
+        results = as_results([r.to_result() for r in body.results])
+        return [r.to_dict() for r in reg.record_eval(ref, results, actor=actor(grant))]
+
+    @app.get(f"{API}/evals")
+    def evals(ref: str, grant: Reader) -> list[dict[str, Any]]:
+        may(grant, parse_ref(ref).name)
+        return [r.to_dict() for r in reg.evals(ref)]
+
+    @app.get(f"{API}/promotions")
+    def promotions(name: str, grant: Reader) -> list[dict[str, Any]]:
+        may(grant, name)
+        return reg.promotions(name)
 
     @app.delete(f"{API}/adapters/{{name}}/aliases/{{alias}}")
     def alias_remove(name: str, alias: str, grant: Writer) -> dict[str, str]:

@@ -164,6 +164,48 @@ class Tombstone(SQLModel, table=True):
     removed_at: datetime = Field(default_factory=utcnow)
 
 
+class EvalRecord(SQLModel, table=True):
+    """One eval result of a version: a metric on a dataset named by the sha256 of its data
+    (so results compare only on the same data), with its confidence interval and size.
+    Migration 0004 adds it."""
+
+    __tablename__ = "lr_eval"
+    __table_args__ = (Index("ix_lr_eval_key", "dataset_digest", "metric"),)
+    id: int | None = Field(default=None, primary_key=True)
+    version_id: int = Field(foreign_key="lr_version.id", index=True)
+    dataset: str = Field(max_length=256)
+    dataset_digest: str = Field(max_length=71)
+    metric: str = Field(max_length=128)
+    value: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+    higher_is_better: bool = True
+    source: str | None = Field(default=None, max_length=256)  # what produced it
+    actor: str | None = Field(default=None, max_length=256)  # who recorded it (a token)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Promotion(SQLModel, table=True):
+    """A move of the serving alias and the quality gate's verdict on it (forced overrides
+    included): the audit trail of what went live. Kept by name and number, like tombstones,
+    so it outlives removed versions. Migration 0004 adds it."""
+
+    __tablename__ = "lr_promotion"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, max_length=128)
+    alias: str = Field(max_length=128)
+    from_number: int | None = None
+    to_number: int
+    verdict: str = Field(max_length=32)
+    forced: bool = False
+    tolerance: float
+    report: str = Field(sa_column=Column(Text, nullable=False))  # the gate's report, JSON
+    actor: str | None = Field(default=None, max_length=256)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class RegistryConfig(SQLModel, table=True):
     """Facts about the registry itself, by key; ``blob_store``: the object store its blobs are
     in (``s3://bucket/prefix/``), so that every client uses the same one."""
@@ -195,6 +237,8 @@ TABLES = [
         Tombstone,
         RegistryConfig,
         State,
+        EvalRecord,
+        Promotion,
     )
 ]
 
@@ -296,8 +340,10 @@ __all__ = [
     "AdapterVersion",
     "Alias",
     "Blob",
+    "EvalRecord",
     "FileEntry",
     "FileInfo",
+    "Promotion",
     "RegistryConfig",
     "State",
     "TABLES",

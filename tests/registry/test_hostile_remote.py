@@ -280,3 +280,50 @@ def test_error_answer_is_shown_but_cannot_pick_any_class(hostile):
 
     with pytest.raises(AdapterNotFoundError, match="x"):
         RemoteRegistry(hostile.url).revision()
+
+
+GOOD_EVAL = {
+    "dataset": "dev",
+    "dataset_digest": "sha256:" + "ab" * 32,
+    "metric": "accuracy",
+    "value": 0.8,
+    "ref": "legal@1",
+    "created_at": "2025-01-01T00:00:00+00:00",
+}
+GOOD_GATE = {
+    "name": "legal",
+    "alias": "prod",
+    "candidate": 2,
+    "holder": 1,
+    "tolerance": 0.01,
+    "verdict": "passed",
+}
+
+
+@pytest.mark.parametrize(
+    "path, answer, call",
+    [
+        ("evals", [{**GOOD_EVAL, "ref": "other@1"}], lambda c: c.evals("legal")),
+        ("evals", [{**GOOD_EVAL, "value": "high"}], lambda c: c.evals("legal")),
+        ("evals", [{**GOOD_EVAL, "metric": "a\nb"}], lambda c: c.evals("legal@1")),
+        ("evals", [{**GOOD_EVAL, "dataset_digest": "../x"}], lambda c: c.evals("legal")),
+        ("evals", {"not": "a list"}, lambda c: c.evals("legal")),
+        ("gate", {**GOOD_GATE, "name": "other"}, lambda c: c.gate_check("legal", 2)),
+        ("gate", {**GOOD_GATE, "tolerance": -1}, lambda c: c.gate_check("legal", 2)),
+        ("gate", {**GOOD_GATE, "holder": "1; drop"}, lambda c: c.gate_check("legal", 2)),
+        ("promotions", [{"name": "legal"}], lambda c: c.promotions("legal")),
+    ],
+)
+def test_hostile_answers_about_evals_and_the_gate_refused(hostile, path, answer, call):
+    hostile.answers[path] = answer
+    with pytest.raises(InvalidResponseError, match=path):
+        call(RemoteRegistry(hostile.url))
+
+
+def test_well_formed_eval_answers_are_used(hostile):
+    hostile.answers["evals"] = [GOOD_EVAL]
+    hostile.answers["gate"] = GOOD_GATE
+    client = RemoteRegistry(hostile.url)
+    (r,) = client.evals("legal")
+    assert (r.ref, r.metric, r.value, r.created_at.year) == ("legal@1", "accuracy", 0.8, 2025)
+    assert client.gate_check("legal", 2).verdict == "passed"

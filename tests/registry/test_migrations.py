@@ -25,7 +25,7 @@ from sqlalchemy import DateTime, MetaData, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from loraroute.cli import main
-from loraroute.registry import AuthError, SchemaError, open_registry
+from loraroute.registry import AuthError, QualityGateError, SchemaError, open_registry
 from loraroute.registry.auth import authenticate, create_token, list_tokens, revoke_token
 from loraroute.registry.migrate import (
     BASELINE,
@@ -192,6 +192,47 @@ def test_a_registry_with_tables_from_create_all_upgrades_too(db_url, tmp_path, l
     reg = open_registry(db_url, blob_dir=tmp_path / "reg" / "blobs")
     assert [v.to_dict() for v in reg.list()] == OLD["versions"]
     reg.close()
+
+
+def test_a_0003_registry_upgrades_to_eval_results(db_url, tmp_path, lr_home):
+    """A registry at revision 0003 (before eval results) upgrades in place: its versions and
+    aliases are kept, and eval results and the quality gate work on them."""
+    (tmp_path / "reg").mkdir(exist_ok=True)
+    blob_dir = tmp_path / "reg" / "blobs"
+    make_legacy(db_url, blob_dir)
+    engine = _engine(db_url)
+    with engine.begin() as conn:
+        command.stamp(_alembic_config(conn), BASELINE)
+        command.upgrade(_alembic_config(conn), "0003")
+    assert "lr_eval" not in inspect(engine).get_table_names()
+    engine.dispose()
+    assert schema_status_url(db_url).current == "0003"
+    if db_url.startswith("sqlite"):
+        open_registry(db_url, blob_dir=blob_dir).close()
+    else:
+        with pytest.raises(SchemaError, match="adapters registry migrate"):
+            open_registry(db_url)
+        out = CliRunner().invoke(main, ["registry", "migrate", "--registry", db_url])
+        assert out.exit_code == 0 and "0003" in out.output, out.output
+    assert schema_status_url(db_url).current == HEAD
+    reg = open_registry(db_url, blob_dir=blob_dir)
+    assert [v.to_dict() for v in reg.list()] == OLD["versions"]
+    digest = "sha256:" + "ab" * 32
+    result = {"dataset": "dev", "dataset_digest": digest, "metric": "accuracy"}
+    reg.record_eval("legal@1", {**result, "value": 0.9})  # legal@1 holds prod
+    reg.record_eval("legal@2", {**result, "value": 0.5})
+    with pytest.raises(QualityGateError, match="a drop of 0.4"):
+        reg.alias_set("legal", "prod", 2)
+    assert reg.resolve("legal:prod").ref == "legal@1"
+    assert [r.ref for r in reg.evals("legal")] == ["legal@1", "legal@2"]
+    reg.close()
+    # and back down: the two tables go, the rest stays
+    engine = _engine(db_url)
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0003")
+    names = set(inspect(engine).get_table_names())
+    engine.dispose()
+    assert not names & {"lr_eval", "lr_promotion"} and "lr_version" in names
 
 
 def test_migrated_schema_is_the_declared_one(db_url, tmp_path, another_postgres):
