@@ -268,4 +268,7 @@ def route_list(as_json, registry_url, token, alias, state_dir, encoder) -> None:
 
 
 def register(group: click.Group) -> None:
+    from ._cli_drift import drift
+
     group.add_command(route_group)
+    group.add_command(drift)
