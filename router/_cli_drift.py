@@ -179,8 +179,7 @@ def drift(ctx: click.Context, **kw: Any) -> None:
         cause = getattr(exc, "orig", None) or exc
         first = (str(cause).strip().splitlines() or [""])[0]
         raise DriftError(
-            f"the registry's database failed ({type(cause).__name__}: "
-            f"{redact_text(first)[:300]})"
+            f"the registry's database failed ({type(cause).__name__}: {redact_text(first)[:300]})"
         ) from None
     ctx.exit(code)
 

@@ -50,7 +50,7 @@ class Thresholds:
     ``share``/``fallback``: absolute change of a share (0.10 = ten points); ``psi``: the score
     PSI; ``ks`` and ``ks_pvalue``: the KS statistic above ``ks`` *and* its p-value below
     ``ks_pvalue``; ``distance``: rise of the mean distance to the nearest routing example;
-    ``min_samples``: fewer recent (or reference) decisions than this raise no alarm.
+    ``min_samples``: fewer recent (or reference traffic) decisions than this raise no alarm.
     """
 
     share: float = 0.10
@@ -144,10 +144,10 @@ def psi(reference: np.ndarray, recent: np.ndarray, bins: int = PSI_BINS) -> floa
     if len(ref) == 0 or len(cur) == 0:
         return float("nan")
     edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1))[1:-1])
-    p = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1)
-    q = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=len(edges) + 1)
-    p = np.maximum(p, 0.5) / max(len(ref), 1)
-    q = np.maximum(q, 0.5) / max(len(cur), 1)
+    n_ref = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1)
+    n_cur = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=len(edges) + 1)
+    p = np.maximum(n_ref, 0.5) / len(ref)
+    q = np.maximum(n_cur, 0.5) / len(cur)
     return float(np.sum((q - p) * np.log(q / p)))
 
 
@@ -242,7 +242,8 @@ def compare(
         "recent": d_cur,
         "change": None if d_ref is None or d_cur is None else d_cur - d_ref,
     }
-    enough = len(recent) >= t.min_samples and len(reference) >= t.min_samples
+    # a handful of routing examples is a whole reference; traffic needs min_samples too
+    enough = len(recent) >= t.min_samples and len(reference) >= (t.min_samples if traffic else 1)
     report = DriftReport(
         reference_kind,
         len(reference),
@@ -284,9 +285,7 @@ def compare(
         )
     change = distance["change"]
     if change is not None and change > t.distance:
-        alarms.append(
-            f"example_distance: mean {d_ref:.3f} -> {d_cur:.3f} (rise > {t.distance:g})"
-        )
+        alarms.append(f"example_distance: mean {d_ref:.3f} -> {d_cur:.3f} (rise > {t.distance:g})")
     return report
 
 
