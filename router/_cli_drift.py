@@ -230,7 +230,7 @@ def _run(
     try:
         router = None
         if not no_examples:
-            from .cli import _router
+            from ._cli_router import _router
 
             router, _ = _router(registry_url, token, alias, state_dir, encoder)
         windows = from_log(
