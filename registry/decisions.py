@@ -22,12 +22,12 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, null, select
 
 from loraroute.redact import redact_text, redact_url
 
@@ -88,6 +88,10 @@ class DecisionRecord:
             "embedding": emb,
             "text": self.text,
         }
+
+
+def _first(exc: Exception) -> str:
+    return redact_text((str(exc).splitlines() or [type(exc).__name__])[0])
 
 
 def _from_row(row: Any) -> DecisionRecord:
@@ -166,7 +170,7 @@ class DecisionLog:
         if self._closed:
             return False
         if not self.keep_text and decision.text is not None:
-            decision = DecisionRecord(**{**decision.__dict__, "text": None})
+            decision = replace(decision, text=None)
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
@@ -208,19 +212,25 @@ class DecisionLog:
         try:
             with self._write.begin() as conn:
                 conn.execute(insert(_T), [r._row() for r in records])
-            self.recorded += len(records)
-            self._since_prune += len(records)
-            if self._since_prune >= self.prune_every:
-                self._since_prune = 0
-                self.prune()
         except Exception as exc:  # noqa: BLE001 - the writer thread must survive a bad moment
             self.failed += len(records)
             logger.warning(
                 "could not record %d routing decisions in %s: %s",
                 len(records),
                 self.where,
-                redact_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__),
+                _first(exc),
             )
+            return
+        self.recorded += len(records)
+        self._since_prune += len(records)
+        if self._since_prune >= self.prune_every:
+            self._since_prune = 0
+            try:
+                self.prune()
+            except Exception as exc:  # noqa: BLE001 - retried after the next prune_every rows
+                logger.warning(
+                    "could not prune routing decisions in %s: %s", self.where, _first(exc)
+                )
 
     def prune(self) -> int:
         """Delete all but the newest ``max_rows`` rows; returns how many went."""
@@ -277,8 +287,8 @@ class DecisionLog:
     ) -> list[DecisionRecord]:
         """Decisions oldest first: the newest ``last`` (after skipping the newest ``skip``)
         within ``[since, until)``; ``last=None``: every one in the time range."""
-        cols = [c for c in _T.c if with_text or c.name != "text"]
-        q = select(*cols)
+        cols = list(_T.c) if with_text else [c for c in _T.c if c.name != "text"]
+        q = select(*cols) if with_text else select(*cols, null().label("text"))
         if since is not None:
             q = q.where(_T.c.at >= since)
         if until is not None:
@@ -288,22 +298,7 @@ class DecisionLog:
             q = q.limit(last)
         with self._read.connect() as conn:
             rows = conn.execute(q).all()
-        out = []
-        for row in reversed(rows):
-            rec = _from_row(_Row(row, with_text))
-            out.append(rec)
-        return out
-
-
-class _Row:
-    """A result row with ``text`` present even when it was not selected."""
-
-    def __init__(self, row: Any, with_text: bool) -> None:
-        self._row = row
-        self.text = row.text if with_text else None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._row, name)
+        return [_from_row(row) for row in reversed(rows)]
 
 
 __all__ = ["DEFAULT_MAX_ROWS", "DEFAULT_QUEUE_SIZE", "DecisionLog", "DecisionRecord"]
