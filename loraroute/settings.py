@@ -171,6 +171,25 @@ class Settings(BaseSettings):
         "adapter, route score, tokens, latency, status) instead of text",
     )
 
+    decision_log: bool = Field(
+        True,
+        description="`adapters serve` records each `model=auto` routing decision (time, adapter "
+        "or fallback, score, margin, the request's embedding) in the registry's database, for "
+        "`adapters drift` (a SQLite or PostgreSQL registry; not through an HTTP registry)",
+    )
+    decision_log_text: bool = Field(
+        False, description="also record the request's text with each routing decision"
+    )
+    decision_log_max_rows: int = Field(
+        100_000, ge=1, description="most routing decisions kept; the oldest are pruned in batches"
+    )
+    drift_interval: float = Field(
+        60.0,
+        ge=0,
+        description="seconds between the server's drift figures on `/metrics` (the newest 500 "
+        "decisions against the 5,000 before them; 0: none)",
+    )
+
     # -- the LoRA kernels on CUDA (see loraroute.agents.lora.config) -----------------------
     lora_decode_kernel: Literal["auto", "tiles", "rows"] = Field(
         "auto",

@@ -23,7 +23,7 @@ Example::
     >>> schema_status_url("postgresql://reg@db/registry").state  # doctest: +SKIP
     'legacy'
     >>> migrate_url("postgresql://reg@db/registry")  # doctest: +SKIP
-    SchemaStatus(state='current', current='0004', head='0004')
+    SchemaStatus(state='current', current='0005', head='0005')
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "lr_alembic_version"
 # oldest first; tests check this against the scripts
-REVISIONS = ("0001", "0002", "0003", "0004")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005")
 BASELINE, HEAD = REVISIONS[0], REVISIONS[-1]
 _LEGACY_TABLES = {"lr_adapter", "lr_version", "lr_state"}
 _PG_LOCK = 7_320_131_051  # pg_advisory_xact_lock key: one schema change at a time

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -215,6 +215,30 @@ class RegistryConfig(SQLModel, table=True):
     value: str = Field(sa_column=Column(Text, nullable=False))
 
 
+class RouteDecisionRow(SQLModel, table=True):
+    """One routing decision of a server (``model="auto"``), for drift reports.
+
+    ``adapter`` is the version that answered (``legal@3``; NULL: the base model, a fallback),
+    ``best`` the best-scoring route even when the router fell back, ``margin`` the score's
+    lead over the runner-up, ``embedding`` the request's unit vector as little-endian float32
+    bytes from ``encoder``, ``text`` the request only when the operator opted in. The table is
+    bounded: :mod:`loraroute.registry.decisions` prunes the oldest rows in batches.
+    """
+
+    __tablename__ = "lr_route_decision"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    adapter: str | None = Field(default=None, max_length=200)
+    best: str | None = Field(default=None, max_length=128)
+    reason: str = Field(default="", max_length=32)
+    score: float = 0.0
+    margin: float | None = None
+    confidence: float | None = None
+    encoder: str | None = Field(default=None, max_length=200)
+    embedding: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
 class State(SQLModel, table=True):
     """One row whose counter changes on every write: ``Registry.revision()``."""
 
@@ -236,6 +260,7 @@ TABLES = [
         TokenState,
         Tombstone,
         RegistryConfig,
+        RouteDecisionRow,
         State,
         EvalRecord,
         Promotion,
@@ -345,6 +370,7 @@ __all__ = [
     "FileInfo",
     "Promotion",
     "RegistryConfig",
+    "RouteDecisionRow",
     "State",
     "TABLES",
     "Token",

@@ -44,6 +44,7 @@ class _Batch:
     ev_sims: np.ndarray  # (texts, n_evidence) nearest neighbours
     ev_ids: np.ndarray
     thresholds: np.ndarray  # (routes,)
+    vecs: np.ndarray | None = None  # (texts, dim) the texts' embeddings
 
 
 __all__ = ["_Batch", "_Compiled"]

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
 from loraroute.cli_options import json_option, registry_options
 
+from ._cli_router import _router, default_state_dir  # noqa: F401 - callers import it here
 from .errors import InvalidRequestError
 from .scoring import DEFAULT_SCORING, SCORINGS
 
@@ -46,34 +46,6 @@ def _common(f):
     )(f)
     f = click.option("--encoder", default=None, help="Encoder (default: settings.embedder).")(f)
     return f
-
-
-def default_state_dir(alias: str | None = None, settings: Any = None) -> Path:
-    """Where ``fit`` saves and the other commands load: ``<home>/router/<alias>`` (default:
-    the serving alias)."""
-    from loraroute.settings import get_settings
-
-    settings = settings or get_settings()
-    return settings.home / "router" / (alias or settings.serving_alias)
-
-
-def _router(registry_url, token, alias, state_dir, encoder, *, load_state: bool = True, **kwargs):
-    from loraroute.settings import get_settings
-
-    from .router import Router
-
-    settings = get_settings()
-    alias = alias or settings.serving_alias
-    registry = None
-    if registry_url or token:  # else the router opens the settings' registry itself
-        from loraroute.registry import open_registry
-
-        registry = open_registry(registry_url, token=token, settings=settings)
-    state = state_dir or default_state_dir(alias, settings)
-    enc = encoder or settings.embedder
-    if load_state and (state / "state.json").is_file():
-        return Router.load(state, registry, encoder=enc, settings=settings, alias=alias), state
-    return Router(registry, encoder=enc, settings=settings, alias=alias, **kwargs), state
 
 
 @click.group(cls=_RouteGroup, name="route", invoke_without_command=False)
@@ -268,4 +240,7 @@ def route_list(as_json, registry_url, token, alias, state_dir, encoder) -> None:
 
 
 def register(group: click.Group) -> None:
+    from ._cli_drift import drift
+
     group.add_command(route_group)
+    group.add_command(drift)

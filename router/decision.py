@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 
@@ -44,12 +44,20 @@ class RouteDecision:
         ""  # "routed", "below_threshold", "no_routes", "empty_request", "kept_previous", ...
     )
     best: str | None = None  # the best-scoring route even when abstaining
+    #: the request's (last user turn's) unit vector, for the decision log; not in to_dict()
+    embedding: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def margin(self) -> float | None:
+        """The score's lead over the runner-up route (None with one route)."""
+        return float(self.score - self.alternatives[0][1]) if self.alternatives else None
 
     @property
     def is_base(self) -> bool:
         return self.adapter is None
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, embedding=None))
+        d.pop("embedding")
         d["alternatives"] = [[name, score] for name, score in self.alternatives]
         return d

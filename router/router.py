@@ -387,6 +387,7 @@ class Router:
             ev_sims=ev_sims,
             ev_ids=ev_ids,
             thresholds=np.array([self.threshold_for(n) for n in st.names], np.float32),
+            vecs=vecs,
         )
         return [
             self._decide(st, ts, batch, prev) for ts, prev in zip(turns, prev_list, strict=True)
@@ -419,6 +420,7 @@ class Router:
             if j >= 0
         ]
         truncated = bool(batch.cut[rows[-1]])
+        emb = None if batch.vecs is None else batch.vecs[rows[-1]]
         if choice is None:
             t = self.threshold_for(names[best])
             conf = self.calibration.confidence(float(last[best]), t, routed=False)
@@ -433,6 +435,7 @@ class Router:
                 truncated,
                 reason,
                 best=names[best],
+                embedding=emb,
             )
         r = st.routes[choice]
         conf = self.calibration.confidence(score, self.threshold_for(r.name), routed=True)
@@ -447,6 +450,7 @@ class Router:
             truncated,
             reason,
             best=names[best],
+            embedding=emb,
         )
 
     def score_texts(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:

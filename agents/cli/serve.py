@@ -275,6 +275,10 @@ def serve_cmd(
             default_max_tokens=default_max_tokens,
             max_tokens_limit=max_tokens_limit,
             allow_adapter_loading=not no_adapter_loading,
+            decision_log=settings.decision_log,
+            decision_log_text=settings.decision_log_text,
+            decision_log_max_rows=settings.decision_log_max_rows,
+            drift_interval=settings.drift_interval,
         )
     except ValidationError as exc:
         raise click.UsageError("; ".join(e["msg"] for e in exc.errors())) from exc

@@ -63,8 +63,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.ensure_future(st.load_router())
+        await st.start_monitoring()
         yield
         task.cancel()
+        await st.stop_monitoring()
         await backend.aclose()
 
     app = FastAPI(

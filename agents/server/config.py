@@ -43,6 +43,14 @@ class ServerConfig(BaseModel):
         default=None, ge=1, description="Largest max_tokens accepted (default: the context size)"
     )
     allow_adapter_loading: bool = True
+    decision_log: bool = Field(
+        default=True, description="Record model=auto decisions in the registry's database"
+    )
+    decision_log_text: bool = Field(default=False, description="Record the request's text too")
+    decision_log_max_rows: int = Field(default=100_000, ge=1)
+    drift_interval: float = Field(
+        default=60.0, ge=0, description="Seconds between drift figures on /metrics (0: none)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServerConfig:

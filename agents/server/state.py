@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -15,6 +16,7 @@ from .backends import Backend, Target, _run
 from .config import ServerConfig
 from .errors import APIError
 from .metrics import ServerMetrics
+from .monitoring import DriftMonitor, decision_record, open_decision_log
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,9 @@ class ServerState:
         self.admission = Admission(config.max_concurrency or backend.concurrency, config.max_queue)
         self.metrics = ServerMetrics(self.stats, lambda: backend.base_model)
         self.jobs: set[Any] = set()  # streaming.Job objects in flight
+        self.decisions: Any = None  # monitoring: the DecisionLog, once opened
+        self.drift: Any = None  # monitoring: the DriftMonitor
+        self._monitor: asyncio.Future[Any] | None = None
         # what error messages to clients must not show: the registry's URL and folders, ...
         private = getattr(backend, "private_strings", None)
         self.scrub = Scrubber(private() if private is not None else {})
@@ -105,6 +110,36 @@ class ServerState:
             logger.warning("%s; model=auto answers with the base model", self.router_error)
         self.router_ready = True
 
+    async def start_monitoring(self) -> None:
+        """Open the decision log and start the drift figures (see :mod:`.monitoring`)."""
+        cfg = self.config
+        if not cfg.decision_log:
+            return
+        try:
+            log = await _run(
+                lambda: open_decision_log(
+                    self.backend.registry,
+                    keep_text=cfg.decision_log_text,
+                    max_rows=cfg.decision_log_max_rows,
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - serving goes on without the log
+            logger.warning("routing decisions are not recorded: %s", self.scrub(str(exc)))
+            return
+        if log is None:
+            return
+        self.decisions = log
+        if cfg.drift_interval > 0:
+            self.drift = DriftMonitor(log, lambda: self.router, cfg.drift_interval)
+            self.metrics.registry.register(self.drift)  # type: ignore[arg-type]
+            self._monitor = asyncio.ensure_future(self.drift.run())
+
+    async def stop_monitoring(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+        if self.decisions is not None:
+            await _run(self.decisions.close)
+
     async def target(self, model: str, messages: list[dict[str, Any]]) -> Target:
         low = model.strip().lower()
         if low in ("base", "none") or low in self.backend.base_names():
@@ -115,6 +150,10 @@ class ServerState:
             self.metrics.route_decisions.labels("base", "no_router", "true").inc()
             return Target(model, None, reason=self.router_error or "no_router")
         d = await _run(self.router.route, messages)
+        if self.decisions is not None:  # queued for a background writer: never waits
+            self.decisions.record(
+                decision_record(d, messages, self.router, self.decisions.keep_text)
+            )
         adapter = d.ref or d.adapter
         self.metrics.route_confidence.labels(adapter or "base").observe(float(d.confidence))
         self.metrics.route_decisions.labels(
