@@ -22,12 +22,12 @@ it eagerly); :attr:`StaticDecoder.graphs` turns recording on (CUDA only).
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import Any
 
 import torch
 
 from ..lora import AdapterContext, StaticPlanBuffers
+from .graphs import StepGraphs
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class StaticDecoder:
         self.cache_kw = cache_kw
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.graphs = graphs and self.device.type == "cuda"
+        self._graphs = graphs and self.device.type == "cuda"
         self.capacity = 0
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
@@ -176,13 +176,22 @@ class StaticDecoder:
         # takes registered attention functions and the model uses SDPA or eager attention)
         impl = getattr(model.config, "_attn_implementation", None)
         self._attention = impl in ("sdpa", "eager") and _register_attention()
-        self._recorded: OrderedDict[tuple, tuple[Any, torch.Tensor]] = OrderedDict()
-        self._pool: Any = None
-        self._side: Any = None  # the stream of the eager run before a recording
+        self._steps = StepGraphs(self.device, self._forward, limit=MAX_GRAPHS, what="decode step")
         self._epoch: tuple = ()
-        self.captures = 0  # graphs recorded (for tests and stats)
         self.trims = 0  # times leading columns were dropped to make room
-        self.replays = 0
+
+    @property
+    def graphs(self) -> bool:
+        """Steps are recorded and replayed as CUDA graphs (CUDA only; off after a failure)."""
+        return self._graphs and not self._steps.failed
+
+    @property
+    def captures(self) -> int:
+        return self._steps.captures
+
+    @property
+    def replays(self) -> int:
+        return self._steps.replays
 
     # -- buffers ---------------------------------------------------------------------------
     def _allocate(self, like: list[tuple[torch.Tensor, torch.Tensor]], capacity: int,
@@ -287,15 +296,7 @@ class StaticDecoder:
         if not self.graphs:
             return self._forward(b, lora)[:rows]
         key = (b, tiles if lora else -1)
-        entry = self._recorded.get(key)
-        if entry is None:
-            return self._record(key, b, lora)[:rows]
-        self._recorded.move_to_end(key)
-        self.context.wait_copies()
-        graph, out = entry
-        graph.replay()
-        self.replays += 1
-        return out[:rows]
+        return self._steps.run(key, b, lora, self.context.wait_copies)[:rows]
 
     def _forward(self, b: int, lora: bool) -> torch.Tensor:
         assert self.mask is not None
@@ -326,34 +327,5 @@ class StaticDecoder:
             config._attn_implementation = impl
         return out.logits[:, -1, :]
 
-    def _record(self, key: tuple, b: int, lora: bool) -> torch.Tensor:
-        """Run the step eagerly (its result is this step's), then record it as a graph for
-        the next steps with the same key. The recording itself runs no kernel."""
-        if self._side is None:
-            self._side = torch.cuda.Stream(self.device)
-        stream = self._side
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            logits = self._forward(b, lora).clone()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        try:
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                out = self._forward(b, lora)
-        except Exception:  # noqa: BLE001 - the step's result stands; later steps run eagerly
-            logger.exception("recording a CUDA graph of the decode step failed; graphs are off")
-            self.graphs = False
-            self._drop_graphs()
-            return logits
-        self._recorded[key] = (graph, out)
-        self.captures += 1
-        while len(self._recorded) > MAX_GRAPHS:
-            self._recorded.popitem(last=False)
-        return logits
-
     def _drop_graphs(self) -> None:
-        self._recorded.clear()
-        # a memory pool whose graphs are all gone cannot take another recording: a new one
-        self._pool = None
+        self._steps.drop()

@@ -17,7 +17,6 @@ beside them.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -25,6 +24,7 @@ from torch import nn
 
 from ...lora import AdapterContext, SlotLoraLinear, StaticPlanBuffers
 from ...lora.fuse import fuse_rows, rows_view
+from ..graphs import StepGraphs
 from .kv_cache import KVCache
 from .ops import Ops, StepMeta, attention_blocks, slot_mapping
 
@@ -190,18 +190,29 @@ class DecodeGraphs:
         self.tables = tables
         self.max_rows = max_rows
         self.device = runner.device
-        self.graphs = graphs and self.device.type == "cuda"
+        self._graphs = graphs and self.device.type == "cuda"
         # token ids, positions, table rows, tokens per row (1, or 0 for padding rows)
         self.inputs = torch.zeros(4, max_rows, dtype=torch.long, device=self.device)
         self.starts = torch.arange(max_rows, dtype=torch.long, device=self.device)
         self.plan_buffers = StaticPlanBuffers(max_rows, self.device)
         self.block_q, self.block_m = attention_blocks(runner.groups, decode=True)
-        self._recorded: OrderedDict[tuple, tuple[Any, torch.Tensor]] = OrderedDict()
-        self._pool: Any = None
-        self._side: Any = None
+        self._steps = StepGraphs(
+            self.device, self._forward, limit=MAX_GRAPHS, what="paged decode step"
+        )
         self._epoch: tuple = ()
-        self.captures = 0
-        self.replays = 0
+
+    @property
+    def graphs(self) -> bool:
+        """Steps are recorded and replayed as CUDA graphs (CUDA only; off after a failure)."""
+        return self._graphs and not self._steps.failed
+
+    @property
+    def captures(self) -> int:
+        return self._steps.captures
+
+    @property
+    def replays(self) -> int:
+        return self._steps.replays
 
     def step(
         self, tokens: list[int], positions: list[int], rows: list[int], slots: list[int]
@@ -226,15 +237,7 @@ class DecodeGraphs:
         if not self.graphs:
             return self._forward(b, lora)[:n]
         key = (b, tiles if lora else -1)
-        entry = self._recorded.get(key)
-        if entry is None:
-            return self._record(key, b, lora)[:n]
-        self._recorded.move_to_end(key)
-        self.runner.context.wait_copies()
-        graph, out = entry
-        graph.replay()
-        self.replays += 1
-        return out[:n]
+        return self._steps.run(key, b, lora, self.runner.context.wait_copies)[:n]
 
     def _forward(self, b: int, lora: bool) -> torch.Tensor:
         ids, pos, rows, lens = (
@@ -264,36 +267,8 @@ class DecodeGraphs:
         with self.runner.context.use_static(self.plan_buffers if lora else None):
             return runner.forward(ids, meta, None)
 
-    def _record(self, key: tuple, b: int, lora: bool) -> torch.Tensor:
-        """Run the step eagerly (its result is this step's), then record it for the next
-        steps with the same key."""
-        if self._side is None:
-            self._side = torch.cuda.Stream(self.device)
-        stream = self._side
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            logits = self._forward(b, lora).clone()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        try:
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                out = self._forward(b, lora)
-        except Exception:  # noqa: BLE001 - the step's result stands; later steps run eagerly
-            logger.exception("recording a CUDA graph of the paged decode step failed; graphs off")
-            self.graphs = False
-            self.drop()
-            return logits
-        self._recorded[key] = (graph, out)
-        self.captures += 1
-        while len(self._recorded) > MAX_GRAPHS:
-            self._recorded.popitem(last=False)
-        return logits
-
     def drop(self) -> None:
-        self._recorded.clear()
-        self._pool = None
+        self._steps.drop()
 
 
 __all__ = ["DecodeGraphs", "PagedModel", "bucket", "supports_paged"]

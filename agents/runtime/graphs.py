@@ -1,0 +1,93 @@
+"""CUDA graphs of a decode step, one per shape key, over the caller's static buffers.
+
+A graph bakes in every tensor address and shape, so the callers (the dense path's
+:class:`~.static_decode.StaticDecoder` and the paged path's
+:class:`~.paged.runner.DecodeGraphs`) keep their inputs in preallocated buffers and name each
+shape with a key (row bucket, LoRA tile bucket). The first step at a key runs eagerly on a side
+stream (its result is that step's), then is recorded; later steps at the key replay it. A few
+keys are kept, least recently used dropped. If recording fails the step's eager result stands
+and the owner runs eagerly from then on (:attr:`StepGraphs.failed`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class StepGraphs:
+    """Recorded graphs of ``forward(b, lora)``, keyed by shape."""
+
+    def __init__(
+        self,
+        device: torch.device,
+        forward: Callable[[int, bool], torch.Tensor],
+        *,
+        limit: int,
+        what: str,
+    ):
+        self.device = device
+        self.forward = forward
+        self.limit = limit
+        self.what = what  # for the log line when recording fails
+        self.failed = False
+        self.captures = 0  # graphs recorded (for tests and stats)
+        self.replays = 0
+        self._recorded: OrderedDict[tuple, tuple[Any, torch.Tensor]] = OrderedDict()
+        self._pool: Any = None
+        self._side: Any = None  # the stream of the eager run before a recording
+
+    def run(
+        self, key: tuple, b: int, lora: bool, before_replay: Callable[[], None]
+    ) -> torch.Tensor:
+        """The step's logits: replayed when ``key`` was recorded (``before_replay`` first, to
+        wait for pending copies), else run eagerly and recorded."""
+        entry = self._recorded.get(key)
+        if entry is None:
+            return self._record(key, b, lora)
+        self._recorded.move_to_end(key)
+        before_replay()
+        graph, out = entry
+        graph.replay()
+        self.replays += 1
+        return out
+
+    def _record(self, key: tuple, b: int, lora: bool) -> torch.Tensor:
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        stream = self._side
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            logits = self.forward(b, lora).clone()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        try:
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                out = self.forward(b, lora)
+        except Exception:  # noqa: BLE001 - the step's result stands; later steps run eagerly
+            logger.exception("recording a CUDA graph of the %s failed; graphs are off", self.what)
+            self.failed = True
+            self.drop()
+            return logits
+        self._recorded[key] = (graph, out)
+        self.captures += 1
+        while len(self._recorded) > self.limit:
+            self._recorded.popitem(last=False)
+        return logits
+
+    def drop(self) -> None:
+        """Forget every graph (the buffers they read were reallocated or rewired)."""
+        self._recorded.clear()
+        # a memory pool whose graphs are all gone cannot take another recording: a new one
+        self._pool = None
+
+
+__all__ = ["StepGraphs"]
