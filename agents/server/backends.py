@@ -97,6 +97,33 @@ class ChoiceStream(Protocol):
     def timings(self) -> Timings: ...
 
 
+class QueuedChoice:
+    """A choice of an external engine's request, fed by its request's reader task: deltas
+    arrive on ``queue``; an exception put there is raised to the caller, ``None`` ends it.
+    ``running`` starts its reader on first use and has ``started`` (``perf_counter``)."""
+
+    def __init__(self, index: int, running: Any):
+        self.index = index
+        self.running = running
+        self.queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
+        self.sent_logprobs = 0
+        self.times = Timings(submitted=running.started)
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        self.running.start_reader()
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self.sent_logprobs += len(item.logprobs)
+            yield item
+
+    def timings(self) -> Timings:
+        return self.times
+
+
 class Running(Protocol):
     adapter_ref: str | None
     adapter_digest: str | None

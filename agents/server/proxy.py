@@ -31,13 +31,12 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 from typing import Any
 
 import httpx
 
-from .backends import Delta, Final, LogprobEntry, Target, Timings, _run
+from .backends import Delta, Final, LogprobEntry, QueuedChoice, Target, _run
 from .errors import APIError
 from .logs import current_request_id
 from .params import Prepared
@@ -91,31 +90,16 @@ def _completion_logprobs(data: Any) -> list[LogprobEntry]:
     ]
 
 
-class ProxyChoice:
+class ProxyChoice(QueuedChoice):
     """One choice of a proxied request, fed by :class:`ProxyRunning`'s reader."""
 
     def __init__(self, index: int, running: ProxyRunning):
-        self.index = index
-        self.running = running
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        super().__init__(index, running)
         self.text: list[str] = []
         self.logprobs: list[LogprobEntry] = []
         self.finish = "stop"
         self.stop_reason: str | int | None = None
         self.calls: dict[int, dict[str, Any]] = {}
-        self.sent_logprobs = 0
-        self.times = Timings(submitted=running.started)
-
-    async def deltas(self) -> AsyncIterator[Delta]:
-        self.running.start_reader()
-        while True:
-            item = await self.queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            self.sent_logprobs += len(item.logprobs)
-            yield item
 
     def final(self) -> Final:
         usage = self.running.usage if self.index == 0 else {}  # the engine counts the request
@@ -129,9 +113,6 @@ class ProxyChoice:
             logprobs=self.logprobs if self.running.logprobs else None,
             stop_reason=self.stop_reason,
         )
-
-    def timings(self) -> Timings:
-        return self.times
 
     def _merge_call(self, call: dict[str, Any]) -> None:
         slot = self.calls.setdefault(

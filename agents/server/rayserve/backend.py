@@ -21,10 +21,9 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-from ..backends import Delta, Final, Prepared, Target, Timings, _run
+from ..backends import Delta, Final, Prepared, QueuedChoice, Target, _run
 from ..errors import APIError
 from .config import RayServeArgs
 
@@ -61,39 +60,21 @@ def _error(event: dict[str, Any]) -> APIError:
     )
 
 
-class RayChoice:
+class RayChoice(QueuedChoice):
     """One choice of a request on an engine replica, fed by :class:`RayRunning`'s reader."""
 
     def __init__(self, index: int, running: RayRunning):
-        self.index = index
-        self.running = running
-        self.queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
-        self.sent_logprobs = 0  # log-probabilities the caller has had in deltas
+        super().__init__(index, running)
         self.text = ""  # text handed to the caller
         self.entries = 0  # log-probability entries handed to the caller
         self.replay: list[Any] | None = None  # [text, entries] of a resent answer, until past
         self.ended = False
         self._final: Final | None = None
-        self.times = Timings(submitted=running.started)
-
-    async def deltas(self) -> AsyncIterator[Delta]:
-        self.running.start_reader()
-        while True:
-            item = await self.queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            self.sent_logprobs += len(item.logprobs)
-            yield item
 
     def final(self) -> Final:
         if self._final is None:
             raise APIError(502, "the engine replica's answer is incomplete")
         return self._final
-
-    def timings(self) -> Timings:
-        return self.times
 
     def _delta(self, delta: Delta) -> None:
         text, logprobs = delta.text, list(delta.logprobs)
