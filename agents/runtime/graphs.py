@@ -90,4 +90,25 @@ class StepGraphs:
         self._pool = None
 
 
-__all__ = ["StepGraphs"]
+class GraphedSteps:
+    """What an owner of :class:`StepGraphs` shows: ``_graphs`` asked for (and possible),
+    ``_steps`` its graphs."""
+
+    _graphs: bool
+    _steps: StepGraphs
+
+    @property
+    def graphs(self) -> bool:
+        """Steps are recorded and replayed as CUDA graphs (CUDA only; off after a failure)."""
+        return self._graphs and not self._steps.failed
+
+    @property
+    def captures(self) -> int:
+        return self._steps.captures
+
+    @property
+    def replays(self) -> int:
+        return self._steps.replays
+
+
+__all__ = ["GraphedSteps", "StepGraphs"]

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..lora import AdapterContext, StaticPlanBuffers
-from .graphs import StepGraphs
+from .graphs import GraphedSteps, StepGraphs
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def supports_static(model: Any) -> str | None:
     return None
 
 
-class StaticDecoder:
+class StaticDecoder(GraphedSteps):
     """The static buffers of one scheduler and its recorded graphs (see the module docstring).
 
     The scheduler keeps the logical state (rows, ``[rows, width]`` 0/1 mask); this class
@@ -179,19 +179,6 @@ class StaticDecoder:
         self._steps = StepGraphs(self.device, self._forward, limit=MAX_GRAPHS, what="decode step")
         self._epoch: tuple = ()
         self.trims = 0  # times leading columns were dropped to make room
-
-    @property
-    def graphs(self) -> bool:
-        """Steps are recorded and replayed as CUDA graphs (CUDA only; off after a failure)."""
-        return self._graphs and not self._steps.failed
-
-    @property
-    def captures(self) -> int:
-        return self._steps.captures
-
-    @property
-    def replays(self) -> int:
-        return self._steps.replays
 
     # -- buffers ---------------------------------------------------------------------------
     def _allocate(self, like: list[tuple[torch.Tensor, torch.Tensor]], capacity: int,

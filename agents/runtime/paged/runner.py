@@ -24,7 +24,7 @@ from torch import nn
 
 from ...lora import AdapterContext, SlotLoraLinear, StaticPlanBuffers
 from ...lora.fuse import fuse_rows, rows_view
-from ..graphs import StepGraphs
+from ..graphs import GraphedSteps, StepGraphs
 from .kv_cache import KVCache
 from .ops import Ops, StepMeta, attention_blocks, slot_mapping
 
@@ -181,7 +181,7 @@ def bucket(rows: int, cap: int) -> int:
     return min(b, cap)
 
 
-class DecodeGraphs:
+class DecodeGraphs(GraphedSteps):
     """Decode-only steps of one :class:`PagedModel` over static buffers, recorded as CUDA
     graphs when ``graphs`` (else run eagerly on the same buffers: the CPU tests)."""
 
@@ -200,19 +200,6 @@ class DecodeGraphs:
             self.device, self._forward, limit=MAX_GRAPHS, what="paged decode step"
         )
         self._epoch: tuple = ()
-
-    @property
-    def graphs(self) -> bool:
-        """Steps are recorded and replayed as CUDA graphs (CUDA only; off after a failure)."""
-        return self._graphs and not self._steps.failed
-
-    @property
-    def captures(self) -> int:
-        return self._steps.captures
-
-    @property
-    def replays(self) -> int:
-        return self._steps.replays
 
     def step(
         self, tokens: list[int], positions: list[int], rows: list[int], slots: list[int]
