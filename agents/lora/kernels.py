@@ -19,15 +19,7 @@ PyTorch gather + bmm path. With ``TRITON_INTERPRET=1`` the kernels run on CPU te
 
 from __future__ import annotations
 
-try:  # pragma: no cover - depends on the machine
-    import triton
-    import triton.language as tl
-
-    IMPORT_ERROR: BaseException | None = None
-except ImportError as exc:  # pragma: no cover - depends on the machine
-    triton = None  # type: ignore[assignment]
-    tl = None  # type: ignore[assignment]
-    IMPORT_ERROR = exc
+from ._triton import tl, triton
 
 if triton is not None:
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from ._triton import IMPORT_ERROR
 from .config import LoraKernelConfig
 from .kernels import (
-    IMPORT_ERROR,
     _lora_expand_kernel,
     _lora_expand_rows_kernel,
     _lora_group_kernel,

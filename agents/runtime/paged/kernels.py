@@ -19,15 +19,7 @@ of the model's own forward:
 
 from __future__ import annotations
 
-try:  # pragma: no cover - depends on the machine
-    import triton
-    import triton.language as tl
-
-    IMPORT_ERROR: BaseException | None = None
-except ImportError as exc:  # pragma: no cover - depends on the machine
-    triton = None  # type: ignore[assignment]
-    tl = None  # type: ignore[assignment]
-    IMPORT_ERROR = exc
+from ...lora._triton import tl, triton
 
 if triton is not None:
 

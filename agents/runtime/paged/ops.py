@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...lora._triton import IMPORT_ERROR
 from . import kernels as K
 
 LOG2E = 1.4426950408889634
@@ -121,7 +122,7 @@ class Ops:
 
     def __init__(self, *, triton: bool, block_size: int):
         if triton and K.triton is None:
-            raise RuntimeError(f"the paged Triton kernels need triton ({K.IMPORT_ERROR})")
+            raise RuntimeError(f"the paged Triton kernels need triton ({IMPORT_ERROR})")
         self.triton = triton
         self.block_size = block_size
         self.launches = 0  # Triton kernel launches (tests check the kernels ran)
