@@ -80,13 +80,15 @@ def _train_args(domain: str, out: Path, url: str, recipe: dict[str, Any]) -> lis
     return args
 
 
-def train_all(work: Path, url: str, recipe: dict[str, Any], retrain: bool, log) -> dict:
+def train_all(
+    work: Path, url: str, recipe: dict[str, Any], retrain: bool, log, domains=DOMAINS
+) -> dict:
     """Train (or reuse) and push each domain's adapter; returns per-domain training facts."""
     from loraroute.agents.training import read_training_record
     from loraroute.registry import open_registry
 
     out: dict[str, Any] = {}
-    for domain in DOMAINS:
+    for domain in domains:
         folder = work / "adapters" / domain
         stamp = folder / "bench_recipe.json"
         args = _train_args(domain, folder, url, recipe)
@@ -351,6 +353,9 @@ def main() -> None:
     ap.add_argument("--recipe", type=Path, default=None, help="JSON overriding RECIPE keys")
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--train-only", action="store_true")
+    ap.add_argument(
+        "--domains", default=",".join(DOMAINS), help="with --train-only: the domains to train"
+    )
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results")
     ap.add_argument("--rewrite-md", action="store_true", help="only re-render e2e.md from e2e.json")
     args = ap.parse_args()
@@ -368,7 +373,8 @@ def main() -> None:
     def log(msg: str) -> None:
         print(time.strftime("%H:%M:%S"), msg, flush=True)
 
-    train = train_all(args.work, url, recipe, args.retrain, log)
+    only = tuple(d for d in args.domains.split(",") if d) if args.train_only else DOMAINS
+    train = train_all(args.work, url, recipe, args.retrain, log, only)
     if args.train_only:
         return
     import torch
