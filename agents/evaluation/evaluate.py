@@ -53,6 +53,7 @@ class LabelledExample:
     label: str
     line: int
     source: str = ""
+    path: str = ""  # the file it was read from ("" for records given in memory)
 
     def as_dicts(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
@@ -105,7 +106,8 @@ def load_labelled(
             if problems:
                 issues.extend((line, kind, detail) for kind, detail in problems)
             else:
-                out.append(LabelledExample(tuple(msgs), str(label), line, source))
+                path = str(src) if isinstance(src, (str, Path)) else ""
+                out.append(LabelledExample(tuple(msgs), str(label), line, source, path))
         if issues:
             issues.sort()
             raise DataValidationError(
@@ -569,7 +571,7 @@ def _evaluate(
 
     for row in rows:
         mine = [ex for ex in examples if ex.label == row["label"]]
-        row["dataset"], row["dataset_digest"] = dataset_identity([ex.source for ex in mine], mine)
+        row["dataset"], row["dataset_digest"] = dataset_identity([ex.path for ex in mine], mine)
     if tasks is not None:
         spec, train_refs, max_new = tasks
         task_rows, task_examples = run_tasks(
