@@ -221,6 +221,7 @@ class EvalReport:
     shortened: int
     base_model: str
     per_example: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    generation: dict[str, Any] | None = None  # answers generated for task metrics, and cost
 
     def to_dict(self, *, examples: bool = False) -> dict[str, Any]:
         out = {
@@ -232,6 +233,7 @@ class EvalReport:
             "max_length": self.max_length,
             "shortened_examples": self.shortened,
             "base_model": self.base_model,
+            "generation": self.generation,
         }
         if examples:
             out["examples"] = self.per_example
@@ -572,9 +574,10 @@ def _evaluate(
     for row in rows:
         mine = [ex for ex in examples if ex.label == row["label"]]
         row["dataset"], row["dataset_digest"] = dataset_identity([ex.path for ex in mine], mine)
+    generation = None
     if tasks is not None:
         spec, train_refs, max_new = tasks
-        task_rows, task_examples = run_tasks(
+        task_rows, task_examples, generation = run_tasks(
             engine,
             examples,
             labels,
@@ -621,6 +624,7 @@ def _evaluate(
         shortened=shortened,
         base_model=str(engine.base_model_id),
         per_example=per_example,
+        generation=generation,
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,19 +76,26 @@ def generate_all(
     engine: Any,
     jobs: Sequence[tuple[list[dict[str, str]], str | None, int]],
     progress: Progress | None = None,
-) -> list[str]:
+) -> tuple[list[str], dict[str, Any]]:
     """Greedy answers for ``(messages, adapter ref or None, max_new_tokens)`` jobs, all queued
-    at once so the engine batches them across adapters."""
+    at once so the engine batches them across adapters; and what it cost (requests, tokens,
+    seconds)."""
+    t0 = time.perf_counter()
     handles = [
         engine.submit(msgs, ref, max_new_tokens=max_new, temperature=0.0)
         for msgs, ref, max_new in jobs
     ]
     out = []
+    tokens = 0
     for done, h in enumerate(handles, start=1):
-        out.append(h.result().text)
+        result = h.result()
+        out.append(result.text)
+        tokens += result.completion_tokens
         if progress is not None:
             progress(done, len(handles))
-    return out
+    seconds = time.perf_counter() - t0
+    cost = {"requests": len(jobs), "completion_tokens": tokens, "seconds": round(seconds, 2)}
+    return out, cost
 
 
 def run_tasks(
@@ -101,8 +109,9 @@ def run_tasks(
     train: Mapping[str, list[str]] | None,
     max_new_tokens: int | None,
     progress: Progress | None,
-) -> tuple[dict[str, dict[str, Any] | None], list[dict[str, Any]]]:
-    """Task metric rows per label and per-example scores/answers (``{}`` where no metric).
+) -> tuple[dict[str, dict[str, Any] | None], list[dict[str, Any]], dict[str, Any]]:
+    """Task metric rows per label, per-example scores/answers (``{}`` where no metric) and the
+    generation's cost.
 
     ``of_label``: label -> variant key of its adapter; ``routed_keys``: each example's routed
     variant key (None: not routed); ``engine_refs``: variant key -> what the engine serves.
@@ -122,7 +131,7 @@ def run_tasks(
         for key in {BASE, of_label[ex.label], routed_keys[i]} - {None}:
             where[(i, key)] = len(jobs)  # type: ignore[index]
             jobs.append((ex.request(), engine_refs[key], budget))  # type: ignore[index]
-    texts = generate_all(engine, jobs, progress)
+    texts, generation = generate_all(engine, jobs, progress)
 
     per_example: list[dict[str, Any]] = []
     scores: dict[str, dict[str, list[float]]] = {}
@@ -177,7 +186,7 @@ def run_tasks(
             paired_difference(of["routed"], of["oracle"]).to_dict() if "routed" in of else None
         )
         rows[lab] = row
-    return rows, per_example
+    return rows, per_example, generation
 
 
 def registry_records(report: Any) -> list[dict[str, Any]]:
