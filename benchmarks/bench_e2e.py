@@ -193,7 +193,12 @@ def _dev_examples(limit: int | None) -> list[dict]:
 
 
 def evaluate_all(
-    url: str, dev_limit: int | None, encoder: str, log, batch_size: int = 16
+    url: str,
+    dev_limit: int | None,
+    encoder: str,
+    log,
+    batch_size: int = 16,
+    math_limit: int | None = None,
 ) -> tuple[Any, Any, float]:
     from loraroute.agents.evaluation import evaluate, route_only
     from loraroute.registry import open_registry
@@ -213,6 +218,7 @@ def evaluate_all(
         metrics=TASKS,
         train=[DATA / f"{d}.train.jsonl" for d in DOMAINS],  # the majority-class answers
         batch_size=batch_size,
+        task_limit={"math": math_limit} if math_limit else None,
     )
     seconds = time.perf_counter() - t0
     full = route_only(_dev_examples(None), router=router)  # routing on every dev request
@@ -477,6 +483,9 @@ def main() -> None:
     ap.add_argument("--dev-limit", type=int, default=60, help="dev examples per domain scored")
     ap.add_argument("--encoder", default="all-minilm-l6-v2")
     ap.add_argument("--batch-size", type=int, default=16, help="answers decoded together")
+    ap.add_argument(
+        "--math-limit", type=int, default=None, help="maths answers generated (of the scored)"
+    )
     ap.add_argument("--note", default="", help="a line for e2e.md (e.g. why a recipe differs)")
     ap.add_argument("--recipe", type=Path, default=None, help="JSON overriding RECIPE keys")
     ap.add_argument("--retrain", action="store_true")
@@ -508,7 +517,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(recipe["threads"]))
-    report, full, seconds = evaluate_all(url, args.dev_limit, args.encoder, log, args.batch_size)
+    report, full, seconds = evaluate_all(
+        url, args.dev_limit, args.encoder, log, args.batch_size, args.math_limit
+    )
     ev = report.to_dict()
     full_d = full.to_dict()
     log(report.table_text())
@@ -522,7 +533,8 @@ def main() -> None:
         "command": "nice .venv/bin/python benchmarks/bench_e2e.py"
         + (f" --dev-limit {args.dev_limit}" if args.dev_limit != 60 else "")
         + (f" --recipe {args.recipe.name}" if args.recipe else "")
-        + (f" --batch-size {args.batch_size}" if args.batch_size != 16 else ""),
+        + (f" --batch-size {args.batch_size}" if args.batch_size != 16 else "")
+        + (f" --math-limit {args.math_limit}" if args.math_limit else ""),
         "note": args.note,
         "batch_size": args.batch_size,
         "encoder": args.encoder,

@@ -96,6 +96,12 @@ def _mapping(values: tuple[str, ...]) -> dict[str, str]:
     help="Generated tokens per answer [default: the metric's own, e.g. 256 for final-number].",
 )
 @click.option(
+    "--task-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Generate answers for at most N examples per label, evenly spaced (losses: all).",
+)
+@click.option(
     "--batch-size",
     type=click.IntRange(min=1),
     default=16,
@@ -123,6 +129,7 @@ def eval_cmd(
     metric_specs: tuple[str, ...],
     train_data: tuple[Path, ...],
     max_new_tokens: int | None,
+    task_limit: int | None,
     batch_size: int,
     with_examples: bool,
     as_json: bool,
@@ -204,6 +211,7 @@ def eval_cmd(
                 train=train,
                 max_new_tokens=max_new_tokens,
                 batch_size=batch_size,
+                task_limit=task_limit,
             )
     else:
         report = evaluate(
@@ -222,6 +230,7 @@ def eval_cmd(
             train=train,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            task_limit=task_limit,
         )
     if as_json:
         click.echo(json.dumps(report.to_dict(examples=with_examples), indent=2))

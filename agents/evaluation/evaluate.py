@@ -398,6 +398,7 @@ def evaluate(
     train: Any = None,
     max_new_tokens: int | None = None,
     batch_size: int | None = None,
+    task_limit: int | Mapping[str, int] | None = None,
 ) -> EvalReport:
     """Losses of base, oracle, routed and wrong adapters, and routing accuracy, on ``data``.
 
@@ -415,7 +416,9 @@ def evaluate(
     (``"none"``: loss only); ``None`` generates nothing. ``train``: labelled training data
     whose answers give the majority-class answer and label set (default: the evaluation
     data's own). ``max_new_tokens`` overrides each metric's generation budget;
-    ``batch_size``: rows the engine built here decodes together.
+    ``batch_size``: rows the engine built here decodes together. ``task_limit``: generate
+    for at most that many examples per label (or per label given in a mapping), evenly
+    spaced; losses still cover every example.
     """
     from loraroute.settings import get_settings
 
@@ -450,7 +453,7 @@ def evaluate(
         engine = _make_engine(
             registry, list(mapping.values()), base_model, settings, device, batch_size
         )
-    tasks = None if metrics is None else (metrics, train_refs, max_new_tokens)
+    tasks = None if metrics is None else (metrics, train_refs, max_new_tokens, task_limit)
     try:
         return _evaluate(engine, examples, labels, mapping, registry, router, max_length,
                          batch_tokens, wrong, progress, tasks)  # fmt: skip
@@ -512,7 +515,7 @@ def _evaluate(
     batch_tokens: int,
     wrong: bool,
     progress: Progress | None,
-    tasks: tuple[Any, Any, int | None] | None = None,
+    tasks: tuple[Any, Any, int | None, Any] | None = None,
 ) -> EvalReport:
     variants, of_label = _load_variants(engine, mapping, registry)
     routed_keys: list[str | None] = [None] * len(examples)
@@ -576,7 +579,7 @@ def _evaluate(
         row["dataset"], row["dataset_digest"] = dataset_identity([ex.path for ex in mine], mine)
     generation = None
     if tasks is not None:
-        spec, train_refs, max_new = tasks
+        spec, train_refs, max_new, limit = tasks
         task_rows, task_examples, generation = run_tasks(
             engine,
             examples,
@@ -588,6 +591,7 @@ def _evaluate(
             train_refs,
             max_new,
             progress,
+            limit,
         )
         for row in rows:
             row["task"] = task_rows[row["label"]]

@@ -109,23 +109,27 @@ def run_tasks(
     train: Mapping[str, list[str]] | None,
     max_new_tokens: int | None,
     progress: Progress | None,
+    limit: int | Mapping[str, int] | None = None,
 ) -> tuple[dict[str, dict[str, Any] | None], list[dict[str, Any]], dict[str, Any]]:
     """Task metric rows per label, per-example scores/answers (``{}`` where no metric) and the
     generation's cost.
 
     ``of_label``: label -> variant key of its adapter; ``routed_keys``: each example's routed
     variant key (None: not routed); ``engine_refs``: variant key -> what the engine serves.
+    ``limit``: at most that many examples per label (a mapping: per label), evenly spaced.
     """
+    chosen = _subset(examples, labels, limit)
     references = {lab: [] for lab in labels}  # type: dict[str, list[str]]
-    for ex in examples:
-        references[ex.label].append(reference_of(ex.messages))
+    for i, ex in enumerate(examples):
+        if i in chosen:
+            references[ex.label].append(reference_of(ex.messages))
     metrics = resolve_metrics(metric_spec, references, train)
 
     jobs: list[tuple[list[dict[str, str]], str | None, int]] = []
     where: dict[tuple[int, str], int] = {}
     for i, ex in enumerate(examples):
         metric = metrics[ex.label]
-        if metric is None:
+        if metric is None or i not in chosen:
             continue
         budget = max_new_tokens or metric.max_new_tokens
         for key in {BASE, of_label[ex.label], routed_keys[i]} - {None}:
@@ -137,7 +141,7 @@ def run_tasks(
     scores: dict[str, dict[str, list[float]]] = {}
     for i, ex in enumerate(examples):
         metric = metrics[ex.label]
-        if metric is None:
+        if metric is None or i not in chosen:
             per_example.append({})
             continue
         ref = reference_of(ex.messages)
@@ -155,17 +159,17 @@ def run_tasks(
     rows: dict[str, dict[str, Any] | None] = {}
     for lab in labels:
         metric = metrics[lab]
-        if metric is None:
+        of = scores.get(lab, {})
+        if metric is None or not of:
             rows[lab] = None
             continue
-        of = scores.get(lab, {})
         source = "training data" if train and train.get(lab) else "evaluation data"
         majority = majority_answer(metric, (train or {}).get(lab) or references[lab])
         maj_scores = (
             [metric.score(majority, r) for r in references[lab]] if majority is not None else []
         )
         for e, ex in zip(per_example, examples, strict=True):
-            if ex.label == lab and majority is not None:
+            if ex.label == lab and majority is not None and e:
                 e["scores"]["majority"] = metric.score(majority, reference_of(ex.messages))
         row: dict[str, Any] = {
             "metric": metric.name,
@@ -187,6 +191,23 @@ def run_tasks(
         )
         rows[lab] = row
     return rows, per_example, generation
+
+
+def _subset(
+    examples: Sequence[Any], labels: Sequence[str], limit: int | Mapping[str, int] | None
+) -> set[int]:
+    """Indices of at most ``limit`` examples per label, evenly spaced."""
+    by_label: dict[str, list[int]] = {lab: [] for lab in labels}
+    for i, ex in enumerate(examples):
+        by_label[ex.label].append(i)
+    out: set[int] = set()
+    for lab, idx in by_label.items():
+        cap = limit.get(lab) if isinstance(limit, Mapping) else limit
+        if cap is not None and len(idx) > cap:
+            step = len(idx) / cap
+            idx = [idx[int(k * step)] for k in range(cap)]
+        out.update(idx)
+    return out
 
 
 def registry_records(report: Any) -> list[dict[str, Any]]:

@@ -321,7 +321,7 @@ def test_cli_eval_task_metrics_json_and_pluggable_metric(trained, tmp_path, monk
         main,
         ["eval", str(dev), *folders, "--no-route", "--no-wrong", "--json",
          "--metric", "rock=none", "--metric", "fruit=fruity:half_credit",
-         "--max-new-tokens", "6", "--batch-size", "4"],
+         "--max-new-tokens", "6", "--batch-size", "4", "--task-limit", "3"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     fruit, rock = json.loads(res.stdout)["labels"]
@@ -329,7 +329,8 @@ def test_cli_eval_task_metrics_json_and_pluggable_metric(trained, tmp_path, monk
     task = fruit["task"]
     assert task["metric"] == "half_credit" and task["max_new_tokens"] == 6
     # not 0/1 scores: a bootstrap interval (of a constant: the constant)
-    assert task["oracle"] == {"value": 0.5, "ci_low": 0.5, "ci_high": 0.5, "n": 4}
+    assert task["oracle"] == {"value": 0.5, "ci_low": 0.5, "ci_high": 0.5, "n": 3}
+    assert task["n"] == 3 and fruit["examples"] == 4  # answers for 3, losses for all
     assert task["routed"] is None and task["routed_minus_oracle"] is None
     assert set(task) >= {"base", "majority", "oracle_minus_base", "oracle_minus_majority", "n"}
 
