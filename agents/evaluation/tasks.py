@@ -132,9 +132,10 @@ def run_tasks(
         if metric is None or i not in chosen:
             continue
         budget = max_new_tokens or metric.max_new_tokens
-        for key in {BASE, of_label[ex.label], routed_keys[i]} - {None}:
-            where[(i, key)] = len(jobs)  # type: ignore[index]
-            jobs.append((ex.request(), engine_refs[key], budget))  # type: ignore[index]
+        for key in dict.fromkeys((BASE, of_label[ex.label], routed_keys[i])):
+            if key is not None:  # each variant once, in a fixed order
+                where[(i, key)] = len(jobs)
+                jobs.append((ex.request(), engine_refs[key], budget))
     texts, generation = generate_all(engine, jobs, progress)
 
     per_example: list[dict[str, Any]] = []
