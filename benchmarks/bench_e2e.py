@@ -351,6 +351,31 @@ def task_lines(payload: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def task_reading(payload: dict[str, Any]) -> list[str]:
+    """Bullets on the task metrics, from the payload."""
+    tasks = {r["label"]: r.get("task") for r in payload["eval"]["labels"]}
+    med, leg, maths = tasks.get("medical"), tasks.get("legal"), tasks.get("math")
+    if not (med and leg and maths):
+        return []
+
+    def pts(t: dict[str, Any], key: str) -> str:
+        return f"{100 * t[key]['value']:+.1f}"
+
+    epochs = payload["training"].get("math", {}).get("epochs", "n/a")
+    return [
+        f"- Task metrics: the adapters teach the answer's form (oracle vs base "
+        f"{pts(med, 'oracle_minus_base')} points on medical, {pts(leg, 'oracle_minus_base')} on "
+        "legal: the base model seldom opens its answer with the label), but not yet the "
+        f"decision: the oracle is {pts(med, 'oracle_minus_majority')} points from always "
+        f'answering "{med["majority_answer"]}" on medical and '
+        f'{pts(leg, "oracle_minus_majority")} from always "{leg["majority_answer"]}" on '
+        "legal, inside the 95% interval either way. Maths: the 135M base solves "
+        f"{100 * maths['base']['value']:.1f}% of the GSM8K questions and the maths adapter "
+        f"({epochs} of an epoch) {100 * maths['oracle']['value']:.1f}%: exact match needs a "
+        "larger base model or much more training than this CPU budget.",
+    ]
+
+
 def notes_of(payload: dict[str, Any]) -> str:
     """What the numbers mean, written from the payload (so a re-render stays true)."""
     rows = {r["label"]: r for r in payload["eval"]["labels"]}
@@ -368,6 +393,7 @@ def notes_of(payload: dict[str, Any]) -> str:
         [
             "## Reading",
             "",
+            *task_reading(payload),
             f"- The adapters help unevenly: legal {100 * gains.get('legal', 0):.0f}% below base "
             "(LegalBench answers are one label word, the base model answers in sentences), math "
             f"{100 * gains.get('math', 0):.0f}%, code {100 * gains.get('code', 0):.0f}%, medical "
@@ -544,7 +570,7 @@ def main() -> None:
         f"load average at the end {'/'.join(f'{x:.1f}' for x in os.getloadavg())}",
         "command": "nice .venv/bin/python benchmarks/bench_e2e.py"
         + (f" --dev-limit {args.dev_limit}" if args.dev_limit != 60 else "")
-        + (f" --recipe {args.recipe.name}" if args.recipe else "")
+        + (f" --recipe {args.recipe}" if args.recipe else "")
         + (f" --batch-size {args.batch_size}" if args.batch_size != 16 else "")
         + (f" --math-limit {args.math_limit}" if args.math_limit else ""),
         "note": args.note,
