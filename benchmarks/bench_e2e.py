@@ -446,8 +446,9 @@ def task_goals(ev: dict[str, Any]) -> list[dict]:
     def detail(key: str) -> str:
         return "; ".join(f"{d} {_pts(t[key])} points" for d, t in label.items())
 
+    # routed - oracle; one-sided like the loss goal: routing may not lose more than 1 point
     routed_gap = {
-        d: abs(t["routed"]["value"] - t["oracle"]["value"]) for d, t in label.items() if t["routed"]
+        d: t["routed"]["value"] - t["oracle"]["value"] for d, t in label.items() if t["routed"]
     }
     return [
         {
@@ -463,10 +464,12 @@ def task_goals(ev: dict[str, Any]) -> list[dict]:
             "value": "oracle - majority " + detail("oracle_minus_majority"),
         },
         {
-            "goal": "label tasks: routed accuracy within 1 point of oracle",
+            "goal": "label tasks: routed accuracy within 1 point of oracle (no more than 1 "
+            "point below it)",
             "met": len(routed_gap) == len(LABEL_TASKS)
-            and all(g <= 0.01 + 1e-9 for g in routed_gap.values()),
-            "value": "; ".join(f"{d} {100 * g:.1f} points" for d, g in routed_gap.items()),
+            and all(g >= -0.01 - 1e-9 for g in routed_gap.values()),
+            "value": "routed - oracle "
+            + "; ".join(f"{d} {100 * g:+.1f} points" for d, g in routed_gap.items()),
         },
         {
             "goal": "maths exact match reported, base against oracle",
