@@ -71,7 +71,46 @@ def _mapping(values: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--base-model", default=None, help="Base model [default: the adapters' base].")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N [default: settings].")
-@click.option("--examples", "with_examples", is_flag=True, help="Per-example losses in --json.")
+@click.option(
+    "--metric",
+    "metric_specs",
+    multiple=True,
+    metavar="[LABEL=]METRIC",
+    help="Task metric of generated answers, for every label or LABEL=: auto (label accuracy, "
+    "final-number exact match or none, from the answers), label, final-number, exact, a "
+    "registered name, module:function ((prediction, reference) -> bool/float), or none "
+    "(loss only) [default: auto].",
+)
+@click.option(
+    "--train",
+    "train_data",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Labelled training JSONL: its answers give the majority-class answer and the label "
+    "set (repeatable) [default: the evaluation data's own].",
+)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Generated tokens per answer [default: the metric's own, e.g. 256 for final-number].",
+)
+@click.option(
+    "--task-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Generate answers for at most N examples per label, evenly spaced (losses: all).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Answers the engine decodes together (across adapters).",
+)
+@click.option(
+    "--examples", "with_examples", is_flag=True, help="Per-example losses and answers in --json."
+)
 @json_option
 def eval_cmd(
     data: tuple[Path, ...],
@@ -87,6 +126,11 @@ def eval_cmd(
     batch_tokens: int,
     base_model: str | None,
     device: str | None,
+    metric_specs: tuple[str, ...],
+    train_data: tuple[Path, ...],
+    max_new_tokens: int | None,
+    task_limit: int | None,
+    batch_size: int,
     with_examples: bool,
     as_json: bool,
 ) -> None:
@@ -94,14 +138,25 @@ def eval_cmd(
 
     For every example: loss on its assistant tokens under the base model, the adapter of its
     label (oracle), the adapter the router picks (routed) and the other labels' adapters
-    (wrong, averaged); and how often the router picks the oracle.
+    (wrong, averaged); and how often the router picks the oracle. Where an answer is a label
+    or a number, answers are generated (greedy, batched across adapters) and scored: base,
+    oracle, routed and the majority-class answer, with 95% confidence intervals.
     """
     from loraroute.settings import get_settings
 
     from ..evaluation.evaluate import evaluate, load_labelled
+    from ..evaluation.metrics import MetricError, get_metric
 
     mapping = _mapping(adapter_map)
+    metrics = _metric_specs(metric_specs)
+    for spec in metrics.values() if isinstance(metrics, dict) else [metrics]:
+        if spec not in ("auto", "none"):
+            try:
+                get_metric(spec)
+            except MetricError as exc:
+                raise click.BadParameter(str(exc), param_hint="--metric") from exc
     examples = load_labelled(list(data), label_key=label_key)  # bad data fails before any load
+    train = load_labelled(list(train_data), label_key=label_key) if train_data else None
     settings = get_settings()
     registry = None
     if (
@@ -152,6 +207,11 @@ def eval_cmd(
                 batch_tokens=batch_tokens,
                 wrong=not no_wrong,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                metrics=metrics,
+                train=train,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                task_limit=task_limit,
             )
     else:
         report = evaluate(
@@ -166,6 +226,11 @@ def eval_cmd(
             max_length=max_length,
             batch_tokens=batch_tokens,
             wrong=not no_wrong,
+            metrics=metrics,
+            train=train,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            task_limit=task_limit,
         )
     if as_json:
         click.echo(json.dumps(report.to_dict(examples=with_examples), indent=2))
@@ -176,6 +241,8 @@ def eval_cmd(
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
         console = Console(width=120)
     console.print(report.table())
+    if (tasks := report.task_table()) is not None:
+        console.print(tasks)
     if report.routing is not None and report.routing.misrouted:
         console.print(
             "misrouted: "
@@ -189,6 +256,24 @@ def eval_cmd(
             f"note: {report.shortened} conversation(s) longer than {max_length} tokens lost the "
             f"middle of their prompt"
         )
+
+
+def _metric_specs(values: tuple[str, ...]) -> str | dict[str, str]:
+    """``--metric`` values: one spec for every label, or ``LABEL=SPEC`` per label (the rest:
+    the last plain spec, else auto)."""
+    default = "auto"
+    per: dict[str, str] = {}
+    for item in values:
+        label, sep, spec = item.partition("=")
+        if sep:
+            if not label.strip() or not spec.strip():
+                raise click.BadParameter(f"{item!r} is not LABEL=METRIC", param_hint="--metric")
+            per[label.strip()] = spec.strip()
+        else:
+            default = item.strip()
+    if not per:
+        return default
+    return {"*": default, **per}
 
 
 def register(group: click.Group) -> None:

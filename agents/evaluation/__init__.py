@@ -10,12 +10,18 @@ from .evaluate import (
     load_labelled,
     route_only,
 )
+from .metrics import Metric, get_metric, register_metric
+from .tasks import registry_records
 
 __all__ = [
     "EvalReport",
     "EvaluationError",
+    "Metric",
     "RoutingReport",
     "evaluate",
+    "get_metric",
     "load_labelled",
+    "register_metric",
+    "registry_records",
     "route_only",
 ]

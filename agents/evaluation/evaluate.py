@@ -53,6 +53,7 @@ class LabelledExample:
     label: str
     line: int
     source: str = ""
+    path: str = ""  # the file it was read from ("" for records given in memory)
 
     def as_dicts(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
@@ -105,7 +106,8 @@ def load_labelled(
             if problems:
                 issues.extend((line, kind, detail) for kind, detail in problems)
             else:
-                out.append(LabelledExample(tuple(msgs), str(label), line, source))
+                path = str(src) if isinstance(src, (str, Path)) else ""
+                out.append(LabelledExample(tuple(msgs), str(label), line, source, path))
         if issues:
             issues.sort()
             raise DataValidationError(
@@ -204,8 +206,10 @@ class EvalReport:
 
     ``labels`` rows: ``label, adapter, examples, tokens, base_loss, oracle_loss, routed_loss,
     wrong_loss, oracle_vs_base, routed_vs_oracle, wrong_vs_oracle, routing_accuracy,
-    routed_to_base``. ``overall``: the same, losses and ratios averaged over labels (each label
-    counts once), routing accuracy over all requests.
+    routed_to_base, dataset, dataset_digest`` and ``task`` (with task metrics: the metric,
+    ``n``, ``base``/``oracle``/``routed``/``majority`` estimates ``{value, ci_low, ci_high,
+    n}`` and paired differences; see :mod:`.tasks`). ``overall``: the losses and ratios
+    averaged over labels (each label counts once), routing accuracy over all requests.
     """
 
     labels: list[dict[str, Any]]
@@ -217,6 +221,7 @@ class EvalReport:
     shortened: int
     base_model: str
     per_example: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    generation: dict[str, Any] | None = None  # answers generated for task metrics, and cost
 
     def to_dict(self, *, examples: bool = False) -> dict[str, Any]:
         out = {
@@ -228,6 +233,7 @@ class EvalReport:
             "max_length": self.max_length,
             "shortened_examples": self.shortened,
             "base_model": self.base_model,
+            "generation": self.generation,
         }
         if examples:
             out["examples"] = self.per_example
@@ -260,11 +266,20 @@ class EvalReport:
             )
         return t
 
+    def task_table(self) -> Any:
+        """A rich table of the task metrics (None when no label has one)."""
+        from .tasks import task_table
+
+        return task_table(self.labels) if any(r.get("task") for r in self.labels) else None
+
     def table_text(self, width: int = 140) -> str:
         from rich.console import Console
 
         buf = io.StringIO()
-        Console(file=buf, width=width, force_terminal=False, color_system=None).print(self.table())
+        console = Console(file=buf, width=width, force_terminal=False, color_system=None)
+        console.print(self.table())
+        if (tasks := self.task_table()) is not None:
+            console.print(tasks)
         return buf.getvalue()
 
 
@@ -323,7 +338,14 @@ def _resolve_adapters(
     return mapping
 
 
-def _make_engine(registry: Any, refs: Sequence[str], base_model: Any, settings: Any, device: Any):
+def _make_engine(
+    registry: Any,
+    refs: Sequence[str],
+    base_model: Any,
+    settings: Any,
+    device: Any,
+    batch_size: int | None = None,
+):
     from ..runtime.engine import Engine
 
     if base_model is None:  # the base the adapters name: registry records or adapter_config
@@ -352,6 +374,7 @@ def _make_engine(registry: Any, refs: Sequence[str], base_model: Any, settings: 
         settings=settings,
         device=device,
         max_resident=max(16, len(refs) + 2),
+        **({"max_batch_size": batch_size} if batch_size else {}),  # type: ignore[arg-type]
     )
 
 
@@ -371,6 +394,11 @@ def evaluate(
     batch_tokens: int = 4096,
     wrong: bool = True,
     progress: Progress | None = None,
+    metrics: Any = None,
+    train: Any = None,
+    max_new_tokens: int | None = None,
+    batch_size: int | None = None,
+    task_limit: int | Mapping[str, int] | None = None,
 ) -> EvalReport:
     """Losses of base, oracle, routed and wrong adapters, and routing accuracy, on ``data``.
 
@@ -381,12 +409,29 @@ def evaluate(
     :class:`~loraroute.agents.engine.Engine` (else one is built on the adapters' base model).
     ``batch_tokens`` bounds rows x length per forward; ``wrong=False`` skips the wrong
     adapters (one forward per example and label fewer).
+
+    ``metrics`` adds task metrics of generated answers (:mod:`.tasks`): ``"auto"`` (inferred
+    per label: label accuracy, final-number exact match or none), a metric name,
+    ``module:function``, a :class:`~.metrics.Metric`, or a mapping label -> one of those
+    (``"none"``: loss only); ``None`` generates nothing. ``train``: labelled training data
+    whose answers give the majority-class answer and label set (default: the evaluation
+    data's own). ``max_new_tokens`` overrides each metric's generation budget;
+    ``batch_size``: rows the engine built here decodes together. ``task_limit``: generate
+    for at most that many examples per label (or per label given in a mapping), evenly
+    spaced; losses still cover every example.
     """
     from loraroute.settings import get_settings
 
     if max_length < 8:
         raise EvaluationError(f"max_length={max_length} is too small; use at least 8 tokens")
     examples = data if _is_examples(data) else load_labelled(data, label_key=label_key)
+    train_refs: dict[str, list[str]] | None = None
+    if train is not None:
+        from .tasks import reference_of
+
+        train_refs = {}
+        for ex in train if _is_examples(train) else load_labelled(train, label_key=label_key):
+            train_refs.setdefault(ex.label, []).append(reference_of(ex.messages))
     settings = settings or get_settings()
     labels = sorted({ex.label for ex in examples})
     if registry is not None and isinstance(registry, (str, Path)):
@@ -405,10 +450,13 @@ def evaluate(
 
     own_engine = engine is None
     if engine is None:
-        engine = _make_engine(registry, list(mapping.values()), base_model, settings, device)
+        engine = _make_engine(
+            registry, list(mapping.values()), base_model, settings, device, batch_size
+        )
+    tasks = None if metrics is None else (metrics, train_refs, max_new_tokens, task_limit)
     try:
         return _evaluate(engine, examples, labels, mapping, registry, router, max_length,
-                         batch_tokens, wrong, progress)  # fmt: skip
+                         batch_tokens, wrong, progress, tasks)  # fmt: skip
     finally:
         if own_engine:
             engine.close()
@@ -467,6 +515,7 @@ def _evaluate(
     batch_tokens: int,
     wrong: bool,
     progress: Progress | None,
+    tasks: tuple[Any, Any, int | None, Any] | None = None,
 ) -> EvalReport:
     variants, of_label = _load_variants(engine, mapping, registry)
     routed_keys: list[str | None] = [None] * len(examples)
@@ -523,6 +572,32 @@ def _evaluate(
         _label_row(lab, variants[of_label[lab]].name, [e for e in per_example if e["label"] == lab])
         for lab in labels
     ]
+    from .tasks import dataset_identity, run_tasks
+
+    for row in rows:
+        mine = [ex for ex in examples if ex.label == row["label"]]
+        row["dataset"], row["dataset_digest"] = dataset_identity([ex.path for ex in mine], mine)
+    generation = None
+    if tasks is not None:
+        spec, train_refs, max_new, limit = tasks
+        task_rows, task_examples, generation = run_tasks(
+            engine,
+            examples,
+            labels,
+            of_label,
+            routed_keys,
+            {key: var.engine_ref for key, var in variants.items()},
+            spec,
+            train_refs,
+            max_new,
+            progress,
+            limit,
+        )
+        for row in rows:
+            row["task"] = task_rows[row["label"]]
+        for e, t in zip(per_example, task_examples, strict=True):
+            if t:
+                e["task"] = t
     routing = None
     if router is not False:
         routing = _routing_report(
@@ -553,6 +628,7 @@ def _evaluate(
         shortened=shortened,
         base_model=str(engine.base_model_id),
         per_example=per_example,
+        generation=generation,
     )
 
 

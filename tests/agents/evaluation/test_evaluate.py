@@ -217,3 +217,124 @@ def test_cli_eval_json_table_and_errors(trained, tmp_path, monkeypatch):
     bad.write_text(json.dumps({"messages": DEV[0]["messages"]}) + "\n")
     res = runner.invoke(main, ["eval", str(bad), "--registry", url])
     assert res.exit_code == 1 and "no label" in res.output
+
+
+def test_task_metrics_base_oracle_routed_majority(trained, tiny_base, tmp_path):
+    """Answers generated in one batch across adapters equal each one generated alone; they are
+    scored with label accuracy beside the majority answer of the training data; the records
+    are registry-ready."""
+    import hashlib
+
+    from loraroute.agents.evaluation import registry_records
+    from loraroute.agents.evaluation.metrics import LabelAccuracy
+    from loraroute.agents.runtime import Engine
+    from loraroute.router import Router
+
+    reg, _, settings, _ = trained
+    router = Router(reg, encoder="hashing", settings=settings)
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(json.dumps(r) + "\n" for r in DEV))
+    # the majority training answer is rock's for both labels
+    train = _records("fruit", range(3)) + _records("rock", range(3))
+    train[0]["messages"][1]["content"] = "granite basalt slate"
+    train[1]["messages"][1]["content"] = "granite basalt slate"
+    with Engine(str(tiny_base), registry=reg, settings=settings, device="cpu") as engine:
+        report = evaluate(
+            dev,
+            registry=reg,
+            router=router,
+            engine=engine,
+            settings=settings,
+            wrong=False,
+            metrics="auto",
+            train=train,
+        )
+        examples = report.to_dict(examples=True)["examples"]
+        metrics = {}  # the label set of each label: its training and evaluation answers
+        for label in DOMAINS:
+            metrics[label] = LabelAccuracy()
+            metrics[label].fit([r["messages"][1]["content"] for r in train + DEV
+                                if r["domain"] == label])  # fmt: skip
+        for rec, ex in zip(DEV, examples, strict=True):
+            metric = metrics[ex["label"]]
+            task = ex["task"]
+            assert set(task["scores"]) == {"base", "oracle", "routed", "majority"}
+            # the oracle's answer, generated beside other adapters' and the base's, is the one
+            # it gives alone (the untrained base's near-flat logits may tie: not compared)
+            alone = engine.generate(
+                rec["messages"][:1],
+                f"{ex['label']}@1",
+                max_new_tokens=metric.max_new_tokens,
+                temperature=0,
+            )
+            assert task["answers"]["oracle"] == alone.text
+            for who in ("base", "oracle"):
+                want = metric.score(task["answers"][who], rec["messages"][1]["content"])
+                assert task["scores"][who] == want
+            assert task["answers"]["routed"] == task["answers"]["oracle"]
+            assert task["answers"]["oracle"] != task["answers"]["base"]
+    for row in report.labels:
+        task = row["task"]
+        assert task["metric"] == "label_accuracy" and task["n"] == 4
+        assert task["max_new_tokens"] == metrics[row["label"]].max_new_tokens
+        assert task["routed"] == task["oracle"] and task["routed_minus_oracle"]["value"] == 0
+        assert task["majority_from"] == "training data"
+        assert task["majority_answer"] == "granite basalt slate"
+        assert set(task["base"]) == {"value", "ci_low", "ci_high", "n"}
+    fruit, rock = report.labels
+    assert fruit["task"]["majority"]["value"] == 0.0 and rock["task"]["majority"]["value"] == 1.0
+    assert rock["task"]["majority"]["ci_low"] == pytest.approx(0.5101, abs=1e-4)  # Wilson, 4/4
+    assert fruit["dataset"] == "dev.jsonl"
+    digest = "sha256:" + hashlib.sha256(dev.read_bytes()).hexdigest()
+    assert fruit["dataset_digest"] == digest == rock["dataset_digest"]
+
+    records = registry_records(report)
+    keys = {"adapter", "dataset", "dataset_digest", "metric", "value", "ci_low", "ci_high", "n",
+            "higher_is_better"}  # fmt: skip
+    assert all(set(r) == keys for r in records)
+    assert [(r["adapter"], r["metric"]) for r in records] == [
+        ("fruit@1", "loss"),
+        ("fruit@1", "label_accuracy"),
+        ("rock@1", "loss"),
+        ("rock@1", "label_accuracy"),
+    ]
+    assert records[1]["value"] == fruit["task"]["oracle"]["value"] and records[1]["n"] == 4
+    assert records[1]["higher_is_better"] is True
+    assert records[0]["higher_is_better"] is False and records[0]["ci_low"] is None
+    assert "task metrics" in report.table_text()
+
+
+def test_cli_eval_task_metrics_json_and_pluggable_metric(trained, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from loraroute.cli import main
+
+    _, url, settings, root = trained
+    monkeypatch.setenv("LORAROUTE_HOME", str(settings.home))
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(json.dumps(r) + "\n" for r in DEV))
+    (tmp_path / "fruity.py").write_text("def half_credit(prediction, reference):\n    return 0.5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folders = ["--adapter", f"fruit={root / 'fruit'}", "--adapter", f"rock={root / 'rock'}"]
+    runner = CliRunner()
+    res = runner.invoke(
+        main,
+        ["eval", str(dev), *folders, "--no-route", "--no-wrong", "--json",
+         "--metric", "rock=none", "--metric", "fruit=fruity:half_credit",
+         "--max-new-tokens", "6", "--batch-size", "4", "--task-limit", "3"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    fruit, rock = json.loads(res.stdout)["labels"]
+    assert rock["task"] is None and rock["oracle_loss"] is not None
+    task = fruit["task"]
+    assert task["metric"] == "half_credit" and task["max_new_tokens"] == 6
+    # not 0/1 scores: a bootstrap interval (of a constant: the constant)
+    assert task["oracle"] == {"value": 0.5, "ci_low": 0.5, "ci_high": 0.5, "n": 3}
+    assert task["n"] == 3 and fruit["examples"] == 4  # answers for 3, losses for all
+    assert task["routed"] is None and task["routed_minus_oracle"] is None
+    assert set(task) >= {"base", "majority", "oracle_minus_base", "oracle_minus_majority", "n"}
+
+    res = runner.invoke(main, ["eval", str(dev), *folders, "--no-route", "--metric", "nope"])
+    assert res.exit_code == 2 and "unknown metric 'nope'" in res.output
+    res = runner.invoke(main, ["eval", str(dev), *folders, "--no-route", "--metric", "=label"])
+    assert res.exit_code == 2 and "LABEL=METRIC" in res.output
