@@ -5,6 +5,7 @@ Heavy imports (torch, the engine, the router) happen inside the command.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -111,6 +112,12 @@ def _mapping(values: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "--examples", "with_examples", is_flag=True, help="Per-example losses and answers in --json."
 )
+@click.option(
+    "--record",
+    is_flag=True,
+    help="Store each registry version's oracle results (loss, task metric, interval, n, the "
+    "examples' digest) with the version, for the quality gate of adapters alias set.",
+)
 @json_option
 def eval_cmd(
     data: tuple[Path, ...],
@@ -132,6 +139,7 @@ def eval_cmd(
     task_limit: int | None,
     batch_size: int,
     with_examples: bool,
+    record: bool,
     as_json: bool,
 ) -> None:
     """Score labelled chat JSONL DATA ({"messages": [...], "domain": ...} per line).
@@ -160,7 +168,8 @@ def eval_cmd(
     settings = get_settings()
     registry = None
     if (
-        registry_url is not None
+        record
+        or registry_url is not None
         or token is not None
         or not all(Path(v).is_dir() for v in mapping.values())
         or ({ex.label for ex in examples} - set(mapping))
@@ -191,49 +200,45 @@ def eval_cmd(
             TimeRemainingColumn(),
             transient=True,
         )
+    run = functools.partial(
+        evaluate,
+        examples,
+        adapters=mapping,
+        registry=registry,
+        router=router,
+        alias=alias,
+        base_model=base_model,
+        settings=settings,
+        device=device,
+        max_length=max_length,
+        batch_tokens=batch_tokens,
+        wrong=not no_wrong,
+        metrics=metrics,
+        train=train,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        task_limit=task_limit,
+    )
     if progress_cm is not None:
         with progress_cm as bar:
             task = bar.add_task("eval", total=None)
-            report = evaluate(
-                examples,
-                adapters=mapping,
-                registry=registry,
-                router=router,
-                alias=alias,
-                base_model=base_model,
-                settings=settings,
-                device=device,
-                max_length=max_length,
-                batch_tokens=batch_tokens,
-                wrong=not no_wrong,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-                metrics=metrics,
-                train=train,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                task_limit=task_limit,
-            )
+            report = run(progress=lambda done, total: bar.update(task, completed=done, total=total))
     else:
-        report = evaluate(
-            examples,
-            adapters=mapping,
-            registry=registry,
-            router=router,
-            alias=alias,
-            base_model=base_model,
-            settings=settings,
-            device=device,
-            max_length=max_length,
-            batch_tokens=batch_tokens,
-            wrong=not no_wrong,
-            metrics=metrics,
-            train=train,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            task_limit=task_limit,
-        )
+        report = run()
+    recorded: list[str] = []
+    if record:
+        from ..evaluation.tasks import record_in_registry
+
+        recorded, skipped = record_in_registry(registry, report)
+        if skipped and not as_json:
+            click.echo(
+                f"not recorded (adapter folders, not registry versions): {', '.join(skipped)}"
+            )
     if as_json:
-        click.echo(json.dumps(report.to_dict(examples=with_examples), indent=2))
+        out = report.to_dict(examples=with_examples)
+        if record:
+            out["recorded"] = recorded
+        click.echo(json.dumps(out, indent=2))
         return
     from rich.console import Console
 
@@ -241,6 +246,8 @@ def eval_cmd(
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
         console = Console(width=120)
     console.print(report.table())
+    if recorded:
+        console.print(f"recorded in the registry (adapters evals list): {', '.join(recorded)}")
     if (tasks := report.task_table()) is not None:
         console.print(tasks)
     if report.routing is not None and report.routing.misrouted:

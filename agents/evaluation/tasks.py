@@ -216,23 +216,24 @@ def registry_records(report: Any) -> list[dict[str, Any]]:
     ``adapter`` (the label's adapter, as reported) and ``dataset, dataset_digest, metric,
     value, ci_low, ci_high, n, higher_is_better`` for the oracle's loss (no CI) and its task
     metric. E.g. ``for r in registry_records(report): reg.record_eval(r.pop("adapter"), **r)``.
+
+    The digest names the examples scored, so the quality gate compares like with like: the
+    data files' digest with the label, and for the task metric also how many examples were
+    generated (``--task-limit`` scores a subset).
     """
     out: list[dict[str, Any]] = []
     for row in report.labels:
-        common = {
-            "adapter": row["adapter"],
-            "dataset": row.get("dataset"),
-            "dataset_digest": row.get("dataset_digest"),
-        }
+        if not row.get("dataset_digest"):
+            continue
         if row.get("oracle_loss") is not None:
             out.append(
-                dict(
-                    common,
-                    metric="loss",
+                _record(
+                    row,
+                    "loss",
+                    row["examples"],
                     value=row["oracle_loss"],
                     ci_low=None,
                     ci_high=None,
-                    n=row["examples"],
                     higher_is_better=False,
                 )
             )
@@ -240,17 +241,50 @@ def registry_records(report: Any) -> list[dict[str, Any]]:
         if task and task.get("oracle"):
             est = task["oracle"]
             out.append(
-                dict(
-                    common,
-                    metric=task["metric"],
+                _record(
+                    row,
+                    task["metric"],
+                    est["n"],
                     value=est["value"],
                     ci_low=est["ci_low"],
                     ci_high=est["ci_high"],
-                    n=est["n"],
                     higher_is_better=task["higher_is_better"],
                 )
             )
     return out
+
+
+def _record(row: dict[str, Any], metric: str, n: int, **fields: Any) -> dict[str, Any]:
+    part = f"{row['dataset_digest']}|label={row['label']}|metric={metric}|n={n}"
+    return {
+        "adapter": row["adapter"],
+        "dataset": f"{row.get('dataset')} [{row['label']}]",
+        "dataset_digest": f"sha256:{hashlib.sha256(part.encode()).hexdigest()}",
+        "metric": metric,
+        "n": n,
+        **fields,
+    }
+
+
+def record_in_registry(registry: Any, report: Any) -> tuple[list[str], list[str]]:
+    """Store :func:`registry_records` with their adapter versions (``source``: ``adapters
+    eval``); returns (versions recorded, adapters skipped: folders, not registry versions)."""
+    from loraroute.registry.errors import InvalidReferenceError
+    from loraroute.registry.refs import parse_ref
+
+    by_ref: dict[str, list[dict[str, Any]]] = {}
+    skipped: list[str] = []
+    for rec in registry_records(report):
+        ref = rec.pop("adapter")
+        try:
+            parse_ref(ref)
+        except InvalidReferenceError:  # an adapter folder's label, not a registry version
+            skipped.append(ref)
+            continue
+        by_ref.setdefault(ref, []).append(rec)
+    for ref, recs in by_ref.items():
+        registry.record_eval(ref, recs, source="adapters eval")
+    return sorted(by_ref), sorted(set(skipped))
 
 
 def _cell(est: Mapping[str, Any] | None) -> str:

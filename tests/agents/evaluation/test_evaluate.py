@@ -338,3 +338,46 @@ def test_cli_eval_task_metrics_json_and_pluggable_metric(trained, tmp_path, monk
     assert res.exit_code == 2 and "unknown metric 'nope'" in res.output
     res = runner.invoke(main, ["eval", str(dev), *folders, "--no-route", "--metric", "=label"])
     assert res.exit_code == 2 and "LABEL=METRIC" in res.output
+
+
+def test_cli_eval_record_feeds_the_quality_gate(trained, tmp_path, monkeypatch):
+    """``--record`` stores each version's oracle results under a digest of the examples
+    scored; a version that scores worse on them is then refused the serving alias."""
+    from click.testing import CliRunner
+
+    from loraroute.cli import main
+    from loraroute.registry import QualityGateError
+
+    reg, url, settings, root = trained
+    monkeypatch.setenv("LORAROUTE_HOME", str(settings.home))
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(json.dumps(r) + "\n" for r in DEV if r["domain"] == "fruit"))
+    args = ["eval", str(dev), "--registry", url, "--no-route", "--no-wrong", "--metric",
+            "exact", "--max-new-tokens", "4", "--task-limit", "2", "--record", "--json"]  # fmt: skip
+    runner = CliRunner()
+    res = runner.invoke(main, [*args, "--adapter", "fruit=fruit:prod"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["recorded"] == ["fruit@1"]
+    first = reg.evals("fruit@1")
+    assert {r.metric for r in first} == {"loss", "exact_match"}
+    assert all(
+        r.source == "adapters eval" and r.dataset_digest.startswith("sha256:") for r in first
+    )
+    loss = next(r for r in first if r.metric == "loss")
+    assert loss.higher_is_better is False and loss.n == 4
+
+    # the rock adapter pushed as fruit@2: worse on the fruit examples, so the gate refuses it
+    reg.push(root / "rock", "fruit", base_fingerprint=reg.resolve("fruit@1").base_fingerprint)
+    res = runner.invoke(main, [*args, "--adapter", "fruit=fruit@2"])
+    assert res.exit_code == 0, res.output
+    second = {r.metric: r for r in reg.evals("fruit@2")}
+    assert second["loss"].dataset_digest == loss.dataset_digest  # the same examples, comparable
+    assert second["loss"].value > loss.value
+    with pytest.raises(QualityGateError, match="loss"):
+        reg.alias_set("fruit", "prod", 2)
+    assert reg.resolve("fruit:prod").ref == "fruit@1"
+
+    folders = ["--adapter", f"fruit={root / 'fruit'}"]
+    res = runner.invoke(main, [*args[:-1], *folders])  # a folder: scored, not recorded
+    assert res.exit_code == 0, res.output
+    assert "not recorded (adapter folders" in res.output
