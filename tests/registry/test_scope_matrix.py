@@ -89,6 +89,19 @@ def _version_to_remove(reg) -> dict[str, Any]:
 
 
 REF = {"params": {"ref": f"{NAME}@1"}}
+EVAL = {
+    **REF,
+    "json": {
+        "results": [
+            {
+                "dataset": "dev",
+                "dataset_digest": "sha256:" + "0" * 64,
+                "metric": "acc",
+                "value": 0.5,
+            }
+        ]
+    },
+}
 
 #: (method, route template) -> what it needs and how to call it.
 ROUTES: dict[tuple[str, str], Row] = {
@@ -127,6 +140,17 @@ ROUTES: dict[tuple[str, str], Row] = {
     ),
     ("DELETE", "/v1/versions"): Row(
         "admin", 200, Call("/v1/versions", _version_to_remove), named=True
+    ),
+    ("POST", "/v1/evals"): Row("write", 201, Call("/v1/evals", lambda reg: EVAL), named=True),
+    ("GET", "/v1/evals"): Row("read", 200, Call("/v1/evals", lambda reg: REF), named=True),
+    ("GET", "/v1/gate"): Row(
+        "read",
+        200,
+        Call("/v1/gate", lambda reg: {"params": {"name": NAME, "version": "1"}}),
+        named=True,
+    ),
+    ("GET", "/v1/promotions"): Row(
+        "read", 200, Call("/v1/promotions", lambda reg: {"params": {"name": NAME}}), named=True
     ),
     ("POST", "/v1/verify"): Row("admin", 200, Call("/v1/verify", lambda reg: REF), named=True),
     # verify without a reference checks every adapter: a whole-registry action
