@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import platform
 import sys
 from importlib import metadata
@@ -48,7 +47,9 @@ def main(verbose: int) -> None:
 def _quiet_load_bars() -> None:
     """Hide transformers' per-load "Loading weights" bars, which repeat on every command that
     loads a model; the one-time GGUF conversion keeps its own bar (plain tqdm)."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from .settings import library_default
+
+    library_default("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     hf_logging = sys.modules.get("transformers.utils.logging")
     if hf_logging is not None:  # imported before this callback ran: the env var came too late
         hf_logging.disable_progress_bar()

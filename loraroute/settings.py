@@ -9,6 +9,7 @@ The README's "Settings" table lists the same variables (a test keeps the two in 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -287,6 +288,12 @@ def env_var(name: str) -> str:
 
 
 ENV_VARS = {name: env_var(name) for name in Settings.model_fields}
+
+
+def library_default(name: str, value: str) -> None:
+    """Set a third-party library's environment switch (``TOKENIZERS_PARALLELISM``, ...) unless
+    the user has set it, so that loraroute touches the environment only here."""
+    os.environ.setdefault(name, value)
 
 
 def get_settings(**overrides: object) -> Settings:

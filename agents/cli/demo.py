@@ -19,19 +19,20 @@ def demo(
     run only loads the models and chats.
     """
     import json
-    import os
     import time
     import warnings
 
     from rich.console import Console
     from rich.panel import Panel
 
+    from loraroute.settings import library_default
+
     from ..demo.run import DemoConfig, run_demo
 
     # The demo prints its own stage and step lines; the libraries' per-load bars and
     # deprecation notices only bury them.
     warnings.filterwarnings("ignore", category=FutureWarning)
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    library_default("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     console = Console()
     started = time.perf_counter()
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...models import resolve_embedder
-from ...settings import Settings, get_settings
+from ...settings import Settings, get_settings, library_default
 from ..errors import EncoderError
 from .base import Encoder
 
@@ -87,7 +86,7 @@ class SentenceTransformerEncoder(Encoder):
     @property
     def model(self) -> Any:
         if self._model is None:
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            library_default("TOKENIZERS_PARALLELISM", "false")
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError as exc:  # pragma: no cover - a declared dependency
