@@ -25,18 +25,23 @@ from .evals import (
 )
 from .tables import Adapter, Alias, EvalRecord, Promotion, Version
 
+# the fields an EvalResult and its stored row share, copied as they are
+_SHARED = (
+    "dataset",
+    "dataset_digest",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+    "higher_is_better",
+    "source",
+)
+
 
 def _public(r: EvalRecord, ref: str) -> EvalResult:
     return EvalResult(
-        dataset=r.dataset,
-        dataset_digest=r.dataset_digest,
-        metric=r.metric,
-        value=r.value,
-        ci_low=r.ci_low,
-        ci_high=r.ci_high,
-        n=r.n,
-        higher_is_better=r.higher_is_better,
-        source=r.source,
+        **{f: getattr(r, f) for f in _SHARED},
         details=dict(r.details or {}),
         ref=ref,
         actor=r.actor,
@@ -58,15 +63,7 @@ def store_results(
     for r in results:
         row = EvalRecord(
             version_id=version.id,  # type: ignore[arg-type]
-            dataset=r.dataset,
-            dataset_digest=r.dataset_digest,
-            metric=r.metric,
-            value=r.value,
-            ci_low=r.ci_low,
-            ci_high=r.ci_high,
-            n=r.n,
-            higher_is_better=r.higher_is_better,
-            source=r.source,
+            **{f: getattr(r, f) for f in _SHARED},
             actor=actor,
             details=dict(r.details),
         )
