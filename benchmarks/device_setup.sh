@@ -7,7 +7,9 @@
 #
 # The wheels, fetched where pip works (Python 3.12, manylinux x86_64):
 #   pydantic pydantic_core pydantic-settings annotated-types typing-inspection python-dotenv
-#   platformdirs typing_extensions   (the versions of .venv; pip download --no-deps ...)
+#   platformdirs typing_extensions sqlalchemy sqlmodel   (the versions of .venv; pip download
+#   --no-deps ...; the engine's adapter loading reads the registry's folder checks, which import
+#   SQLModel)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || return 1
 mkdir -p /tmp/lr/loraroute && cp -r loraroute/. /tmp/lr/loraroute/
