@@ -353,13 +353,13 @@ def goals(res: dict) -> dict:
         x = a32["decode_tok_s"] / base["decode_tok_s"]
         bound = ""
         if fl:  # the adapters' own bytes, read at the measured bandwidth, on top of base's step
-            step = res["config"]["rows"] / base["decode_tok_s"]
-            extra = adapter_step_bytes(res["config"]["layers"], 32) / (
-                fl["reduction_bandwidth_tb_s"] * 1e12
-            )
+            config = res.get("config", {})
+            step = config.get("rows", 32) / base["decode_tok_s"]
+            nbytes = adapter_step_bytes(config.get("layers", 32), 32)
+            extra = nbytes / (fl["reduction_bandwidth_tb_s"] * 1e12)
             b = step / (step + extra)
             bound = (
-                f"; the 32 adapters' A and B alone ({adapter_step_bytes(res['config']['layers'], 32) / 1e9:.2f} GB "
+                f"; the 32 adapters' A and B alone ({nbytes / 1e9:.2f} GB "
                 f"a step, {extra * 1e3:.2f} ms at {fl['reduction_bandwidth_tb_s']:.2f} TB/s) bound it at "
                 f"{b:.3f}x of this base's {step * 1e3:.2f} ms step: ours is {x / b:.0%} of that bound"
             )

@@ -88,6 +88,10 @@ def test_goals_read_the_figures_the_issue_names(bench):
         "Poisson at": True,  # 400 ms <= 5 x 100 ms
         ">= 256": True,
     }
+    # 32 rank-16 adapters on all 7 modules of 32 layers: 2.68 GB a step, 0.65 ms at 4.1 TB/s,
+    # on top of a 32 / 5,400 s = 5.93 ms step: at most 0.901x of base alone
+    assert b.adapter_step_bytes(32, 32) == 2 * 16 * 81920 * 32 * 32
+    assert "bound it at 0.901x" in goals["32 distinct adapters >= 0.9x base alone"]["detail"]
     worse = b.goals(_result(base=5000.0, hf=3500.0, ttft99=600.0, failed=1, rows=200))
     assert not any(g["met"] for name, g in worse.items() if not name.startswith("32"))
     res = _result()
