@@ -352,16 +352,19 @@ def goals(res: dict) -> dict:
     if base and a32:
         x = a32["decode_tok_s"] / base["decode_tok_s"]
         bound = ""
-        if fl:  # the adapters' own bytes, read at the measured bandwidth, on top of base's step
+        if fl:  # the adapters' own bytes at the measured bandwidth, in series after base's step
+            # (only overlap with the base step's own slack, which runs below the weight-read
+            # floor, can pass this)
             config = res.get("config", {})
             step = config.get("rows", 32) / base["decode_tok_s"]
             nbytes = adapter_step_bytes(config.get("layers", 32), 32)
             extra = nbytes / (fl["reduction_bandwidth_tb_s"] * 1e12)
             b = step / (step + extra)
             bound = (
-                f"; the 32 adapters' A and B alone ({nbytes / 1e9:.2f} GB "
-                f"a step, {extra * 1e3:.2f} ms at {fl['reduction_bandwidth_tb_s']:.2f} TB/s) bound it at "
-                f"{b:.3f}x of this base's {step * 1e3:.2f} ms step: ours is {x / b:.0%} of that bound"
+                f"; read in series after this base's {step * 1e3:.2f} ms step, the 32 adapters' A and "
+                f"B ({nbytes / 1e9:.2f} GB, {extra * 1e3:.2f} ms at {fl['reduction_bandwidth_tb_s']:.2f} "
+                f"TB/s) bound it at {b:.3f}x: ours is {x / b:.0%} of that; only overlap with the base "
+                f"step's slack passes it"
             )
         out["32 distinct adapters >= 0.9x base alone"] = {
             "met": x >= 0.9,
