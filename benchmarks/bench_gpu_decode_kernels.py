@@ -54,6 +54,8 @@ VARIANTS: dict[str, tuple[str, Attrs]] = {
     "auto_prio0": ("auto", {"group": {"side_priority": 0}}),
     "auto_prio0_gemm_first": ("auto", {"group": {"side_priority": 0, "gemm_first": 1}}),
     "auto_gemm_first": ("auto", {"group": {"gemm_first": 1}}),
+    # no side stream: the fused kernel before the GEMM, as in eager steps
+    "auto_serial": ("auto", {"group": {"overlap": 0}}),
 }
 
 
@@ -111,7 +113,7 @@ KEYS = (
     "fill", "max_split", "expand_cols", "block_n", "block_k", "warps", "adds",
     "rows_per_program", "max_align",
 )  # fmt: skip
-GROUP_KEYS = ("side_priority", "gemm_first")  # LoraKernelConfig fields a variant may set
+GROUP_KEYS = ("side_priority", "gemm_first", "overlap")  # LoraKernelConfig fields a variant may set
 
 
 def use(kernel: str, attrs: Attrs, groups) -> None:
