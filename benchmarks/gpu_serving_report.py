@@ -115,12 +115,13 @@ def render(res: dict) -> str:
             ]
     mem = res.get("memory")
     if mem:
+        new = mem["new_tokens"]
         lines += [
             "",
             "## Memory",
             "",
             f"{mem['requests']} sequences of {mem['context_tokens']} tokens of context (prompt "
-            f"{mem['context_tokens'] - mem.get('new_tokens', 48)} + {mem.get('new_tokens', 48)} new), 64 adapters: {mem['max_rows']} rows decoded "
+            f"{mem['context_tokens'] - new} + {new} new), 64 adapters: {mem['max_rows']} rows decoded "
             f"at once, {mem['completed']} completed, {mem['preemptions']} preempted; KV cache "
             f"{mem['kv_cache_gib']:.1f} GiB ({mem['kv_blocks_peak']} of {mem['kv_blocks']} blocks at "
             f"the peak), slot stack {mem['slot_stack_gib']:.1f} GiB ({mem['resident_adapters']} "

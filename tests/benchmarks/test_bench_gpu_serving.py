@@ -53,7 +53,7 @@ def _result(base=5400.0, a32=4700.0, hf=3000.0, ttft99=400.0, failed=0, rows=256
         "kv_blocks": 34000, "preemptions": 0,
     }  # fmt: skip
     memory = dict(
-        run, requests=256, completed=256, failed=0, max_rows=rows, context_tokens=2048,
+        run, requests=256, completed=256, failed=0, max_rows=rows, context_tokens=2048, new_tokens=1024,
         kv_cache_gib=66.0, slot_stack_gib=10.5, resident_adapters=128, peak_allocated_gib=110.0,
         device_total_gib=139.0,
     )  # fmt: skip
