@@ -56,6 +56,8 @@ VARIANTS: dict[str, tuple[str, Attrs]] = {
     "auto_gemm_first": ("auto", {"group": {"gemm_first": 1}}),
     # no side stream: the fused kernel before the GEMM, as in eager steps
     "auto_serial": ("auto", {"group": {"overlap": 0}}),
+    # the paged engine's deltas joined by adds of their own, not inside its fused ops
+    "auto_own_adds": ("auto", {"group": {"fused_adds": 0}}),
 }
 
 
@@ -113,7 +115,8 @@ KEYS = (
     "fill", "max_split", "expand_cols", "block_n", "block_k", "warps", "adds",
     "rows_per_program", "max_align",
 )  # fmt: skip
-GROUP_KEYS = ("side_priority", "gemm_first", "overlap")  # LoraKernelConfig fields a variant may set
+# LoraKernelConfig fields a variant may set
+GROUP_KEYS = ("side_priority", "gemm_first", "overlap", "fused_adds")
 
 
 def use(kernel: str, attrs: Attrs, groups) -> None:
@@ -312,10 +315,15 @@ def best(layer: dict, variants: dict, kernel: str, counts) -> str:
 
 def end_to_end(args, cases: dict, counts, results: dict, save) -> None:
     """Decode tokens/s of base alone and ours for each case (``name -> (kernel, attrs)``)."""
+    # the KV cache each engine needs, not the model's full context for every row: two
+    # engines fit an 80 GB card
+    kv = {"kv_cache_tokens": args.concurrency * (args.prompt_len + args.new_tokens + 64)}
     base_model = bg.build_model("cuda", torch.bfloat16, num_hidden_layers=args.layers)
-    base = bg.new_engine(base_model, args, name="base-alone", max_resident=1, max_cpu_adapters=0)
+    base = bg.new_engine(
+        base_model, args, name="base-alone", max_resident=1, max_cpu_adapters=0, **kv
+    )
     model = bg.build_model("cuda", torch.bfloat16, num_hidden_layers=args.layers)
-    engine = bg.new_engine(model, args, name="ours", max_resident=64, max_cpu_adapters=40)
+    engine = bg.new_engine(model, args, name="ours", max_resident=64, max_cpu_adapters=40, **kv)
     ids = bg.prompts(args.concurrency, args.prompt_len)
     n = len(ids)
     for e in (base, engine):
@@ -443,7 +451,8 @@ def layer_markdown(result: dict) -> list[str]:
 def markdown(result: dict) -> str:
     env = result["env"]
     lines = [
-        "# Graphed decode LoRA kernels: 16-token tiles against one row per program (H200)",
+        "# Graphed decode LoRA kernels: 16-token tiles against one row per program ("
+        f"{env['device'].replace('NVIDIA ', '')})",
         "",
         f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}. Command: "
         f"`python benchmarks/bench_gpu_decode_kernels.py{command_flags(result)} --out $OUT`.",
@@ -481,7 +490,9 @@ def markdown(result: dict) -> str:
     if "chosen" in result:
         lines += ["", f"Sweep: best launch shapes chosen from the layer table: {result['chosen']}."]
     if result.get("notes"):  # written by hand into the JSON after reading a run
-        lines += ["", "## Reading", "", *result["notes"]]
+        lines += ["", "## Reading"]
+        for note in result["notes"]:
+            lines += ["", note]
     return "\n".join(lines) + "\n"
 
 

@@ -211,6 +211,11 @@ class Settings(BaseSettings):
     lora_expand_adds: bool = Field(
         False, description="the decode expand adds onto the GEMM's product (no delta buffer)"
     )
+    lora_fused_adds: bool = Field(
+        True,
+        description="paged graphed decode: the LoRA delta is added inside the fused op that "
+        "reads the GEMM's product next (norm, rotary, activation), not by an add of its own",
+    )
     triton_fast_launch: bool = Field(
         True, description="call compiled Triton kernels directly instead of `kernel[grid]`"
     )

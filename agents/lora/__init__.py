@@ -14,7 +14,7 @@ Nothing here knows of the engine, the server or LangChain.
 from __future__ import annotations
 
 from .config import LoraKernelConfig
-from .layer import LoraGroup, SlotLoraLinear, decode_kernel_for
+from .layer import LoraGroup, SlotLoraLinear, decode_kernel_for, take_delta
 from .layout import PackedAdapter, SlotLayout
 from .plan import TILE_M, AdapterContext, ForwardPlan, StaticPlanBuffers, tile_lists
 from .slots import SlotLayers, resolve_backend
@@ -46,5 +46,6 @@ __all__ = [
     "folder_digest",
     "read_adapter",
     "resolve_backend",
+    "take_delta",
     "tile_lists",
 ]

@@ -40,6 +40,9 @@ class LoraKernelConfig:
     gemm_first: bool = False
     # the decode expand adds onto the GEMM's product instead of into a delta buffer
     expand_adds: bool = False
+    # graphed decode on the paged engine: the delta buffer is added inside the fused op that
+    # reads the GEMM's product next (norm, rotary, activation), not by an add of its own
+    fused_adds: bool = True
     # call compiled Triton kernels directly (skipping kernel[grid]'s argument binding)
     fast_launch: bool = True
     # split-K slice width of the eager kernel's shrink (0: no split)
@@ -56,6 +59,7 @@ class LoraKernelConfig:
             side_priority=settings.lora_side_priority,
             gemm_first=settings.lora_gemm_first,
             expand_adds=settings.lora_expand_adds,
+            fused_adds=settings.lora_fused_adds,
             fast_launch=settings.triton_fast_launch,
             k_per_split=settings.triton_k_per_split,
             interpret=settings.triton_interpret,

@@ -11,7 +11,9 @@ list, not walking the model's modules). Modules that read the same input (``q``/
   once and a per-forward mask keeps each row's own block (:meth:`LoraGroup._apply_cpu`).
 
 On CUDA each module adds its base product onto its delta in place (``addmm_``); on CPU the LoRA
-is added onto the base product in place; either way the LoRA costs no separate add.
+is added onto the base product in place; either way the LoRA costs no separate add. In graphed
+decode steps the delta runs beside the base GEMM and one add joins them, unless the caller
+takes the delta (:func:`take_delta`) to add inside its next fused op (the paged engine).
 """
 
 from __future__ import annotations
@@ -114,6 +116,15 @@ class SlotLoraLinear(nn.Module):
         return self.group.apply(self, x, plan)
 
 
+def take_delta(module: nn.Module) -> torch.Tensor | None:
+    """The LoRA delta of ``module``'s last forward, when that forward left it to the caller
+    (:attr:`~.plan.ForwardPlan.defer`) to add inside the op that reads the product next;
+    ``None`` when there is none to add (no adapter, not deferred, or a plain module)."""
+    if not isinstance(module, SlotLoraLinear) or module.group is None:
+        return None
+    return module.group.take(module.member)
+
+
 def decode_kernel_for(choice: str, tokens: int, rows: int, tiles: int) -> str:
     """The LoRA kernel pair of a graphed step: ``"tiles"`` or ``"rows"``.
 
@@ -177,6 +188,11 @@ class LoraGroup:
         self._shrunk: tuple[torch.Tensor, list[torch.Tensor], int] | None = None
         self._cat_key: tuple = ()
         self._cat: tuple[torch.Tensor, list[torch.Tensor], int] | None = None
+        # a deferred forward (plan.defer): each member's delta, for take_delta, and the side
+        # stream the first taker waits for
+        self._pending: list[torch.Tensor | None] = []
+        self._pending_version = -1
+        self._join: Any = None
 
     def apply(self, layer: SlotLoraLinear, x: torch.Tensor, plan: ForwardPlan) -> torch.Tensor:
         if self.cpu:
@@ -188,7 +204,8 @@ class LoraGroup:
             self.x2 = x.reshape(-1, x.shape[-1])
             self._full = None
             if (
-                plan.side is not None
+                plan.graphed
+                and self.layers.config.overlap
                 and self.layers.backend == "triton"
                 and (self.w_cat_t is not None or len(self.members) == 1)
             ):
@@ -341,15 +358,20 @@ class LoraGroup:
         """Base product (main stream) plus Triton deltas (side stream), joined by one add;
         returns each member's columns of the sum. When the launcher ``adds``
         (``config.expand_adds``), only the shrink runs beside the GEMM, and the expand runs
-        after it, adding onto its product (no delta buffer, no add)."""
+        after it, adding onto its product (no delta buffer, no add). When the caller adds
+        the deltas itself (``plan.defer``), neither the join nor the add happens here: the
+        columns are the base product's, and :meth:`take` hands each member its delta.
+        Without a side stream (Triton's interpreter on CPU) the launches run in order."""
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         stack = self.layers.stack
         if stack is None or triton is None:
             raise RuntimeError("the Triton LoRA backend needs triton and a slot stack")
-        main = torch.cuda.current_stream(x2.device)
+        self._pending = []
         side = plan.side
-        side.wait_stream(main)
+        main = torch.cuda.current_stream(x2.device) if side is not None else None
+        if side is not None:
+            side.wait_stream(main)
         tok, tile_slot, tiles = plan.tiles(x2.shape[0] // plan.rows)
         config = self.layers.config
         kernel = decode_kernel_for(config.decode_kernel, x2.shape[0], plan.rows, tiles)
@@ -379,14 +401,36 @@ class LoraGroup:
                 launcher.expand(delta, part, split, *where)
         if out is None:
             out = torch.mm(x2, w_t)
-        main.wait_stream(side)
+        self._full = out
+        self.based = True
+        columns = list(zip(self._cols, self.outs, strict=True))
+        if delta is not None and plan.defer:
+            self._pending = [delta[:, col : col + width] for col, width in columns]
+            self._pending_version, self._join = plan.version, side
+            return [out[:, col : col + width] for col, width in columns]
+        if main is not None:
+            main.wait_stream(side)
         if delta is None:
             launcher.expand(out, part, split, *where, add=True)
         else:
             out.add_(delta)
-        self._full = out
-        self.based = True
-        return [out[:, col : col + width] for col, width in zip(self._cols, self.outs, strict=True)]
+        return [out[:, col : col + width] for col, width in columns]
+
+    def take(self, member: int) -> torch.Tensor | None:
+        """Member ``member``'s delta that a deferred forward of the current plan left
+        (``None``: none, or already added), once; the current stream is ordered after the
+        side stream that computed it."""
+        plan = self.layers.context.plan
+        if not self._pending or plan is None or plan.version != self._pending_version:
+            self._pending = []
+            return None
+        delta, self._pending[member] = self._pending[member], None
+        if delta is not None and self._join is not None:
+            torch.cuda.current_stream(delta.device).wait_stream(self._join)
+            self._join = None
+        if all(d is None for d in self._pending):
+            self._pending = []
+        return delta
 
     def _triton(
         self, x2: torch.Tensor, plan: ForwardPlan, per_row: int

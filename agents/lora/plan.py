@@ -97,6 +97,7 @@ class StaticPlanBuffers:
         config = config or LoraKernelConfig()
         n = len(self.slots)
         plan = ForwardPlan(version, list(self.slots), None, self.device)
+        plan.graphed = True
         if self.device.type == "cuda" and config.overlap:
             priority = config.side_priority
             if self._priority != priority:  # graphs bake the stream in when captured
@@ -113,6 +114,7 @@ class ForwardPlan:
 
     __slots__ = (
         "version", "slots", "uniform", "device", "_idx", "_tiles", "_stream", "_masks", "side",
+        "graphed", "defer",
     )  # fmt: skip
 
     def __init__(self, version: int, slots: list[int], uniform: int | None, device: torch.device):
@@ -126,6 +128,12 @@ class ForwardPlan:
         self._masks: dict[tuple, torch.Tensor] = {}
         # a second CUDA stream: the Triton deltas run on it beside the base GEMMs
         self.side: Any = None
+        # a decode step over StaticPlanBuffers (recorded as a CUDA graph on CUDA): the LoRA
+        # runs as two launches beside (``side``) or around the base GEMM
+        self.graphed = False
+        # the caller adds each delta itself, inside the op that reads the GEMM's product
+        # next (:func:`~.layer.take_delta`); the layers return the base product alone
+        self.defer = False
 
     @property
     def rows(self) -> int:

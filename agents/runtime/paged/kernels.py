@@ -14,6 +14,9 @@ of the model's own forward:
   head a program; the query heads that share the KV head are rows of the same tile, so each key
   is read once for all of them. Online softmax in fp32.
 
+The first three can also add a LoRA delta onto their input (what a graphed decode step's LoRA
+computed beside the GEMM that made it), rounded as the add they replace would have.
+
 ``triton`` is ``None`` without Triton; :mod:`.ops` then runs the PyTorch forms.
 """
 
@@ -25,16 +28,21 @@ if triton is not None:
 
     @triton.jit
     def _add_rmsnorm_kernel(
-        x_ptr, stride_x, res_ptr, stride_r, res_out_ptr, out_ptr, w_ptr, eps, N,
-        HAS_RES: tl.constexpr, BLOCK: tl.constexpr,
+        x_ptr, stride_x, res_ptr, stride_r, res_out_ptr, out_ptr, w_ptr, eps, N, d_ptr,
+        stride_d, HAS_RES: tl.constexpr, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         """``res_out = x + res`` (rounded), ``out = w * rmsnorm(res_out)``; without
-        ``HAS_RES`` the row itself is normalised (and ``res_out`` not written)."""
+        ``HAS_RES`` the row itself is normalised (and ``res_out`` not written). ``HAS_DELTA``:
+        ``x`` is first ``x + delta`` (rounded: a LoRA delta the add of its own would have
+        added; needs ``HAS_RES``)."""
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         ok = cols < N
         dtype = out_ptr.dtype.element_ty
         x = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
+        if HAS_DELTA:
+            d = tl.load(d_ptr + row * stride_d + cols, mask=ok, other=0.0).to(tl.float32)
+            x = (x + d).to(dtype).to(tl.float32)
         if HAS_RES:
             r = tl.load(res_ptr + row * stride_r + cols, mask=ok, other=0.0).to(tl.float32)
             x = (x + r).to(dtype).to(tl.float32)
@@ -45,12 +53,19 @@ if triton is not None:
         tl.store(out_ptr + row * N + cols, (w * y).to(dtype), mask=ok)
 
     @triton.jit
-    def _rotate(base, heads, j, ok, c1, c2, s1, s2, HALF: tl.constexpr):
+    def _rotate(base, d_base, heads, j, ok, c1, c2, s1, s2, HALF: tl.constexpr,
+                HAS_DELTA: tl.constexpr):  # fmt: skip
         """``x * cos + rotate_half(x) * sin`` for ``[heads, 2 * HALF]`` rows at ``base``,
-        each product rounded to the dtype first, as transformers' bf16 code does."""
+        each product rounded to the dtype first, as transformers' bf16 code does
+        (``HAS_DELTA``: ``x`` is ``x + delta``, rounded, the delta's rows at ``d_base``)."""
         dtype = base.dtype.element_ty
         x1 = tl.load(base + heads + j, mask=ok, other=0.0).to(tl.float32)
         x2 = tl.load(base + heads + HALF + j, mask=ok, other=0.0).to(tl.float32)
+        if HAS_DELTA:
+            d1 = tl.load(d_base + heads + j, mask=ok, other=0.0).to(tl.float32)
+            d2 = tl.load(d_base + heads + HALF + j, mask=ok, other=0.0).to(tl.float32)
+            x1 = (x1 + d1).to(dtype).to(tl.float32)
+            x2 = (x2 + d2).to(dtype).to(tl.float32)
         o1 = (x1 * c1).to(dtype).to(tl.float32) - (x2 * s1).to(dtype).to(tl.float32)
         o2 = (x2 * c2).to(dtype).to(tl.float32) + (x1 * s2).to(dtype).to(tl.float32)
         return o1, o2
@@ -58,12 +73,15 @@ if triton is not None:
     @triton.jit
     def _rope_store_kernel(
         q_ptr, stride_q, k_ptr, stride_k, v_ptr, stride_v, q_out_ptr, kc_ptr, vc_ptr,
-        cos_ptr, sin_ptr, pos_ptr, slot_ptr,
+        cos_ptr, sin_ptr, pos_ptr, slot_ptr, dq_ptr, dk_ptr, dv_ptr, stride_d,
         H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
         HALF_PAD: tl.constexpr, H_PAD: tl.constexpr, KV_PAD: tl.constexpr, D_PAD: tl.constexpr,
+        HAS_DELTA: tl.constexpr,
     ):  # fmt: skip
         """Token ``t``: rotated ``q`` into ``q_out[t]`` (``[H, D]``), rotated ``k`` and plain
-        ``v`` into cache slot ``slot[t]`` (``[KV, D]`` each); cos/sin rows by position."""
+        ``v`` into cache slot ``slot[t]`` (``[KV, D]`` each); cos/sin rows by position.
+        ``HAS_DELTA``: ``q``, ``k``, ``v`` are first added their LoRA deltas (``dq``, ``dk``,
+        ``dv``, rows ``stride_d`` apart), rounded, as an add of its own would have."""
         t = tl.program_id(0).to(tl.int64)
         pos = tl.load(pos_ptr + t).to(tl.int64)
         slot = tl.load(slot_ptr + t).to(tl.int64)
@@ -76,32 +94,44 @@ if triton is not None:
         s2 = tl.load(sin_ptr + pos * D + HALF + j, mask=jok, other=0.0).to(tl.float32)[None, :]
         h = tl.arange(0, H_PAD)
         qok = (h < H)[:, None] & jok[None, :]
-        o1, o2 = _rotate(q_ptr + t * stride_q, h[:, None] * D, j[None, :], qok, c1, c2, s1, s2,
-                         HALF)  # fmt: skip
+        o1, o2 = _rotate(q_ptr + t * stride_q, dq_ptr + t * stride_d, h[:, None] * D,
+                         j[None, :], qok, c1, c2, s1, s2, HALF, HAS_DELTA)  # fmt: skip
         dst = q_out_ptr + t * (H * D) + h[:, None] * D + j[None, :]
         tl.store(dst, o1.to(dtype), mask=qok)
         tl.store(dst + HALF, o2.to(dtype), mask=qok)
         g = tl.arange(0, KV_PAD)
         kok = (g < KV)[:, None] & jok[None, :]
-        k1, k2 = _rotate(k_ptr + t * stride_k, g[:, None] * D, j[None, :], kok, c1, c2, s1, s2,
-                         HALF)  # fmt: skip
+        k1, k2 = _rotate(k_ptr + t * stride_k, dk_ptr + t * stride_d, g[:, None] * D,
+                         j[None, :], kok, c1, c2, s1, s2, HALF, HAS_DELTA)  # fmt: skip
         kdst = kc_ptr + slot * (KV * D) + g[:, None] * D + j[None, :]
         tl.store(kdst, k1.to(dtype), mask=kok)
         tl.store(kdst + HALF, k2.to(dtype), mask=kok)
         d = tl.arange(0, D_PAD)
         vok = (g < KV)[:, None] & (d < D)[None, :]
         v = tl.load(v_ptr + t * stride_v + g[:, None] * D + d[None, :], mask=vok, other=0.0)
+        if HAS_DELTA:
+            dv = tl.load(dv_ptr + t * stride_d + g[:, None] * D + d[None, :], mask=vok, other=0.0)
+            v = (v.to(tl.float32) + dv.to(tl.float32)).to(dtype)
         tl.store(vc_ptr + slot * (KV * D) + g[:, None] * D + d[None, :], v, mask=vok)
 
     @triton.jit
-    def _silu_mul_kernel(g_ptr, stride_g, u_ptr, stride_u, out_ptr, N, BLOCK: tl.constexpr):
-        """``out[row] = silu(gate[row]) * up[row]``, the silu rounded first (as torch's)."""
+    def _silu_mul_kernel(
+        g_ptr, stride_g, u_ptr, stride_u, out_ptr, N, dg_ptr, du_ptr, stride_d,
+        BLOCK: tl.constexpr, HAS_DELTA: tl.constexpr,
+    ):  # fmt: skip
+        """``out[row] = silu(gate[row]) * up[row]``, the silu rounded first (as torch's);
+        ``HAS_DELTA``: gate and up are first added their LoRA deltas, rounded."""
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         ok = cols < N
         dtype = out_ptr.dtype.element_ty
         g = tl.load(g_ptr + row * stride_g + cols, mask=ok, other=0.0).to(tl.float32)
         u = tl.load(u_ptr + row * stride_u + cols, mask=ok, other=0.0).to(tl.float32)
+        if HAS_DELTA:
+            dg = tl.load(dg_ptr + row * stride_d + cols, mask=ok, other=0.0).to(tl.float32)
+            du = tl.load(du_ptr + row * stride_d + cols, mask=ok, other=0.0).to(tl.float32)
+            g = (g + dg).to(dtype).to(tl.float32)
+            u = (u + du).to(dtype).to(tl.float32)
         s = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
         tl.store(out_ptr + row * N + cols, (s * u).to(dtype), mask=ok)
 

@@ -129,10 +129,20 @@ class Ops:
 
     # -- norms and activations -------------------------------------------------------------
     def add_rmsnorm(
-        self, x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        weight: torch.Tensor,
+        eps: float,
+        delta: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(rmsnorm(x + residual) * weight, x + residual)``; ``residual`` ``None``: x alone."""
+        """``(rmsnorm(x + residual) * weight, x + residual)``; ``residual`` ``None``: x alone.
+        ``delta`` (a LoRA delta of the product ``x``) is added onto ``x`` first."""
+        if delta is not None and residual is None:  # x + delta, rounded once, is the sum
+            residual, delta = delta, None
         if not self.triton:
+            if delta is not None:
+                x = x + delta
             res = x if residual is None else x + residual
             h = res.to(torch.float32)
             h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
@@ -141,22 +151,33 @@ class Ops:
         out = torch.empty_like(x)
         res_out = x if residual is None else torch.empty_like(x)
         res = x if residual is None else residual
+        d = x if delta is None else delta
         K._add_rmsnorm_kernel[(rows,)](
-            x, x.stride(0), res, res.stride(0), res_out, out, weight, eps, n,
-            HAS_RES=residual is not None, BLOCK=_pow2(n), num_warps=8 if n >= 2048 else 4,
+            x, x.stride(0), res, res.stride(0), res_out, out, weight, eps, n, d, d.stride(0),
+            HAS_RES=residual is not None, HAS_DELTA=delta is not None, BLOCK=_pow2(n),
+            num_warps=8 if n >= 2048 else 4,
         )  # fmt: skip
         self.launches += 1
         return out, res_out
 
-    def silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    def silu_mul(
+        self,
+        gate: torch.Tensor,
+        up: torch.Tensor,
+        deltas: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+    ) -> torch.Tensor:
+        """``silu(gate) * up``; ``deltas``: LoRA deltas of gate and up, added first."""
+        gate, up, dg, du = _with_deltas((gate, up), deltas, fused=self.triton)
         if not self.triton:
             return F.silu(gate) * up
         rows, n = gate.shape
         out = torch.empty(rows, n, dtype=gate.dtype, device=gate.device)
         block = 1024
+        dg_, du_ = (gate, up) if dg is None else (dg, du)
         K._silu_mul_kernel[(rows, triton_cdiv(n, block))](
-            gate, gate.stride(0), up, up.stride(0), out, n, BLOCK=block, num_warps=4
-        )
+            gate, gate.stride(0), up, up.stride(0), out, n, dg_, du_, dg_.stride(0),
+            BLOCK=block, HAS_DELTA=dg is not None, num_warps=4,
+        )  # fmt: skip
         self.launches += 1
         return out
 
@@ -171,9 +192,12 @@ class Ops:
         meta: StepMeta,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
+        deltas: tuple[torch.Tensor | None, ...] = (None, None, None),
     ) -> torch.Tensor:
         """Rotated queries ``[tokens, heads, dim]``; rotated keys and the values go into
-        their slots of ``k_cache``/``v_cache`` (``[slots, kv_heads, dim]``)."""
+        their slots of ``k_cache``/``v_cache`` (``[slots, kv_heads, dim]``). ``deltas``:
+        LoRA deltas of q, k and v, added first."""
+        q, k, v, dq, dk, dv = _with_deltas((q, k, v), deltas, fused=self.triton)
         tokens = q.shape[0]
         kv, dim = k_cache.shape[1], k_cache.shape[2]
         heads = q.shape[1] // dim
@@ -189,11 +213,12 @@ class Ops:
             return q_rot
         q_out = torch.empty(tokens, heads, dim, dtype=q.dtype, device=q.device)
         half = dim // 2
+        dq_, dk_, dv_ = (q, k, v) if dq is None else (dq, dk, dv)
         K._rope_store_kernel[(tokens,)](
             q, q.stride(0), k, k.stride(0), v, v.stride(0), q_out, k_cache, v_cache, cos, sin,
-            meta.positions, meta.slot_mapping, H=heads, KV=kv, D=dim, HALF=half,
-            HALF_PAD=_pow2(half), H_PAD=_pow2(heads), KV_PAD=_pow2(kv), D_PAD=_pow2(dim),
-            num_warps=4,
+            meta.positions, meta.slot_mapping, dq_, dk_, dv_, dq_.stride(0), H=heads, KV=kv,
+            D=dim, HALF=half, HALF_PAD=_pow2(half), H_PAD=_pow2(heads), KV_PAD=_pow2(kv),
+            D_PAD=_pow2(dim), HAS_DELTA=dq is not None, num_warps=4,
         )  # fmt: skip
         self.launches += 1
         return q_out
@@ -259,6 +284,21 @@ class Ops:
                 o.view(kv, groups, n, dim).permute(2, 0, 1, 3).reshape(n, heads * dim)
             )
         return out
+
+
+def _with_deltas(
+    inputs: tuple[torch.Tensor, ...], deltas: tuple[torch.Tensor | None, ...], *, fused: bool
+) -> tuple:
+    """``(*inputs, *deltas)`` as an op takes them: the Triton kernels (``fused``) read the
+    deltas themselves when there is one for every input, all with one row stride (column
+    views of one delta buffer); otherwise they are added here and returned as ``None``."""
+    if all(d is None for d in deltas):
+        return (*inputs, *deltas)
+    strides = {None if d is None else (d.stride(0), d.stride(1)) for d in deltas}
+    if fused and len(strides) == 1 and next(iter(strides))[1] == 1:  # type: ignore[index]
+        return (*inputs, *deltas)
+    summed = tuple(x if d is None else x + d for x, d in zip(inputs, deltas, strict=True))
+    return (*summed, *(None for _ in deltas))
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ through the final norm and ``lm_head``.
 one per row bucket and LoRA tile count, over static input buffers; the block tables are
 device tensors that the graph reads, so a replay copies only token ids, positions and table
 rows. Steps with prefill chunks run eagerly: their GEMMs are large and launch time is small
-beside them.
+beside them. In a decode step the LoRA deltas, computed beside the base GEMMs, are not added
+by adds of their own: the fused op that reads each product next adds its delta
+(``LoraKernelConfig.fused_adds``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...lora import AdapterContext, SlotLoraLinear, StaticPlanBuffers
+from ...lora import AdapterContext, SlotLoraLinear, StaticPlanBuffers, take_delta
 from ...lora.fuse import fuse_rows, rows_view
 from ..graphs import GraphedSteps, StepGraphs
 from .kv_cache import KVCache
@@ -154,24 +156,36 @@ class PagedModel:
         """Logits ``[samples, vocab]`` of the tokens at ``sample`` (``None``: every token);
         every token's keys and values land in the cache."""
         ops, cache = self.ops, self.cache
+        plan = self.context.plan
+        if plan is not None:  # graphed decode: each LoRA delta is added by the op after
+            plan.defer = plan.graphed and ops.triton and self.context.config.fused_adds
         h = self.inner.embed_tokens(ids)
         residual: torch.Tensor | None = None
+        delta: torch.Tensor | None = None  # of the last down projection
         for i, layer in enumerate(self.inner.layers):
-            x, residual = ops.add_rmsnorm(h, residual, layer.input_layernorm.weight, self.eps)
+            x, residual = ops.add_rmsnorm(
+                h, residual, layer.input_layernorm.weight, self.eps, delta
+            )
             attn = layer.self_attn
-            q, k, v = self._project((attn.q_proj, attn.k_proj, attn.v_proj), x)
+            qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
+            q, k, v = self._project(qkv, x)
             kc, vc = cache.k[i], cache.v[i]
-            q = ops.rope_store(q, k, v, self.cos, self.sin, meta, kc, vc)
+            deltas = tuple(take_delta(m) for m in qkv)
+            q = ops.rope_store(q, k, v, self.cos, self.sin, meta, kc, vc, deltas)
             h = attn.o_proj(ops.attention(q, kc, vc, meta, self.scale))
             x, residual = ops.add_rmsnorm(
-                h, residual, layer.post_attention_layernorm.weight, self.eps
-            )
+                h, residual, layer.post_attention_layernorm.weight, self.eps,
+                take_delta(attn.o_proj),
+            )  # fmt: skip
             mlp = layer.mlp
             gate, up = self._project((mlp.gate_proj, mlp.up_proj), x)
-            h = mlp.down_proj(ops.silu_mul(gate, up))
+            act = ops.silu_mul(gate, up, (take_delta(mlp.gate_proj), take_delta(mlp.up_proj)))
+            h = mlp.down_proj(act)
+            delta = take_delta(mlp.down_proj)
         if sample is not None:
             h, residual = h.index_select(0, sample), residual.index_select(0, sample)  # type: ignore[union-attr]
-        x, _ = ops.add_rmsnorm(h, residual, self.inner.norm.weight, self.eps)
+            delta = None if delta is None else delta.index_select(0, sample)
+        x, _ = ops.add_rmsnorm(h, residual, self.inner.norm.weight, self.eps, delta)
         return self.model.lm_head(x)
 
 

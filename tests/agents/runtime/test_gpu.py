@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from loraroute.agents.lora import LoraGroup
 from loraroute.agents.runtime import scheduler as scheduler_module
 from loraroute.agents.runtime.engine import Engine
 from loraroute.agents.runtime.requests import SamplingParams
@@ -72,6 +73,15 @@ class LaunchCounter:
                 return _original(*args, **kwargs)
 
             monkeypatch.setattr(cls, name, counted)
+        self.taken = 0  # LoRA deltas a decode step left to the paged engine's fused ops
+        take = LoraGroup.take
+
+        def taken(group, member):
+            delta = take(group, member)
+            self.taken += delta is not None
+            return delta
+
+        monkeypatch.setattr(LoraGroup, "take", taken)
 
 
 def _run(engine: Engine) -> tuple[list[list[int]], dict]:
@@ -167,7 +177,8 @@ def test_graphed_and_eager_paged_decode_and_the_dense_path_match_the_cpu_referen
         assert graphs is not None and graphs.graphs
         assert graphs.captures > 0 and graphs.replays > 0  # decode steps were replays
         assert paged.runner.ops.launches > 0 and counter.lora > 0  # Triton kernels ran
-        print("graphed", _compare(graphed, reference), paged.stats(), counter.lora)
+        assert counter.taken > 0  # deltas added inside the fused ops
+        print("graphed", _compare(graphed, reference), paged.stats(), counter.lora, counter.taken)
 
         sched.set_decode(static=False, graphs=False)  # every step eager
         launches, replays = paged.runner.ops.launches, graphs.replays
@@ -197,14 +208,20 @@ def test_paged_kernels_on_cuda_equal_the_pytorch_operations_in_bf16():
         x = torch.randn(40, 4096, dtype=torch.bfloat16, device=dev)
         r = torch.randn_like(x)
         w = torch.randn(4096, dtype=torch.bfloat16, device=dev)
+        d = torch.randn_like(x)  # a LoRA delta of x, added first
         for res in (None, r):
-            (a, ra), (b, rb) = tri.add_rmsnorm(x, res, w, 1e-5), ref.add_rmsnorm(x, res, w, 1e-5)
-            torch.testing.assert_close(ra, rb)
-            assert (a.float() - b.float()).abs().max() <= 2**-6 * b.float().abs().max()
+            for delta in (None, d):
+                (a, ra) = tri.add_rmsnorm(x, res, w, 1e-5, delta)
+                (b, rb) = ref.add_rmsnorm(x, res, w, 1e-5, delta)
+                torch.testing.assert_close(ra, rb)
+                assert (a.float() - b.float()).abs().max() <= 2**-6 * b.float().abs().max()
         gu = torch.randn(40, 2 * 14336, dtype=torch.bfloat16, device=dev)
-        torch.testing.assert_close(
-            tri.silu_mul(gu[:, :14336], gu[:, 14336:]), ref.silu_mul(gu[:, :14336], gu[:, 14336:])
-        )
+        dgu = torch.randn_like(gu)
+        for deltas in ((None, None), (dgu[:, :14336], dgu[:, 14336:])):
+            torch.testing.assert_close(
+                tri.silu_mul(gu[:, :14336], gu[:, 14336:], deltas),
+                ref.silu_mul(gu[:, :14336], gu[:, 14336:], deltas),
+            )
         # a chunk of 300 after 200 cached tokens, 30 decode rows at contexts up to 900
         blocks = 2000  # more than the 31 x 57 blocks handed out below
         history = torch.randn(2, blocks * bs, kv, dim, dtype=torch.bfloat16, device=dev)
@@ -219,6 +236,7 @@ def test_paged_kernels_on_cuda_equal_the_pytorch_operations_in_bf16():
         sin = torch.randn(1024, dim, dtype=torch.bfloat16, device=dev)
         qkv = torch.randn(tokens, (heads + 2 * kv) * dim, dtype=torch.bfloat16, device=dev)
         q, k, v = qkv.split([heads * dim, kv * dim, kv * dim], 1)
+        dq, dk, dv = torch.randn_like(qkv).split([heads * dim, kv * dim, kv * dim], 1)
         outs = []
         for ops, (kc, vc) in zip((tri, ref), caches, strict=True):
             meta = build_meta(seqs, tables, bs, heads // kv, dev)
@@ -228,4 +246,13 @@ def test_paged_kernels_on_cuda_equal_the_pytorch_operations_in_bf16():
         torch.testing.assert_close(caches[0][0], caches[1][0], atol=6e-2, rtol=2e-2)
         assert torch.equal(caches[0][1], caches[1][1])  # values are copied as they are
         assert _rel(outs[0][1].float(), outs[1][1].float()) < 1e-2
-        assert tri.launches == 5
+        # with LoRA deltas of q, k, v added inside the kernel
+        caches = [(history[0].clone(), history[1].clone()) for _ in range(2)]
+        qrs = []
+        for ops, (kc, vc) in zip((tri, ref), caches, strict=True):
+            meta = build_meta(seqs, tables, bs, heads // kv, dev)
+            qrs.append(ops.rope_store(q, k, v, cos, sin, meta, kc, vc, (dq, dk, dv)))
+        torch.testing.assert_close(qrs[0], qrs[1], atol=6e-2, rtol=2e-2)
+        torch.testing.assert_close(caches[0][0], caches[1][0], atol=6e-2, rtol=2e-2)
+        assert torch.equal(caches[0][1], caches[1][1])
+        assert tri.launches == 9

@@ -27,14 +27,26 @@ _OPS = textwrap.dedent(
             (a, ra), (b, rb) = tri.add_rmsnorm(x, res, w, 1e-5), ref.add_rmsnorm(x, res, w, 1e-5)
             torch.testing.assert_close(a, b, **tol)
             torch.testing.assert_close(ra, rb)
+            # a LoRA delta of x added first (with no residual it becomes the residual)
+            d = torch.randn(5, 48, dtype=dtype)
+            (a, ra) = tri.add_rmsnorm(x, res, w, 1e-5, d)
+            (b, rb) = ref.add_rmsnorm(x, res, w, 1e-5, d)
+            torch.testing.assert_close(a, b, **tol)
+            torch.testing.assert_close(ra, rb)
+            torch.testing.assert_close(rb, x + d if res is None else (x + d) + res)
         gu = torch.randn(5, 140, dtype=dtype)  # gate and up: column views of one product
         got = tri.silu_mul(gu[:, :70], gu[:, 70:])
         torch.testing.assert_close(got, ref.silu_mul(gu[:, :70], gu[:, 70:]), **tol)
+        dgu = torch.randn(5, 140, dtype=dtype)  # their deltas: views of one delta buffer
+        deltas = (dgu[:, :70], dgu[:, 70:])
+        got = tri.silu_mul(gu[:, :70], gu[:, 70:], deltas)
+        want = ref.silu_mul(gu[:, :70] + deltas[0], gu[:, 70:] + deltas[1])
+        torch.testing.assert_close(got, want, **tol)
+        torch.testing.assert_close(ref.silu_mul(gu[:, :70], gu[:, 70:], deltas), want)
         # three sequences in one step: a chunk of 7 after 5 cached tokens, one decode token
         # at context 9, a fresh prompt of 6; their blocks scattered over the cache
         blocks = 20
         history = torch.randn(2, blocks * bs, kv, dim, dtype=dtype)
-        caches = [(history[0].clone(), history[1].clone()) for _ in range(2)]
         tables = torch.zeros(4, 8, dtype=torch.int32)
         tables[1, :3] = torch.tensor([5, 2, 9])
         tables[2, :3] = torch.tensor([1, 7, 3])
@@ -43,16 +55,25 @@ _OPS = textwrap.dedent(
         cos, sin = torch.randn(16, dim, dtype=dtype), torch.randn(16, dim, dtype=dtype)
         qkv = torch.randn(14, (heads + 2 * kv) * dim, dtype=dtype)
         q, k, v = qkv.split([heads * dim, kv * dim, kv * dim], 1)
-        outs = []
-        for ops, (kc, vc) in zip((tri, ref), caches):
-            meta = build_meta(seqs, tables, bs, heads // kv, torch.device("cpu"))
-            qr = ops.rope_store(q, k, v, cos, sin, meta, kc, vc)
-            outs.append((qr, ops.attention(qr, kc, vc, meta, dim**-0.5)))
-        for got, want in zip(outs[0], outs[1]):
-            torch.testing.assert_close(got, want, **tol)
-        for got, want in zip(caches[0], caches[1]):
-            torch.testing.assert_close(got, want, **tol)
-        assert tri.launches == 5 and ref.launches == 0
+        dqkv = torch.randn_like(qkv)  # LoRA deltas of q, k, v: views of one buffer
+        dq, dk, dv = dqkv.split([heads * dim, kv * dim, kv * dim], 1)
+        for deltas in ((None, None, None), (dq, dk, dv)):
+            outs = []
+            caches = [(history[0].clone(), history[1].clone()) for _ in range(2)]
+            for ops, (kc, vc) in zip((tri, ref), caches):
+                meta = build_meta(seqs, tables, bs, heads // kv, torch.device("cpu"))
+                qr = ops.rope_store(q, k, v, cos, sin, meta, kc, vc, deltas)
+                outs.append((qr, ops.attention(qr, kc, vc, meta, dim**-0.5)))
+            for got, want in zip(outs[0], outs[1]):
+                torch.testing.assert_close(got, want, **tol)
+            for got, want in zip(caches[0], caches[1]):
+                torch.testing.assert_close(got, want, **tol)
+        # the deltas are added before the rotation: the same as rotating q + dq
+        kc, vc = history[0].clone(), history[1].clone()
+        meta = build_meta(seqs, tables, bs, heads // kv, torch.device("cpu"))
+        summed = ref.rope_store(q + dq, k + dk, v + dv, cos, sin, meta, kc, vc)
+        torch.testing.assert_close(outs[1][0], summed)
+        assert tri.launches == 10 and ref.launches == 0
 
     for dtype in (torch.float32, torch.float16):
         check(dtype, 4, 2, 16)  # 2 query heads per KV head
@@ -66,6 +87,7 @@ _ENGINE = textwrap.dedent(
     """
     import sys, torch
     from pathlib import Path
+    from loraroute.agents.lora import LoraGroup
     from loraroute.agents.runtime import scheduler as sm
     from loraroute.agents.runtime.engine import Engine
     from loraroute.agents.runtime.requests import SamplingParams
@@ -88,6 +110,14 @@ _ENGINE = textwrap.dedent(
             return orig(step, rows)
 
         sm.choose_tokens = spy
+        taken, take = [], LoraGroup.take
+
+        def counted(group, member):  # deltas a decode step left to the fused ops
+            delta = take(group, member)
+            taken.append(delta is not None)
+            return delta
+
+        LoraGroup.take = counted
         gen = torch.Generator().manual_seed(0)
         reqs = [(9, "a", 6), (21, "b", 4), (5, None, 6)]
         with eng._model_lock:
@@ -98,6 +128,9 @@ _ENGINE = textwrap.dedent(
             ]
         out = [h.result(timeout=600).token_ids for h in hs]
         sm.choose_tokens = orig
+        LoraGroup.take = take
+        if options["kv_cache"] == "paged":  # decode steps: every delta added by a fused op
+            assert sum(taken) > 0, taken
         paged = eng.scheduler.paged
         launches = paged.runner.ops.launches if paged is not None else 0
         first = hs[0].id % 1000
