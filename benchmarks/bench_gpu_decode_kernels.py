@@ -58,6 +58,33 @@ VARIANTS: dict[str, tuple[str, Attrs]] = {
     "auto_serial": ("auto", {"group": {"overlap": 0}}),
     # the paged engine's deltas joined by adds of their own, not inside its fused ops
     "auto_own_adds": ("auto", {"group": {"fused_adds": 0}}),
+    # int8 adapter weights in the slots (half the bytes a step reads per adapter), and the
+    # rows kernels' launch shapes around their defaults for them (each program reads half
+    # the bytes of bf16's at the same shape)
+    "auto_int8": ("auto", {"slots": {"int8": 1}}),
+    "auto_w8": ("auto", {"rows": {"warps": 8}}),  # bf16 rows kernels at 8 warps
+    **{
+        f"auto_int8_w{w}" + (f"_n{n}" if n else "") + (f"_k{k}" if k else ""): (
+            "auto",
+            {
+                "slots": {"int8": 1},
+                "rows": {
+                    "int8_warps": w,
+                    **({"block_n": n} if n else {}),
+                    **({"block_k": k} if k else {}),
+                },
+            },
+        )
+        for w, n, k in (
+            (8, 0, 0),
+            (16, 0, 0),
+            (8, 512, 0),
+            (8, 0, 2048),
+            (16, 0, 2048),
+            (8, 128, 0),
+            (4, 0, 0),
+        )
+    },  # fmt: skip
 }
 
 
@@ -112,7 +139,7 @@ SWEEPS = {"shapes": SHAPES, "fine": FINE, "multirow": MULTIROW}
 # both grids (tiles_n128_c256_w8 and rows_n256_k1024_w4 of the fine one)
 _DEFAULTS: dict[str, dict[str, Any]] = {}
 KEYS = (
-    "fill", "max_split", "expand_cols", "block_n", "block_k", "warps", "adds",
+    "fill", "max_split", "expand_cols", "block_n", "block_k", "warps", "int8_warps", "adds",
     "rows_per_program", "max_align",
 )  # fmt: skip
 # LoraKernelConfig fields a variant may set
@@ -124,7 +151,10 @@ def use(kernel: str, attrs: Attrs, groups) -> None:
     run from now on."""
     from loraroute.agents.lora.launchers import RowLauncher, SplitLauncher
 
-    config = groups[0].layers.config
+    layers = groups[0].layers
+    # int8 slots or the model's dtype (a re-layout: the caller's groups are gone after it)
+    layers.adapter_weights = "int8" if attrs.get("slots", {}).get("int8") else "model"
+    config = layers.config
     config.decode_kernel = kernel
     if "group" not in _DEFAULTS:
         _DEFAULTS["group"] = {k: getattr(config, k) for k in GROUP_KEYS}

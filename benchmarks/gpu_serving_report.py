@@ -61,6 +61,7 @@ def render(res: dict) -> str:
                 (f"ours, {k} distinct adapter{'s' if k > 1 else ''}", f"adapters_{k}")
                 for k in (1, 8, 32)
             ]
+            + [("ours, 32 distinct adapters, int8 adapter weights", "adapters_32_int8")]
             + [("ours, adapters registered, none in the batch", "no_adapter_wrapped")]
         )
         for label, key in rows:

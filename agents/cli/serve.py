@@ -69,6 +69,14 @@ _MIB = 1024 * 1024
     "90% of the free GPU memory).",
 )
 @click.option(
+    "--adapter-weights",
+    default="model",
+    show_default=True,
+    type=click.Choice(["model", "int8"]),
+    help="Adapters in device slots in the model's dtype, or int8 with a scale per rank (half "
+    "the memory and the bytes a decode step reads; the Triton LoRA kernels only).",
+)
+@click.option(
     "--max-queue",
     default=64,
     show_default=True,
@@ -212,6 +220,7 @@ def serve_cmd(
     no_cuda_graphs: bool,
     kv_cache: str,
     kv_cache_tokens: int | None,
+    adapter_weights: str,
     max_queue: int,
     max_concurrency: int | None,
     request_timeout: float,
@@ -355,6 +364,7 @@ def serve_cmd(
             "--no-cuda-graphs": no_cuda_graphs,
             "--kv-cache": kv_cache != "auto",
             "--kv-cache-tokens": kv_cache_tokens is not None,
+            "--adapter-weights": adapter_weights != "model",
         }
         given = [name for name, on in engine_only.items() if on]
         if given:
@@ -369,19 +379,26 @@ def serve_cmd(
         from ..runtime import Engine, EngineConfig
         from ..server.backends import LocalBackend
 
-        if lora_backend == "triton":  # say so before loading the model, not after
+        if lora_backend == "triton" or adapter_weights == "int8":  # before loading the model
             import torch
 
             from ..lora import resolve_backend
 
             try:
-                resolve_backend(
+                resolved = resolve_backend(
                     lora_backend,
                     torch.device(device or settings.torch_device()),
                     interpret=settings.triton_interpret,
                 )
             except ValueError as exc:
                 raise click.BadParameter(str(exc), param_hint="--lora-backend") from exc
+            if adapter_weights == "int8" and resolved != "triton":
+                raise click.BadParameter(
+                    "int8 adapter weights are read by the Triton LoRA kernels only (CUDA with "
+                    f"triton installed, or TRITON_INTERPRET=1); the LoRA backend here is "
+                    f"{resolved!r}",
+                    param_hint="--adapter-weights",
+                )
         click.echo(f"loading base model {base_model or settings.base_model} ...", err=True)
         engine_config = EngineConfig(
             device=device,
@@ -392,6 +409,7 @@ def serve_cmd(
             cuda_graphs=not no_cuda_graphs,
             kv_cache=kv_cache,  # type: ignore[arg-type]
             kv_cache_tokens=kv_cache_tokens,
+            adapter_weights=adapter_weights,  # type: ignore[arg-type]
         )
         engine = Engine(base_model, registry=registry, settings=settings, config=engine_config)
         try:

@@ -13,6 +13,10 @@ slot stack. Three forms:
 - :func:`_lora_shrink_rows_kernel` + :func:`_lora_expand_rows_kernel`: one row a program,
   each reading its own slot (graphed decode with many distinct adapters; Punica's BGMV).
 
+Slots may hold int8 values (``HAS_SCALE``): each module's ``r`` rank scales (at the table
+row's ``s_off`` in the slot's scales) multiply the shrink's output before it is rounded, and
+the values are converted to the input's dtype as they are loaded (:mod:`.layout`).
+
 Everything is optional: ``triton`` is ``None`` without Triton, and the slot layers then use the
 PyTorch gather + bmm path. With ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (tests).
 """
@@ -28,9 +32,9 @@ if triton is not None:
         acc, base, b_off, col0, ncol, dcol, d_ptr, stride_dm, rows64, row_ok, offs_r,
         R: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK_N: tl.constexpr, ADD: tl.constexpr,
     ):  # fmt: skip
-        """``delta[rows, chunk] = t @ B[chunk]^T`` with ``t`` rounded to the weight dtype
+        """``delta[rows, chunk] = t @ B[chunk]^T`` with ``t`` rounded to the model's dtype
         (``ADD``: ``+=``, onto the base product already there)."""
-        t = acc.to(base.dtype.element_ty)
+        t = acc.to(d_ptr.dtype.element_ty)
         offs_n = tl.arange(0, BLOCK_N)
         for n0 in tl.static_range(0, CHUNK_N, BLOCK_N):
             cols = n0 + offs_n
@@ -41,7 +45,7 @@ if triton is not None:
                 mask=c_ok[:, None],
                 other=0.0,
             )
-            out = tl.dot(t, tl.trans(bt))
+            out = tl.dot(t, tl.trans(bt.to(t.dtype)))
             dst = d_ptr + rows64[:, None] * stride_dm + (dcol + mcols)[None, :]
             mask = row_ok[:, None] & c_ok[None, :]
             if ADD:
@@ -64,10 +68,17 @@ if triton is not None:
                 other=0.0,
             )
             at = tl.load(a_ptr + offs_r[:, None] * K + kk[None, :], mask=k_ok[None, :], other=0.0)
-            acc += tl.dot(xt, tl.trans(at))
+            acc += tl.dot(xt, tl.trans(at.to(xt.dtype)))
         return acc
 
-    @triton.jit(do_not_specialize=["stride_xm", "slot_stride", "stride_dm", "K", "k_per"])
+    @triton.jit
+    def _rank_scales(acc, scale_ptr, scale_stride, slot, s_off, offs_r):
+        """``acc`` (``[rows, R]``) times the slot's rank scales of one module (int8 slots)."""
+        return acc * tl.load(scale_ptr + slot * scale_stride + s_off + offs_r)[None, :]
+
+    @triton.jit(
+        do_not_specialize=["stride_xm", "slot_stride", "stride_dm", "K", "k_per", "scale_stride"]
+    )
     def _lora_group_kernel(
         x_ptr,
         stride_xm,
@@ -82,12 +93,15 @@ if triton is not None:
         part_ptr,
         count_ptr,
         k_per,
+        scale_ptr,
+        scale_stride,
         R: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_K: tl.constexpr,
         BLOCK_N: tl.constexpr,
         CHUNK_N: tl.constexpr,
         SPLIT: tl.constexpr,
+        HAS_SCALE: tl.constexpr,
     ):
         tile = tl.program_id(0)
         chunk = tl.program_id(1)
@@ -96,7 +110,7 @@ if triton is not None:
         rows = tl.load(tok_ptr + tile * BLOCK_M + offs_m)
         row_ok = rows >= 0
         rows64 = tl.where(row_ok, rows, 0).to(tl.int64)
-        crow = chunk_ptr + chunk * 6
+        crow = chunk_ptr + chunk * 7
         a_off = tl.load(crow).to(tl.int64)
         b_off = tl.load(crow + 1).to(tl.int64)
         col0 = tl.load(crow + 2)  # first column of the chunk inside its module
@@ -114,6 +128,9 @@ if triton is not None:
         acc = _shrink(x_ptr, stride_xm, base + a_off, rows64, row_ok, k_lo, k_hi, K, R,
                       BLOCK_M, BLOCK_K)  # fmt: skip
         if SPLIT == 1:
+            if HAS_SCALE:
+                s_off = tl.load(crow + 6).to(tl.int64)
+                acc = _rank_scales(acc, scale_ptr, scale_stride, slot, s_off, offs_r)
             _expand(acc, base, b_off, col0, ncol, dcol, d_ptr, stride_dm, rows64, row_ok,
                     offs_r, R, BLOCK_N, CHUNK_N, False)  # fmt: skip
         else:
@@ -129,6 +146,9 @@ if triton is not None:
                 total = tl.zeros((BLOCK_M, R), dtype=tl.float32)
                 for s in tl.static_range(SPLIT):
                     total += tl.load(tile_part + s * (BLOCK_M * R) + offs_t, cache_modifier=".cg")
+                if HAS_SCALE:
+                    s_off = tl.load(crow + 6).to(tl.int64)
+                    total = _rank_scales(total, scale_ptr, scale_stride, slot, s_off, offs_r)
                 _expand(total, base, b_off, col0, ncol, dcol, d_ptr, stride_dm, rows64,
                         row_ok, offs_r, R, BLOCK_N, CHUNK_N, False)  # fmt: skip
 
@@ -160,11 +180,12 @@ if triton is not None:
         dst = part_ptr + (job * split + s) * (BLOCK_M * R)
         tl.store(dst + offs_m[:, None] * R + offs_r[None, :], acc)
 
-    @triton.jit(do_not_specialize=["members", "split"])
+    @triton.jit(do_not_specialize=["members", "split", "scale_stride"])
     def _lora_expand_kernel(
         w_ptr, slot_stride, d_ptr, stride_dm, tok_ptr, tile_slot_ptr, block_ptr, part_ptr,
-        members, split, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        CHUNK_N: tl.constexpr, ADD: tl.constexpr, ALIGN: tl.constexpr,
+        members, split, scale_ptr, scale_stride, R: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, CHUNK_N: tl.constexpr, ADD: tl.constexpr, ALIGN: tl.constexpr,
+        HAS_SCALE: tl.constexpr,
     ):  # fmt: skip
         """``delta[tile, chunk] = (sum_s part[tile, member, s]) @ B[slot, chunk]^T``, the
         chunk's ``CHUNK_N`` columns in blocks of ``BLOCK_N`` (``ADD``: ``+=`` onto the base
@@ -179,7 +200,7 @@ if triton is not None:
         live = tl.load(tok_ptr + tile * BLOCK_M) >= 0
         if ADD:
             live = live & (slot != 0)
-        crow = block_ptr + blk * 6
+        crow = block_ptr + blk * 7
         b_off = tl.multiple_of(tl.load(crow + 1).to(tl.int64), ALIGN)
         col0 = tl.multiple_of(tl.load(crow + 2), ALIGN)
         ncol = tl.where(live, tl.load(crow + 3), 0)
@@ -191,6 +212,9 @@ if triton is not None:
         total = tl.zeros((BLOCK_M, R), dtype=tl.float32)
         for s in range(0, tl.where(live, split, 0)):  # a fixed order: deterministic
             total += tl.load(src + s * (BLOCK_M * R) + offs_t)
+        if HAS_SCALE:
+            s_off = tl.load(crow + 6).to(tl.int64)
+            total = _rank_scales(total, scale_ptr, scale_stride, slot, s_off, offs_r)
         _expand(total, w_ptr + slot * slot_stride, b_off, col0, ncol, dcol, d_ptr, stride_dm,
                 rows64, row_ok, offs_r, R, BLOCK_N, CHUNK_N, ADD)  # fmt: skip
 
@@ -223,11 +247,11 @@ if triton is not None:
         job = (row * tl.num_programs(1) + member).to(tl.int64)
         tl.store(part_ptr + (job * split + s) * R + offs_r, tl.sum(acc, axis=1))
 
-    @triton.jit(do_not_specialize=["members", "split", "n_rows"])
+    @triton.jit(do_not_specialize=["members", "split", "n_rows", "scale_stride"])
     def _lora_expand_rows_kernel(
         w_ptr, slot_stride, d_ptr, stride_dm, idx_ptr, block_ptr, part_ptr, members, split,
-        n_rows, R: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, ADD: tl.constexpr,
-        ALIGN: tl.constexpr,
+        n_rows, scale_ptr, scale_stride, R: tl.constexpr, BLOCK_N: tl.constexpr,
+        ROWS: tl.constexpr, ADD: tl.constexpr, ALIGN: tl.constexpr, HAS_SCALE: tl.constexpr,
     ):  # fmt: skip
         """``delta[rows, block] = (sum_s part[row, member, s]) @ B[slot(row), block]^T`` for
         ``ROWS`` consecutive rows, each with its own adapter (``ADD``: ``+=`` onto the base
@@ -237,7 +261,7 @@ if triton is not None:
         m_ok = offs_m < n_rows
         slot = tl.load(idx_ptr + offs_m, mask=m_ok, other=0).to(tl.int64)
         live = m_ok & (slot != 0)  # slot 0: no weights read
-        crow = block_ptr + blk * 6
+        crow = block_ptr + blk * 7
         b_off = tl.multiple_of(tl.load(crow + 1).to(tl.int64), ALIGN)
         col0 = tl.multiple_of(tl.load(crow + 2), ALIGN)
         ncol = tl.load(crow + 3)
@@ -248,7 +272,11 @@ if triton is not None:
         t = tl.zeros((ROWS, R), dtype=tl.float32)
         for s in range(0, split):  # a fixed order: deterministic
             t += tl.load(src + s * R + offs_r[None, :], mask=live[:, None], other=0.0)
-        t = t.to(w_ptr.dtype.element_ty).to(tl.float32)  # rounded to the weight dtype, as PEFT
+        if HAS_SCALE:  # each row its own slot's rank scales
+            s_off = tl.load(crow + 6).to(tl.int64)
+            c_ptr = scale_ptr + (slot * scale_stride + s_off)[:, None] + offs_r[None, :]
+            t = t * tl.load(c_ptr, mask=live[:, None], other=0.0)
+        t = t.to(d_ptr.dtype.element_ty).to(tl.float32)  # rounded to the model dtype, as PEFT
         offs_n = tl.arange(0, BLOCK_N)
         c_ok = offs_n < ncol
         mcols = col0 + offs_n

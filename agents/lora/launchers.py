@@ -8,6 +8,7 @@ its first line; ``s[t]`` is token ``t``'s adapter slot and B is pre-scaled.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -43,16 +44,22 @@ def chunk_width(total_cols: int, in_features: int) -> int:
     return int(min(max(width, 256), 2048))
 
 
-def chunk_rows(members: list[tuple[int, int, int]], chunk: int) -> list[tuple[int, ...]]:
-    """Rows ``(a_off, b_off, col0, ncol, dcol, member)``, one per ``chunk`` output columns.
+TABLE_COLS = 7  # columns of a chunk table row (the kernels step through rows by this)
 
-    ``members``: ``(a_off, b_off, out_features)`` per module of the group, in delta order.
+
+def chunk_rows(members: Sequence[tuple[int, ...]], chunk: int) -> list[tuple[int, ...]]:
+    """Rows ``(a_off, b_off, col0, ncol, dcol, member, s_off)``, one per ``chunk`` output
+    columns.
+
+    ``members``: ``(a_off, b_off, out_features[, s_off])`` per module of the group, in delta
+    order (``s_off``: its rank scales' offset in a quantized slot, else 0).
     """
     rows: list[tuple[int, ...]] = []
     dcol = 0
-    for member, (a_off, b_off, fout) in enumerate(members):
+    for member, (a_off, b_off, fout, *rest) in enumerate(members):
+        s_off = rest[0] if rest else 0
         for col0 in range(0, fout, chunk):
-            rows.append((a_off, b_off, col0, min(chunk, fout - col0), dcol, member))
+            rows.append((a_off, b_off, col0, min(chunk, fout - col0), dcol, member, s_off))
         dcol += fout
     if max(max(r[0], r[1]) for r in rows) >= 2**31:
         raise ValueError("a slot is too large for int32 offsets; use fewer modules or a lower rank")
@@ -60,9 +67,9 @@ def chunk_rows(members: list[tuple[int, int, int]], chunk: int) -> list[tuple[in
 
 
 def chunk_table(
-    members: list[tuple[int, int, int]], chunk: int, device: torch.device
+    members: Sequence[tuple[int, ...]], chunk: int, device: torch.device
 ) -> torch.Tensor:
-    """:func:`chunk_rows` as a ``[chunks, 6]`` int32 tensor on ``device``."""
+    """:func:`chunk_rows` as a ``[chunks, TABLE_COLS]`` int32 tensor on ``device``."""
     return torch.tensor(chunk_rows(members, chunk), dtype=torch.int32).to(device)
 
 
@@ -92,9 +99,14 @@ class GroupLauncher:
         chunk: int,
         block_m: int,
         config: LoraKernelConfig | None = None,
+        scales: torch.Tensor | None = None,
     ) -> None:
         self.config = config or LoraKernelConfig()
         self.flat = flat
+        # int8 slots: their rank scales ([slots, n_scales] float32); else the kernels get
+        # ``flat`` in its place and never read it
+        self.scales = flat if scales is None else scales
+        self.has_scale = scales is not None
         self.chunks = chunks
         self.n_chunks = int(chunks.shape[0])
         self.slot_stride = flat.stride(0)
@@ -149,8 +161,8 @@ class GroupLauncher:
             part, count = x, tok  # split == 1: not read by the kernel
         args = (
             x, K, self.flat, self.slot_stride, delta, total_out, tok, tile_slot, self.chunks,
-            K, part, count, k_per, self.r, self.block_m, block_k, self.block_n, self.chunk,
-            split,
+            K, part, count, k_per, self.scales, self.scales.stride(0), self.r, self.block_m,
+            block_k, self.block_n, self.chunk, split, self.has_scale,
         )  # fmt: skip
         aligned = (x.data_ptr() & 15) == 0
         if self.fast and aligned and split in self._compiled:
@@ -163,9 +175,9 @@ class GroupLauncher:
             except (TypeError, AttributeError, IndexError, ValueError) as exc:
                 logger.warning("fast Triton launch failed (%s); using kernel[grid]", exc)
                 GroupLauncher.fast_ok = False
-        compiled = _lora_group_kernel[(tiles, self.n_chunks, split)](*args[:13], R=args[13],
-            BLOCK_M=args[14], BLOCK_K=args[15], BLOCK_N=args[16], CHUNK_N=args[17],
-            SPLIT=split, num_warps=4)  # fmt: skip
+        compiled = _lora_group_kernel[(tiles, self.n_chunks, split)](*args[:15], R=args[15],
+            BLOCK_M=args[16], BLOCK_K=args[17], BLOCK_N=args[18], CHUNK_N=args[19],
+            SPLIT=split, HAS_SCALE=self.has_scale, num_warps=4)  # fmt: skip
         if aligned and compiled is not None:
             self._compiled[split] = compiled
 
@@ -221,17 +233,21 @@ class _TwoLaunch:
     fill = 132  # shrink programs wanted
     block_k = 128  # input columns a shrink program reads per step
     warps = 4  # per program, both kernels
+    int8_warps = 4  # the same, reading int8 slots
     max_align = 16  # the most the table's offsets are declared to be multiples of
 
     def __init__(
-        self, flat: torch.Tensor, members: list[tuple[int, int, int]], *, r: int, cols: int,
+        self, flat: torch.Tensor, members: Sequence[tuple[int, ...]], *, r: int, cols: int,
         device: torch.device, config: LoraKernelConfig | None = None,
+        scales: torch.Tensor | None = None,
     ) -> None:  # fmt: skip
         self.config = config or LoraKernelConfig()
         self.flat = flat
+        self.scales = flat if scales is None else scales  # as GroupLauncher's
+        self.has_scale = scales is not None
         self.r = r
         self.members = len(members)
-        self.a_offs = torch.tensor([a for a, _, _ in members], dtype=torch.int32).to(device)
+        self.a_offs = torch.tensor([m[0] for m in members], dtype=torch.int32).to(device)
         rows = chunk_rows(members, cols)
         self.blocks = torch.tensor(rows, dtype=torch.int32).to(device)
         self.n_blocks = len(rows)
@@ -244,6 +260,12 @@ class _TwoLaunch:
         self.align = self.max_align
         while self.align > 1 and any(o % self.align for o in offsets):
             self.align //= 2
+
+    @property
+    def num_warps(self) -> int:
+        """Warps a program of either kernel runs (read at each launch: benchmarks change the
+        class attributes)."""
+        return self.int8_warps if self.has_scale else self.warps
 
     @property
     def adds(self) -> bool:
@@ -284,7 +306,7 @@ class SplitLauncher(_TwoLaunch):
     # chunks re-read them less (16 x r fp32 per slice) at the cost of fewer programs
     expand_cols = 256
     fill = 528  # programs wanted for the shrink (four per multiprocessor)
-    warps = 8
+    warps = int8_warps = 8
     # no alignment hints for the tiles: they cost end to end where auto picks tiles
     # (benchmarks/results/gpu_decode_align.md); rows keep them
     max_align = 1
@@ -292,16 +314,19 @@ class SplitLauncher(_TwoLaunch):
     def __init__(
         self,
         flat: torch.Tensor,
-        members: list[tuple[int, int, int]],
+        members: Sequence[tuple[int, ...]],
         *,
         r: int,
         block_m: int,
         device: torch.device,
         config: LoraKernelConfig | None = None,
+        scales: torch.Tensor | None = None,
     ) -> None:
         self.block_m = block_m
         self.expand_n = max(self.expand_cols, self.block_n)
-        super().__init__(flat, members, r=r, cols=self.expand_n, device=device, config=config)
+        super().__init__(
+            flat, members, r=r, cols=self.expand_n, device=device, config=config, scales=scales
+        )
 
     def shrink(
         self, x: torch.Tensor, tok: torch.Tensor, tile_slot: torch.Tensor, tiles: int
@@ -315,7 +340,7 @@ class SplitLauncher(_TwoLaunch):
         _lora_shrink_kernel[(tiles, self.members, split)](
             x, x.stride(0), flat, flat.stride(0), tok, tile_slot, self.a_offs, part, K, k_per,
             R=self.r, BLOCK_M=self.block_m, BLOCK_K=block_k, ALIGN=self.align,
-            num_warps=self.warps,
+            num_warps=self.num_warps,
         )  # fmt: skip
         return part, split
 
@@ -328,8 +353,9 @@ class SplitLauncher(_TwoLaunch):
         flat = self.flat
         _lora_expand_kernel[(tiles, self.n_blocks)](
             flat, flat.stride(0), out, out.stride(0), tok, tile_slot, self.blocks, part,
-            self.members, split, R=self.r, BLOCK_M=self.block_m, BLOCK_N=self.block_n,
-            CHUNK_N=self.expand_n, ADD=add, ALIGN=self.align, num_warps=self.warps,
+            self.members, split, self.scales, self.scales.stride(0), R=self.r,
+            BLOCK_M=self.block_m, BLOCK_N=self.block_n, CHUNK_N=self.expand_n, ADD=add,
+            ALIGN=self.align, HAS_SCALE=self.has_scale, num_warps=self.num_warps,
         )  # fmt: skip
 
     def __call__(
@@ -356,13 +382,19 @@ class RowLauncher(_TwoLaunch):
     # (benchmarks/results/gpu_decode_kernels_fine.md)
     block_k = 1024
     fill = 1056  # programs wanted for the shrink
+    # int8 slots: 8 warps a program (the shrink's [r, block_k] fp32 products in half the
+    # registers a thread); 4 and 16 are slower (benchmarks/results/gpu_decode_int8_shapes.md)
+    int8_warps = 8
     rows_per_program = 1  # expand: rows a program serves, each with its own adapter's B
 
     def __init__(
-        self, flat: torch.Tensor, members: list[tuple[int, int, int]], *, r: int,
+        self, flat: torch.Tensor, members: Sequence[tuple[int, ...]], *, r: int,
         device: torch.device, config: LoraKernelConfig | None = None,
+        scales: torch.Tensor | None = None,
     ) -> None:  # fmt: skip
-        super().__init__(flat, members, r=r, cols=self.block_n, device=device, config=config)
+        super().__init__(
+            flat, members, r=r, cols=self.block_n, device=device, config=config, scales=scales
+        )
 
     def shrink(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
         """``(partials, slices)`` of ``x`` (``[rows, K]``, contiguous; ``idx``: ``[rows]``
@@ -373,7 +405,7 @@ class RowLauncher(_TwoLaunch):
         flat = self.flat
         _lora_shrink_rows_kernel[(rows, self.members, split)](
             x, x.stride(0), flat, flat.stride(0), idx, self.a_offs, part, K, k_per,
-            R=self.r, BLOCK_K=block_k, ALIGN=self.align, num_warps=self.warps,
+            R=self.r, BLOCK_K=block_k, ALIGN=self.align, num_warps=self.num_warps,
         )  # fmt: skip
         return part, split
 
@@ -388,8 +420,9 @@ class RowLauncher(_TwoLaunch):
         per = self.rows_per_program
         _lora_expand_rows_kernel[(_ceil_div(n_rows, per), self.n_blocks)](
             flat, flat.stride(0), out, out.stride(0), idx, self.blocks, part, self.members,
-            split, n_rows, R=self.r, BLOCK_N=self.block_n, ROWS=per, ADD=add,
-            ALIGN=self.align, num_warps=self.warps,
+            split, n_rows, self.scales, self.scales.stride(0), R=self.r, BLOCK_N=self.block_n,
+            ROWS=per, ADD=add, ALIGN=self.align, HAS_SCALE=self.has_scale,
+            num_warps=self.num_warps,
         )  # fmt: skip
 
     def __call__(

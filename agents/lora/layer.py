@@ -48,6 +48,7 @@ class SlotStore(Protocol):
     config: LoraKernelConfig
     layout: SlotLayout | None
     stack: torch.Tensor | None
+    scales: torch.Tensor | None  # int8 slots' rank scales
     device: torch.device
     slot_ranks: list[dict[str, int]]
     active: list[set[int]]
@@ -165,9 +166,15 @@ class LoraGroup:
         self.outs = [m.out_features for m in members]
         self.total_out = sum(self.outs)
         self._spots = [
-            (layout.spots[m.name].a_off, layout.spots[m.name].b_off, m.out_features)
+            (
+                layout.spots[m.name].a_off,
+                layout.spots[m.name].b_off,
+                m.out_features,
+                layout.spots[m.name].s_off,
+            )
             for m in members
         ]
+        self.scales = layers.scales if layout.quantized else None
         self._chunk = chunk_width(self.total_out, self.in_features)
         self._launcher: GroupLauncher | None = None  # built on first use
         self._split_launcher: SplitLauncher | None = None  # graphed decode
@@ -338,7 +345,9 @@ class LoraGroup:
         if slot is not None and self.index not in layers.active[slot]:
             return [None] * len(self.members)
         backend = layers.backend
-        if backend == "triton" and (slot is None or n <= TRITON_MAX_UNIFORM_TOKENS):
+        if backend == "triton" and (
+            slot is None or n <= TRITON_MAX_UNIFORM_TOKENS or self.scales is not None
+        ):  # int8 slots: the kernels dequantize
             return self._triton(x2, plan, n // rows)
         r = self.r
         if slot is not None:
@@ -380,15 +389,17 @@ class LoraGroup:
             launcher = self._row_launcher
             if launcher is None:
                 launcher = self._row_launcher = RowLauncher(
-                    stack, self._spots, r=self.r, device=x2.device, config=config
-                )
+                    stack, self._spots, r=self.r, device=x2.device, config=config,
+                    scales=self.scales,
+                )  # fmt: skip
             where: tuple = (plan.idx(),)
         else:
             launcher = self._split_launcher
             if launcher is None:
                 launcher = self._split_launcher = SplitLauncher(
-                    stack, self._spots, r=self.r, block_m=TILE_M, device=x2.device, config=config
-                )
+                    stack, self._spots, r=self.r, block_m=TILE_M, device=x2.device,
+                    config=config, scales=self.scales,
+                )  # fmt: skip
             where = (tok, tile_slot, tiles)
         delta = None  # launcher.adds: the expand adds onto the GEMM's product
         if not launcher.adds:
@@ -451,6 +462,7 @@ class LoraGroup:
                 chunk=self._chunk,
                 block_m=TILE_M,
                 config=self.layers.config,
+                scales=self.scales,
             )
         delta = torch.empty(x2.shape[0], self.total_out, dtype=x2.dtype, device=x2.device)
         launcher(x2, delta, tok, tile_slot, tiles, self.total_out, plan.stream())

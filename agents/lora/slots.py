@@ -5,6 +5,10 @@ numel]``, laid out by :class:`~.layout.SlotLayout`: each slot holds every wrappe
 pre-scaled B, zero-padded to the layout rank, so adapters of different ranks mix freely. Slot 0
 is all zeros and means "no adapter". Moving an adapter into a slot is one contiguous copy of its
 packed host buffer (pinned and asynchronous on CUDA, :meth:`SlotLayers.load`).
+
+With ``adapter_weights="int8"`` the stack holds int8 values and a ``[num_slots, n_scales]``
+float32 tensor of rank scales beside it (:mod:`.layout`): half the memory and half the bytes
+a decode step reads per adapter, read by the Triton kernels only.
 """
 
 from __future__ import annotations
@@ -54,9 +58,10 @@ class SlotLayers:
         *,
         backend: str | None = None,
         config: LoraKernelConfig | None = None,
+        adapter_weights: str = "model",
     ):
         """``config`` holds the kernels' options (its ``backend`` unless ``backend`` is
-        given)."""
+        given); ``adapter_weights``: ``"model"`` (the model's dtype) or ``"int8"``."""
         self.config = config = config or LoraKernelConfig()
         if backend is not None:
             config.backend = backend  # type: ignore[assignment]
@@ -68,12 +73,16 @@ class SlotLayers:
         self.device = param.device
         self.dtype = param.dtype
         self._backend = resolve_backend(config.backend, self.device, interpret=config.interpret)
+        self._quantized = False
+        self._check_weights(adapter_weights, self._backend)
+        self._quantized = adapter_weights == "int8"
         self.layers: dict[str, SlotLoraLinear] = {}
         # the model's modules by name as loaded (wrapping keeps each base nn.Linear), for
         # compatibility checks without walking the model at every load
         self.named_modules: dict[str, nn.Module] = dict(model.named_modules())
         self.layout: SlotLayout | None = None
         self.stack: torch.Tensor | None = None  # [num_slots, layout.numel]
+        self.scales: torch.Tensor | None = None  # [num_slots, layout.n_scales] when int8
         # per module, its A ([slots, r, in]) and B ([slots, out, r]) views of the stack
         self._views: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.groups: list[LoraGroup] = []
@@ -88,10 +97,42 @@ class SlotLayers:
 
     @backend.setter
     def backend(self, value: str) -> None:
-        self._backend = resolve_backend(value, self.device, interpret=self.config.interpret)
+        backend = resolve_backend(value, self.device, interpret=self.config.interpret)
+        self._check_weights(self.adapter_weights, backend)
+        self._backend = backend
         self.context.epoch += 1
         if self.layout is not None and self._backend == "triton":
             self._relayout(set(self.layout.spots), self.layout.r)
+
+    @property
+    def quantized(self) -> bool:
+        return self._quantized
+
+    @property
+    def adapter_weights(self) -> str:
+        """``"int8"`` (quantized slots) or ``"model"`` (the model's dtype)."""
+        return "int8" if self._quantized else "model"
+
+    @adapter_weights.setter
+    def adapter_weights(self, value: str) -> None:
+        """Re-lay the stack out in ``value``'s form, converting the loaded adapters (callers
+        hold the engine's model lock, as for :meth:`ensure`)."""
+        self._check_weights(value, self._backend)
+        quantized = value == "int8"
+        if quantized == self._quantized:
+            return
+        self._quantized = quantized
+        if self.layout is not None:
+            self._relayout(set(self.layout.spots), self.layout.r, force=True)
+
+    def _check_weights(self, value: str, backend: str) -> None:
+        if value not in ("model", "int8"):
+            raise ValueError(f"adapter_weights must be 'model' or 'int8', got {value!r}")
+        if value == "int8" and backend != "triton":
+            raise ValueError(
+                "int8 adapter weights are read by the Triton LoRA kernels only (CUDA, or "
+                f"TRITON_INTERPRET=1), not by the {backend!r} backend"
+            )
 
     def _rank_for(self, r: int) -> int:
         r = max(r, self.r_max, 1)
@@ -112,10 +153,15 @@ class SlotLayers:
         names = set(weights.modules) | (set(layout.spots) if layout else set())
         self._relayout(names, max(r, layout.r if layout else 0))
 
-    def _relayout(self, names: set[str], r: int) -> None:
+    def _relayout(self, names: set[str], r: int, *, force: bool = False) -> None:
         r = self._rank_for(r)
-        old_layout, old_stack = self.layout, self.stack
-        if old_layout is not None and old_layout.r == r and set(old_layout.spots) == names:
+        old_layout, old_stack, old_scales = self.layout, self.stack, self.scales
+        if (
+            not force
+            and old_layout is not None
+            and old_layout.r == r
+            and set(old_layout.spots) == names
+        ):
             return
         named = dict(self.model.named_modules())
         ordered = [n for n in named if n in names or n in self.layers]
@@ -123,14 +169,21 @@ class SlotLayers:
         for name in ordered:
             base = self.layers[name].base if name in self.layers else named[name]
             modules.append((name, base.in_features, base.out_features))
-        layout = SlotLayout(modules, r)
+        layout = SlotLayout(modules, r, quantized=self._quantized)
         self._sync_copies()
-        stack = torch.zeros(self.num_slots, layout.numel, dtype=self.dtype, device=self.device)
+        stack = torch.zeros(
+            self.num_slots, layout.numel, dtype=self.weight_dtype, device=self.device
+        )
+        scales = None
+        if layout.quantized:
+            scales = torch.zeros(
+                self.num_slots, layout.n_scales, dtype=torch.float32, device=self.device
+            )
         if old_layout is not None and old_stack is not None:
-            layout.copy_from(old_layout, old_stack, stack)
+            layout.copy_from(old_layout, old_stack, stack, old_scales, scales)
         for name, _, _ in modules:
             self._wrap(name)
-        self.layout, self.stack = layout, stack
+        self.layout, self.stack, self.scales = layout, stack, scales
         self.context.epoch += 1
         self._views = {
             name: (layout.a_view(stack, name), layout.b_view(stack, name)) for name in layout.spots
@@ -143,13 +196,19 @@ class SlotLayers:
             group.w_cat_t = self._fuse_weights(group)
         self._refresh_active()
         logger.info(
-            "LoRA slot layout: %d modules in %d groups, rank %d, %d slots, %.1f MiB",
+            "LoRA slot layout: %d modules in %d groups, rank %d, %d slots, %s, %.1f MiB",
             len(modules),
             len(self.groups),
             r,
             self.num_slots,
+            "int8" if layout.quantized else str(self.dtype).removeprefix("torch."),
             self.slot_bytes() / 2**20,
         )
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The slot stack's dtype: int8 when quantized, else the model's."""
+        return torch.int8 if self._quantized else self.dtype
 
     def _fuse_weights(self, group: LoraGroup) -> torch.Tensor | None:
         """Make the group's base weights rows of one tensor (:func:`.fuse.fuse_rows`);
@@ -198,18 +257,25 @@ class SlotLayers:
             )
         if pin is None:
             pin = self.device.type == "cuda"
-        flat = torch.empty(layout.numel, dtype=self.dtype, pin_memory=pin)
-        ranks = layout.pack(weights, flat)
-        return PackedAdapter(flat=flat, layout=layout, ranks=ranks)
+        flat, scales = self._host_buffers(layout, pin)
+        ranks = layout.pack(weights, flat, scales)
+        return PackedAdapter(flat=flat, layout=layout, ranks=ranks, scales=scales)
+
+    def _host_buffers(self, layout: SlotLayout, pin: bool) -> tuple[torch.Tensor, Any]:
+        flat = torch.empty(layout.numel, dtype=self.weight_dtype, pin_memory=pin)
+        scales = None
+        if layout.quantized:
+            scales = torch.empty(layout.n_scales, dtype=torch.float32, pin_memory=pin)
+        return flat, scales
 
     def repack(self, packed: PackedAdapter) -> PackedAdapter:
         """``packed`` in the current layout (itself when it already is)."""
         layout = self.layout
         if packed.layout is layout or layout is None:
             return packed
-        flat = torch.empty(layout.numel, dtype=self.dtype, pin_memory=packed.flat.is_pinned())
-        layout.copy_from(packed.layout, packed.flat, flat)
-        return PackedAdapter(flat=flat, layout=layout, ranks=dict(packed.ranks))
+        flat, scales = self._host_buffers(layout, packed.flat.is_pinned())
+        layout.copy_from(packed.layout, packed.flat, flat, packed.scales, scales)
+        return PackedAdapter(flat=flat, layout=layout, ranks=dict(packed.ranks), scales=scales)
 
     def load(self, slot: int, packed: PackedAdapter) -> PackedAdapter:
         """Copy ``packed`` into ``slot``; returns it in the current layout.
@@ -230,11 +296,15 @@ class SlotLayers:
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
                 dst.copy_(packed.flat, non_blocking=packed.flat.is_pinned())
+                if self.scales is not None and packed.scales is not None:
+                    self.scales[slot].copy_(packed.scales, non_blocking=packed.flat.is_pinned())
                 event = torch.cuda.Event()
                 event.record(stream)
             self.context.add_pending(event)
         else:
             dst.copy_(packed.flat)
+            if self.scales is not None and packed.scales is not None:
+                self.scales[slot].copy_(packed.scales)
         self.slot_ranks[slot] = dict(packed.ranks)
         self._refresh_slot(slot)
         return packed
@@ -253,6 +323,9 @@ class SlotLayers:
             raise RuntimeError(
                 "SlotLayers.load_weights needs a layout that covers the adapter; call ensure"
             )
+        if layout.quantized:  # values and scales together: through a packed buffer
+            self.load(slot, self.pack(weights, pin=False))
+            return
         self._sync_copies()
         old = self.slot_ranks[slot]
         ranks: dict[str, int] = {}
@@ -296,16 +369,21 @@ class SlotLayers:
         if self.stack is not None:
             self._sync_copies()
             self.stack[slot].zero_()
+            if self.scales is not None:
+                self.scales[slot].zero_()
         self.slot_ranks[slot] = {}
         self.active[slot] = set()
         self.slot_writes[slot] += 1
 
     def slot_bytes(self) -> int:
-        """Memory held by the slot stack (preallocated, independent of how many are used)."""
-        return 0 if self.stack is None else self.stack.numel() * self.stack.element_size()
+        """Memory held by the slot stack and its scales (preallocated, independent of how
+        many are used)."""
+        if self.stack is None:
+            return 0
+        return self.num_slots * self.adapter_bytes()
 
     def adapter_bytes(self) -> int:
-        """Bytes of one packed adapter (one slot) in the current layout."""
+        """Bytes of one packed adapter (one slot) in the current layout, scales included."""
         if self.layout is None or self.stack is None:
             return 0
-        return self.layout.numel * self.stack.element_size()
+        return self.layout.numel * self.stack.element_size() + 4 * self.layout.n_scales

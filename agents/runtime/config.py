@@ -41,6 +41,11 @@ class EngineConfig(BaseModel):
     max_cpu_adapters: int | None = Field(None, ge=0, description="adapters in the CPU tier")
     max_cpu_bytes: int | None = Field(None, ge=1, description="bytes of the CPU tier")
     lora_backend: Literal["auto", "triton", "torch"] = "auto"
+    adapter_weights: Literal["model", "int8"] = Field(
+        "model",
+        description="adapters in device slots: the model's dtype, or int8 with a scale per "
+        "rank (half the memory and half the bytes a decode step reads; Triton backend only)",
+    )
     cuda_graphs: bool = True
     kv_cache: Literal["auto", "paged", "dense"] = "auto"
     kv_block_size: int = Field(16, ge=1, description="tokens per paged KV block")

@@ -165,6 +165,7 @@ class Engine:
             self.pool.num_slots,
             r_max=config.r_max,
             config=LoraKernelConfig.from_settings(settings, backend=config.lora_backend),
+            adapter_weights=config.adapter_weights,
         )
         self._registry = registry
         self._names: dict[str, str] = {}  # folder-loaded name -> digest

@@ -22,7 +22,7 @@ def test_serve_help_lists_the_main_options():
     assert result.exit_code == 0
     for option in ("--api-key", "--engine-url", "--max-queue", "--cors-origin", "--preload"):
         assert option in result.output
-    for option in ("--max-cpu-adapters", "--lora-backend", "--no-cuda-graphs"):
+    for option in ("--max-cpu-adapters", "--lora-backend", "--no-cuda-graphs", "--adapter-weights"):
         assert option in result.output
 
 
@@ -31,6 +31,10 @@ def test_engine_options_are_checked_before_loading_anything(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     result = CliRunner().invoke(main, ["serve", "--device", "cpu", "--lora-backend", "triton"])
     assert result.exit_code == 2 and "not available" in result.output
+    assert "loading base model" not in result.output
+    # int8 adapter weights need those kernels too
+    result = CliRunner().invoke(main, ["serve", "--device", "cpu", "--adapter-weights", "int8"])
+    assert result.exit_code == 2 and "Triton LoRA kernels only" in result.output
     assert "loading base model" not in result.output
     result = CliRunner().invoke(
         main, ["serve", "--engine-url", "http://gpu-1:8000", "--no-cuda-graphs"]

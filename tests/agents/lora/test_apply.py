@@ -285,6 +285,38 @@ _INTERPRETED = textwrap.dedent(
         results[backend] = outs
     for got, want in zip(results["triton"], results["torch"]):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+    # 3. int8 slots: the fused kernel (eager) and a decode step's two launches, on tiles and
+    # on rows, dequantize within the quantization's error of the fp32 slots' torch path
+    from loraroute.agents.lora import StaticPlanBuffers
+    outs = {}
+    for label, backend, weights in (("fp32", "torch", "model"), ("int8", "triton", "int8")):
+        torch.manual_seed(1)
+        block = _Block().eval()
+        layers = SlotLayers(block, num_slots=4, r_max=4, backend=backend,
+                            config=LoraKernelConfig(interpret=True), adapter_weights=weights)
+        for slot, w in enumerate(ws, start=1):
+            layers.write(slot, w)
+        if weights == "int8":
+            assert layers.stack.dtype == torch.int8 and layers.scales is not None
+        x = torch.randn(6, 32, generator=torch.Generator().manual_seed(9))
+        slots = [1, 0, 2, 3, 2, 1]
+        got = []
+        with torch.no_grad():
+            with layers.context.use(slots):
+                got.append(block.self_attn.q_proj(x))
+                got.append(block.mlp.down_proj(torch.randn(6, 64, generator=torch.Generator().manual_seed(3))))
+            buffers = StaticPlanBuffers(6, torch.device("cpu"))
+            buffers.write(slots)
+            for kernel in ("tiles", "rows"):
+                layers.config.decode_kernel = kernel
+                with layers.context.use_static(buffers):
+                    got.append(block.self_attn.v_proj(x))
+                    got.append(block.mlp.up_proj(x))
+        outs[label] = got
+    for got, want in zip(outs["int8"], outs["fp32"]):
+        err = ((got - want).norm() / want.norm()).item()
+        assert err < 2e-2, err
     print("interpreted ok")
     """
 )
@@ -305,3 +337,70 @@ def test_triton_kernel_in_interpreter_matches_torch_path(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "interpreted ok" in proc.stdout
+
+
+def test_int8_slots_hold_quantized_adapters_within_their_rounding(block):
+    """int8 layouts: values and one scale per rank and module; packing, re-laying out and
+    switching a live stack between int8 and the model's dtype keep every adapter (to int8's
+    rounding), and the memory halves against bf16."""
+    from loraroute.agents.lora.layout import quantize
+
+    a = torch.randn(4, 64)
+    b = torch.randn(48, 4) * 0.1
+    a_q, b_q = torch.empty(4, 64, dtype=torch.int8), torch.empty(48, 4, dtype=torch.int8)
+    scales = quantize(a, b, a_q, b_q)
+    assert a_q.abs().max() == 127 and b_q.abs().max() == 127  # absmax scaling
+    x = torch.randn(5, 64)
+    want = (x @ a.t()) @ b.t()
+    got = ((x @ a_q.float().t()) * scales) @ b_q.float().t()
+    assert ((got - want).norm() / want.norm()) < 1e-2
+    zero = torch.zeros(2, 8)
+    assert quantize(zero, torch.zeros(8, 2), torch.empty(2, 8, dtype=torch.int8),
+                    torch.empty(8, 2, dtype=torch.int8)).eq(0).all()  # fmt: skip
+
+    w1 = _weights(block, 1, 4, ("q_proj", "v_proj", "down_proj"), alpha=8)
+    w2 = _weights(block, 2, 8, ("k_proj", "up_proj"), alpha=8)
+    fp = SlotLayers(block, num_slots=3, r_max=8, backend="torch")
+    with pytest.raises(ValueError, match="Triton"):
+        SlotLayers(block, num_slots=3, backend="torch", adapter_weights="int8")
+    with pytest.raises(ValueError, match="'model' or 'int8'"):
+        SlotLayers(block, num_slots=3, backend="torch", adapter_weights="fp4")
+    for slot, w in ((1, w1), (2, w2)):
+        fp.write(slot, w)
+    packed = fp.pack(w1)
+    assert packed.scales is None
+    layout = fp.layout
+    q_layout = SlotLayout([(n, s.in_features, s.out_features) for n, s in layout.spots.items()],
+                          layout.r, quantized=True)  # fmt: skip
+    flat = torch.empty(q_layout.numel, dtype=torch.int8)
+    q_scales = torch.empty(q_layout.n_scales)
+    q_layout.copy_from(layout, packed.flat, flat, None, q_scales)  # quantize
+    back = torch.empty(layout.numel)
+    layout.copy_from(q_layout, flat, back, q_scales, None)  # and back
+
+    def product(lay, values, sc, name):  # what a module's delta is made of: A^T B^T
+        a_f, b_f = lay.float_views(values, sc, name)
+        return a_f.t() @ b_f.t()
+
+    for name in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"):
+        a_w, b_w, s = w1.modules[name]
+        ref = a_w.t() @ (b_w * s).t()
+        for lay, values, sc in ((q_layout, flat, q_scales), (layout, back, None)):
+            assert ((product(lay, values, sc, name) - ref).norm() / ref.norm()) < 1e-2
+    # a live stack switched to int8 and back: the same adapters, to int8's rounding
+    fp.config.interpret = True  # the Triton backend, interpreted, reads int8 slots
+    fp.backend = "triton"
+    before = fp.slot_bytes()
+    fp.adapter_weights = "int8"
+    assert fp.stack.dtype == torch.int8 and fp.scales is not None
+    assert fp.slot_bytes() < 0.3 * before  # fp32 values -> int8 + scales
+    fp.adapter_weights = "model"
+    assert fp.stack.dtype == torch.float32 and fp.scales is None
+    for slot, w in ((1, w1), (2, w2)):
+        for name, (a_w, b_w, s) in w.modules.items():
+            ref = a_w.t() @ (b_w * s).t()
+            got = product(fp.layout, fp.stack[slot], None, name)
+            assert ((got - ref).norm() / ref.norm()) < 1e-2
+    with pytest.raises(ValueError, match="Triton"):
+        fp.adapter_weights = "int8"
+        fp.backend = "torch"

@@ -1,6 +1,7 @@
 """The GPU paths on a real CUDA device (marker ``gpu``; skipped without CUDA): graphed decode,
 eager decode and the dense path against the CPU fp32 reference, token by token, on a tiny
-Llama with mixed adapters; the Triton kernels counted as they run.
+Llama with mixed adapters (in the model's dtype, and int8); the Triton kernels counted as
+they run.
 
 bf16 on the device against fp32 on the CPU: the logits of every step must be within bf16 noise
 of the reference, and the chosen tokens equal until a step where the reference itself is a
@@ -193,6 +194,27 @@ def test_graphed_and_eager_paged_decode_and_the_dense_path_match_the_cpu_referen
         dense = _run(eng)
         assert sched._static is not None and sched._static.replays > 0
         print("dense", _compare(dense, reference))
+    finally:
+        eng.close()
+
+
+def test_int8_adapter_weights_graphed_and_eager_match_the_cpu_reference(
+    tiny, reference, monkeypatch
+):
+    """int8 slots (values and rank scales) on the paged engine: graphed decode and eager
+    steps within the same bf16 tolerance of the fp32 reference, the Triton kernels counted."""
+    counter = LaunchCounter(monkeypatch)
+    eng = _engine(tiny, "cuda", kv_block_size=8, max_step_tokens=48, adapter_weights="int8")
+    try:
+        assert eng.slots.stack is not None and eng.slots.stack.dtype == torch.int8
+        assert eng.slots.scales is not None
+        graphed = _run(eng)
+        paged = eng.scheduler.paged
+        assert paged is not None and paged.graphs is not None and paged.graphs.replays > 0
+        assert counter.lora > 0 and counter.taken > 0
+        print("int8 graphed", _compare(graphed, reference), counter.lora, counter.taken)
+        eng.scheduler.set_decode(static=False, graphs=False)
+        print("int8 eager", _compare(_run(eng), reference))
     finally:
         eng.close()
 

@@ -146,6 +146,16 @@ _ENGINE = textwrap.dedent(
     for key, value in want_logits.items():
         torch.testing.assert_close(got_logits[key], value, atol=1e-4, rtol=1e-4)
     assert launches > 0
+    # int8 adapter weights: the same tokens, logits within the quantization's error (the
+    # adapters themselves move these logits by more than their largest value)
+    got8, got8_logits, _ = run(
+        kv_cache="paged", lora_backend="triton", kv_block_size=4, max_step_tokens=12,
+        adapter_weights="int8",
+    )
+    assert got8 == want, (got8, want)
+    for key, value in want_logits.items():
+        err = (got8_logits[key] - value).abs().max() / value.abs().max()
+        assert err < 2e-2, (key, float(err))
     print("engine ok", launches)
     """
 )
