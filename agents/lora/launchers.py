@@ -44,9 +44,6 @@ def chunk_width(total_cols: int, in_features: int) -> int:
     return int(min(max(width, 256), 2048))
 
 
-TABLE_COLS = 7  # columns of a chunk table row (the kernels step through rows by this)
-
-
 def chunk_rows(members: Sequence[tuple[int, ...]], chunk: int) -> list[tuple[int, ...]]:
     """Rows ``(a_off, b_off, col0, ncol, dcol, member, s_off)``, one per ``chunk`` output
     columns.
@@ -69,7 +66,8 @@ def chunk_rows(members: Sequence[tuple[int, ...]], chunk: int) -> list[tuple[int
 def chunk_table(
     members: Sequence[tuple[int, ...]], chunk: int, device: torch.device
 ) -> torch.Tensor:
-    """:func:`chunk_rows` as a ``[chunks, TABLE_COLS]`` int32 tensor on ``device``."""
+    """:func:`chunk_rows` as a ``[chunks, 7]`` int32 tensor on ``device`` (the kernels step
+    through its rows by 7)."""
     return torch.tensor(chunk_rows(members, chunk), dtype=torch.int32).to(device)
 
 

@@ -191,6 +191,7 @@ class LoraGroup:
         self.deltas: list[Any] = []
         self.cpu = layers.device.type == "cpu" and layers.backend == "torch"
         self._cols = list(itertools.accumulate([0] + self.outs[:-1]))  # members' first columns
+        self._columns = list(zip(self._cols, self.outs, strict=True))  # (first, width) each
         self._left = 0  # members still to serve from the current input
         self._shrunk: tuple[torch.Tensor, list[torch.Tensor], int] | None = None
         self._cat_key: tuple = ()
@@ -414,7 +415,7 @@ class LoraGroup:
             out = torch.mm(x2, w_t)
         self._full = out
         self.based = True
-        columns = list(zip(self._cols, self.outs, strict=True))
+        columns = self._columns
         if delta is not None and plan.defer:
             self._pending = [delta[:, col : col + width] for col, width in columns]
             self._pending_version, self._join = plan.version, side

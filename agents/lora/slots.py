@@ -73,7 +73,6 @@ class SlotLayers:
         self.device = param.device
         self.dtype = param.dtype
         self._backend = resolve_backend(config.backend, self.device, interpret=config.interpret)
-        self._quantized = False
         self._check_weights(adapter_weights, self._backend)
         self._quantized = adapter_weights == "int8"
         self.layers: dict[str, SlotLoraLinear] = {}
@@ -103,10 +102,6 @@ class SlotLayers:
         self.context.epoch += 1
         if self.layout is not None and self._backend == "triton":
             self._relayout(set(self.layout.spots), self.layout.r)
-
-    @property
-    def quantized(self) -> bool:
-        return self._quantized
 
     @property
     def adapter_weights(self) -> str:
