@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -1123,6 +1124,8 @@ def env() -> dict:
             info[mod] = __import__(mod).__version__
         except ImportError:
             info[mod] = None
+    # loraroute's own settings given to this run (the defaults otherwise)
+    info["settings"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith("LORAROUTE_")}
     return info
 
 

@@ -63,6 +63,11 @@ VARIANTS: dict[str, tuple[str, Attrs]] = {
     # the bytes of bf16's at the same shape)
     "auto_int8": ("auto", {"slots": {"int8": 1}}),
     "auto_w8": ("auto", {"rows": {"warps": 8}}),  # bf16 rows kernels at 8 warps
+    # the base GEMM beside the LoRA told to leave that many SMs free (cuBLASLt's SM count
+    # target), and cuBLASLt alone (every GEMM of the engine, no SMs left free)
+    **{f"auto_c{c}": ("auto", {"group": {"gemm_sm_carveout": c}}) for c in (4, 8, 16, 24, 32)},
+    "auto_int8_c16": ("auto", {"slots": {"int8": 1}, "group": {"gemm_sm_carveout": 16}}),
+    "auto_lt": ("auto", {"blas": {"lt": 1}}),
     **{
         f"auto_int8_w{w}" + (f"_n{n}" if n else "") + (f"_k{k}" if k else ""): (
             "auto",
@@ -143,7 +148,7 @@ KEYS = (
     "rows_per_program", "max_align",
 )  # fmt: skip
 # LoraKernelConfig fields a variant may set
-GROUP_KEYS = ("side_priority", "gemm_first", "overlap", "fused_adds")
+GROUP_KEYS = ("side_priority", "gemm_first", "overlap", "fused_adds", "gemm_sm_carveout")
 
 
 def use(kernel: str, attrs: Attrs, groups) -> None:
@@ -152,6 +157,10 @@ def use(kernel: str, attrs: Attrs, groups) -> None:
     from loraroute.agents.lora.launchers import RowLauncher, SplitLauncher
 
     layers = groups[0].layers
+    if "blas" not in _DEFAULTS:
+        _DEFAULTS["blas"] = {"library": torch.backends.cuda.preferred_blas_library()}
+    lt = attrs.get("blas", {}).get("lt")
+    torch.backends.cuda.preferred_blas_library("cublaslt" if lt else _DEFAULTS["blas"]["library"])
     # int8 slots or the model's dtype (a re-layout: the caller's groups are gone after it)
     layers.adapter_weights = "int8" if attrs.get("slots", {}).get("int8") else "model"
     config = layers.config

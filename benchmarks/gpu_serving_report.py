@@ -13,11 +13,13 @@ def _f(v, digits: int = 0) -> str:
 
 def render(res: dict) -> str:
     env = res.get("env", {})
+    given = " ".join(f"{k}={v}" for k, v in env.get("settings", {}).items())
     lines = [
         "# GPU serving: paged KV cache, chunked prefill, fused decode (Llama-3-8B shape)",
         "",
         f"Device: {env.get('device')}; torch {env.get('torch')}, transformers "
-        f"{env.get('transformers')}, triton {env.get('triton')}. Command: `{res.get('command')}` "
+        f"{env.get('transformers')}, triton {env.get('triton')}. Command: "
+        f"`{given + ' ' if given else ''}{res.get('command')}` "
         f"(results from `$OUT` copied here). Random bf16 weights with Llama-3-8B's shapes "
         f"({res.get('config', {}).get('layers')} layers); adapters: rank 16 on q,k,v,o,gate,up,down.",
         "",

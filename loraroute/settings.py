@@ -216,6 +216,13 @@ class Settings(BaseSettings):
         description="paged graphed decode: the LoRA delta is added inside the fused op that "
         "reads the GEMM's product next (norm, rotary, activation), not by an add of its own",
     )
+    lora_gemm_sm_carveout: int = Field(
+        8,
+        ge=0,
+        description="graphed CUDA decode: SMs the base GEMM leaves to the LoRA kernels beside "
+        "it (cuBLASLt's SM count target; `0`: the GEMM takes them all; 8 was best of 0-32 on "
+        "an H100's 132)",
+    )
     triton_fast_launch: bool = Field(
         True, description="call compiled Triton kernels directly instead of `kernel[grid]`"
     )

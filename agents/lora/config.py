@@ -43,6 +43,11 @@ class LoraKernelConfig:
     # graphed decode on the paged engine: the delta buffer is added inside the fused op that
     # reads the GEMM's product next (norm, rotary, activation), not by an add of its own
     fused_adds: bool = True
+    # graphed decode: SMs the base GEMM beside the side stream leaves free (cuBLASLt's SM count
+    # target), so the LoRA kernels start at once instead of after the GEMM's blocks; 0: none.
+    # 8 of an H100's 132: 1 adapter 0.959x -> 1.000x of base, 32 distinct 0.839x -> 0.849x
+    # (benchmarks/results/gpu_decode_carveout_reps4.md)
+    gemm_sm_carveout: int = 8
     # call compiled Triton kernels directly (skipping kernel[grid]'s argument binding)
     fast_launch: bool = True
     # split-K slice width of the eager kernel's shrink (0: no split)
@@ -60,6 +65,7 @@ class LoraKernelConfig:
             gemm_first=settings.lora_gemm_first,
             expand_adds=settings.lora_expand_adds,
             fused_adds=settings.lora_fused_adds,
+            gemm_sm_carveout=settings.lora_gemm_sm_carveout,
             fast_launch=settings.triton_fast_launch,
             k_per_split=settings.triton_k_per_split,
             interpret=settings.triton_interpret,

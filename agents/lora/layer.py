@@ -40,6 +40,22 @@ TRITON_MAX_UNIFORM_TOKENS = 64  # above this, a one-adapter batch uses two plain
 _USED = object()  # a group delta already handed to its module
 
 
+def carved_mm(x: torch.Tensor, w_t: torch.Tensor, carveout: int) -> torch.Tensor:
+    """``x @ w_t``; with ``carveout`` > 0, by cuBLASLt told to use all but that many SMs (its
+    SM count target), leaving them to the kernels of another stream."""
+    if carveout <= 0:
+        return torch.mm(x, w_t)
+    library = torch.backends.cuda.preferred_blas_library()
+    before = torch._C._get_sm_carveout_experimental()
+    torch.backends.cuda.preferred_blas_library("cublaslt")  # the SM target is cuBLASLt's
+    torch._C._set_sm_carveout_experimental(carveout)
+    try:
+        return torch.mm(x, w_t)
+    finally:
+        torch._C._set_sm_carveout_experimental(before)
+        torch.backends.cuda.preferred_blas_library(library)
+
+
 class SlotStore(Protocol):
     """What a layer reads of its :class:`~.slots.SlotLayers`: the slot stack and its layout,
     which slots hold which modules, and the kernels' options."""
@@ -406,13 +422,14 @@ class LoraGroup:
         if not launcher.adds:
             delta = torch.empty(x2.shape[0], self.total_out, dtype=x2.dtype, device=x2.device)
         w_t = self.w_cat_t if self.w_cat_t is not None else self.members[0].base.weight.t()
-        out = torch.mm(x2, w_t) if config.gemm_first else None
+        carveout = config.gemm_sm_carveout if side is not None else 0
+        out = carved_mm(x2, w_t, carveout) if config.gemm_first else None
         with torch.cuda.stream(side):
             part, split = launcher.shrink(x2, *where)
             if delta is not None:
                 launcher.expand(delta, part, split, *where)
         if out is None:
-            out = torch.mm(x2, w_t)
+            out = carved_mm(x2, w_t, carveout)
         self._full = out
         self.based = True
         columns = self._columns

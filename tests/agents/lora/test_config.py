@@ -1,0 +1,28 @@
+"""The LoRA kernels' options, read from the environment."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+import torch
+
+from loraroute.agents.lora.config import LoraKernelConfig
+from loraroute.agents.lora.layer import carved_mm
+from loraroute.settings import Settings
+
+
+def test_options_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LORAROUTE_LORA_GEMM_SM_CARVEOUT", "16")
+    monkeypatch.setenv("LORAROUTE_LORA_FUSED_ADDS", "false")
+    config = LoraKernelConfig.from_settings(Settings(), backend="triton")
+    assert (config.backend, config.gemm_sm_carveout, config.fused_adds) == ("triton", 16, False)
+    monkeypatch.delenv("LORAROUTE_LORA_GEMM_SM_CARVEOUT")
+    assert LoraKernelConfig().gemm_sm_carveout == Settings().lora_gemm_sm_carveout == 8
+    monkeypatch.setenv("LORAROUTE_LORA_GEMM_SM_CARVEOUT", "-1")
+    with pytest.raises(pydantic.ValidationError, match="lora_gemm_sm_carveout"):
+        Settings()
+
+
+def test_a_gemm_without_carveout_is_a_plain_product():
+    x, w = torch.randn(4, 8), torch.randn(8, 3)
+    assert torch.equal(carved_mm(x, w, 0), x @ w)
