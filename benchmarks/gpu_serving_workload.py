@@ -148,5 +148,6 @@ def idle_ttft(engine, requests: list[Request]) -> dict:
         "p50_ms": pct(times, 50) * 1e3,
         "p99_ms": pct(times, 99) * 1e3,
         "max_ms": max(times) * 1e3,
+        "times_ms": [round(t * 1e3, 2) for t in times],
         "prompt_tokens": [len(r.prompt) for r in requests],
     }
