@@ -19,6 +19,7 @@ takes the delta (:func:`take_delta`) to add inside its next fused op (the paged 
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any, Protocol
 
 import torch
@@ -38,12 +39,14 @@ from .plan import TILE_M, AdapterContext, ForwardPlan
 
 TRITON_MAX_UNIFORM_TOKENS = 64  # above this, a one-adapter batch uses two plain matmuls
 _USED = object()  # a group delta already handed to its module
+# torch warns once that its SM carveout is experimental (carved_mm checks it is there)
+warnings.filterwarnings("ignore", message="Setting the SM carveout", category=UserWarning)
 
 
 def carved_mm(x: torch.Tensor, w_t: torch.Tensor, carveout: int) -> torch.Tensor:
     """``x @ w_t``; with ``carveout`` > 0, by cuBLASLt told to use all but that many SMs (its
     SM count target), leaving them to the kernels of another stream."""
-    if carveout <= 0:
+    if carveout <= 0 or not hasattr(torch._C, "_set_sm_carveout_experimental"):
         return torch.mm(x, w_t)
     library = torch.backends.cuda.preferred_blas_library()
     before = torch._C._get_sm_carveout_experimental()
