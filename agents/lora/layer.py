@@ -45,8 +45,11 @@ warnings.filterwarnings("ignore", message="Setting the SM carveout", category=Us
 
 def carved_mm(x: torch.Tensor, w_t: torch.Tensor, carveout: int) -> torch.Tensor:
     """``x @ w_t``; with ``carveout`` > 0, by cuBLASLt told to use all but that many SMs (its
-    SM count target), leaving them to the kernels of another stream."""
+    SM count target), leaving them to the kernels of another stream (a plain product where
+    the device has no more than twice that many SMs)."""
     if carveout <= 0 or not hasattr(torch._C, "_set_sm_carveout_experimental"):
+        return torch.mm(x, w_t)
+    if torch.cuda.get_device_properties(x.device).multi_processor_count <= 2 * carveout:
         return torch.mm(x, w_t)
     library = torch.backends.cuda.preferred_blas_library()
     before = torch._C._get_sm_carveout_experimental()
