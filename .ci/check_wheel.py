@@ -20,11 +20,11 @@ here = Path(loraroute.__file__).resolve().parent
 if "site-packages" not in here.parts:
     sys.exit(f"loraroute was imported from {here}, not from an installed wheel")
 names = [m.name for m in pkgutil.walk_packages(loraroute.__path__, "loraroute.")]
-# Alembic's env.py and revision scripts run only inside Alembic's migration context.
+# every module, Alembic's env.py and revision scripts too (they run their migrations only
+# inside Alembic's migration context)
 migrations = "loraroute.registry.migrations."
 for name in names:
-    if not name.startswith(migrations):
-        importlib.import_module(name)
+    importlib.import_module(name)
 for needed in (
     "loraroute.registry",
     "loraroute.router.encoders",

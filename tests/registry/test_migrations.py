@@ -9,7 +9,10 @@ migrated schema is the one ``tables.py`` declares; the revisions need no alembic
 from __future__ import annotations
 
 import base64
+import importlib
 import json
+import subprocess
+import sys
 import zlib
 from contextlib import ExitStack
 from datetime import datetime
@@ -383,3 +386,18 @@ def test_the_wheel_carries_the_migrations_and_needs_no_ini(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["legacy", HEAD]
     assert not list(run.iterdir())  # no alembic.ini, nothing written here
+
+
+def test_the_migration_scripts_import_outside_alembic():
+    """A tool walking the installed package imports env.py and the revisions too: outside
+    Alembic's migration context they only define their functions."""
+    code = (
+        "import importlib, pkgutil, loraroute.registry.migrations as m\n"
+        "names = [x.name for x in pkgutil.walk_packages(m.__path__, m.__name__ + '.')]\n"
+        "mods = [importlib.import_module(n) for n in names]\n"
+        "print(sorted(n.rsplit('.', 1)[1] for n in names if 'versions.' in n or n.endswith('env')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "'env'" in out.stdout and "'0005_routing_decisions'" in out.stdout
+    assert callable(importlib.import_module("loraroute.registry.migrations.env").run_migrations)
