@@ -68,6 +68,11 @@ VARIANTS: dict[str, tuple[str, Attrs]] = {
     **{f"auto_c{c}": ("auto", {"group": {"gemm_sm_carveout": c}}) for c in (4, 8, 16, 24, 32)},
     "auto_int8_c16": ("auto", {"slots": {"int8": 1}, "group": {"gemm_sm_carveout": 16}}),
     "auto_lt": ("auto", {"blas": {"lt": 1}}),
+    # each group hints the slot regions after it into L2 (KiB of a slot past its end, at
+    # least the next group; n: at normal eviction priority, not evict-last)
+    **{f"auto_pf{k}": ("auto", {"group": {"l2_prefetch": k}}) for k in (1, 768, 1536, 2560)},
+    "auto_pfn1536": ("auto", {"group": {"l2_prefetch": 1536, "l2_evict_last": 0}}),
+    "auto_int8_pf768": ("auto", {"slots": {"int8": 1}, "group": {"l2_prefetch": 768}}),
     **{
         f"auto_int8_w{w}" + (f"_n{n}" if n else "") + (f"_k{k}" if k else ""): (
             "auto",
@@ -148,7 +153,10 @@ KEYS = (
     "rows_per_program", "max_align",
 )  # fmt: skip
 # LoraKernelConfig fields a variant may set
-GROUP_KEYS = ("side_priority", "gemm_first", "overlap", "fused_adds", "gemm_sm_carveout")
+GROUP_KEYS = (
+    "side_priority", "gemm_first", "overlap", "fused_adds", "gemm_sm_carveout", "l2_prefetch",
+    "l2_evict_last",
+)  # fmt: skip
 
 
 def use(kernel: str, attrs: Attrs, groups) -> None:

@@ -223,6 +223,16 @@ class Settings(BaseSettings):
         "it (cuBLASLt's SM count target; `0`: the GEMM takes them all; 8 was best of 0-32 on "
         "an H100's 132)",
     )
+    lora_l2_prefetch: int = Field(
+        0,
+        ge=0,
+        description="graphed CUDA decode: KiB of each batch adapter's slot past a LoRA group "
+        "that the group hints into L2 for the groups after it (at least the next group "
+        "whole; `0`: no hints)",
+    )
+    lora_l2_evict_last: bool = Field(
+        True, description="the L2 hints of `LORAROUTE_LORA_L2_PREFETCH` at evict-last priority"
+    )
     triton_fast_launch: bool = Field(
         True, description="call compiled Triton kernels directly instead of `kernel[grid]`"
     )

@@ -48,6 +48,13 @@ class LoraKernelConfig:
     # 8 of an H100's 132: 1 adapter 0.959x -> 1.000x of base, 32 distinct 0.839x -> 0.849x
     # (benchmarks/results/gpu_decode_carveout_reps4.md)
     gemm_sm_carveout: int = 8
+    # graphed decode: KiB of each batch adapter's slot past the current group that the group
+    # hints into L2 (on a third stream, once its own LoRA kernels are issued), so the groups
+    # after it read their A and B from L2 beside their GEMM; at least the next group whole;
+    # 0: no hints. ``l2_evict_last``: at evict-last priority (the GEMMs' streamed weights
+    # leave L2 first)
+    l2_prefetch: int = 0
+    l2_evict_last: bool = True
     # call compiled Triton kernels directly (skipping kernel[grid]'s argument binding)
     fast_launch: bool = True
     # split-K slice width of the eager kernel's shrink (0: no split)
@@ -66,6 +73,8 @@ class LoraKernelConfig:
             expand_adds=settings.lora_expand_adds,
             fused_adds=settings.lora_fused_adds,
             gemm_sm_carveout=settings.lora_gemm_sm_carveout,
+            l2_prefetch=settings.lora_l2_prefetch,
+            l2_evict_last=settings.lora_l2_evict_last,
             fast_launch=settings.triton_fast_launch,
             k_per_split=settings.triton_k_per_split,
             interpret=settings.triton_interpret,

@@ -13,6 +13,9 @@ slot stack. Three forms:
 - :func:`_lora_shrink_rows_kernel` + :func:`_lora_expand_rows_kernel`: one row a program,
   each reading its own slot (graphed decode with many distinct adapters; Punica's BGMV).
 
+:func:`_l2_prefetch_kernel` computes nothing: it hints the next groups' slot regions into L2
+while a graphed decode step is still on the GEMM before them (``config.l2_prefetch``).
+
 Slots may hold int8 values (``HAS_SCALE``): each module's ``r`` rank scales (at the table
 row's ``s_off`` in the slot's scales) multiply the shrink's output before it is rounded, and
 the values are converted to the input's dtype as they are loaded (:mod:`.layout`).
@@ -294,7 +297,32 @@ if triton is not None:
         else:  # zeros for slot 0
             tl.store(dst, out.to(d_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
 
+    @triton.jit
+    def _l2_prefetch_kernel(
+        w_ptr, slot_stride, slots_ptr, n_slots, start, n_lines,
+        LINE: tl.constexpr, BLOCK: tl.constexpr, LAST: tl.constexpr,
+    ):  # fmt: skip
+        """Hint ``n_lines`` 128-byte lines of one listed slot (``LINE`` elements each), from
+        element ``start``, into L2 (``LAST``: at evict-last priority); program ``(i, j)``
+        takes block ``j`` of the lines of slot ``slots[i]``. A prefetch moves nothing into
+        registers and writes nothing: slot 0 (no adapter) and slots out of range are
+        skipped, and a block's tail repeats the last line."""
+        slot = tl.load(slots_ptr + tl.program_id(0)).to(tl.int64)
+        if (slot > 0) & (slot < n_slots):
+            line = tl.minimum(tl.program_id(1) * BLOCK + tl.arange(0, BLOCK), n_lines - 1)
+            ptrs = w_ptr + slot * slot_stride + start + line.to(tl.int64) * LINE
+            if LAST:
+                tl.inline_asm_elementwise(
+                    "prefetch.global.L2::evict_last [$1]; mov.u32 $0, 0;", "=r,l", [ptrs],
+                    dtype=tl.int32, is_pure=False, pack=1,
+                )  # fmt: skip
+            else:
+                tl.inline_asm_elementwise(
+                    "prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs],
+                    dtype=tl.int32, is_pure=False, pack=1,
+                )  # fmt: skip
+
 
 else:  # pragma: no cover - depends on the machine
     _lora_group_kernel = _lora_shrink_kernel = _lora_expand_kernel = None
-    _lora_shrink_rows_kernel = _lora_expand_rows_kernel = None
+    _lora_shrink_rows_kernel = _lora_expand_rows_kernel = _l2_prefetch_kernel = None

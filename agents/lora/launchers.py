@@ -16,6 +16,7 @@ import torch
 from ._triton import IMPORT_ERROR
 from .config import LoraKernelConfig
 from .kernels import (
+    _l2_prefetch_kernel,
     _lora_expand_kernel,
     _lora_expand_rows_kernel,
     _lora_group_kernel,
@@ -429,6 +430,32 @@ class RowLauncher(_TwoLaunch):
         """Both launches: the group's deltas of ``x`` into ``delta``."""
         part, split = self.shrink(x, idx)
         self.expand(delta, part, split, idx, add=add)
+
+
+class L2Prefetcher:
+    """Hints elements ``[start, stop)`` of each listed slot of the stack into L2, on the
+    current stream: ``(slots, blocks of 128-byte lines)`` programs of prefetch instructions
+    (:func:`_l2_prefetch_kernel`; nothing is read into registers or written)."""
+
+    block = 1024  # lines a program (8 a thread at 4 warps)
+
+    def __init__(self, flat: torch.Tensor) -> None:
+        self.flat = flat
+        self.line = max(1, 128 // flat.element_size())  # elements a line
+
+    def __call__(
+        self, slots: torch.Tensor, count: int, start: int, stop: int, *, last: bool = True
+    ) -> None:
+        """``slots``: the first ``count`` entries are the slots to hint (0 or out of range:
+        skipped)."""
+        n_lines = _ceil_div(stop - start, self.line)
+        if n_lines <= 0 or count <= 0:
+            return
+        flat = self.flat
+        _l2_prefetch_kernel[(count, _ceil_div(n_lines, self.block))](
+            flat, flat.stride(0), slots, flat.shape[0], start, n_lines, LINE=self.line,
+            BLOCK=self.block, LAST=last, num_warps=4,
+        )  # fmt: skip
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -28,6 +28,7 @@ from torch import nn
 from .config import LoraKernelConfig
 from .launchers import (
     GroupLauncher,
+    L2Prefetcher,
     RowLauncher,
     SplitLauncher,
     chunk_table,
@@ -201,6 +202,11 @@ class LoraGroup:
         self._launcher: GroupLauncher | None = None  # built on first use
         self._split_launcher: SplitLauncher | None = None  # graphed decode
         self._row_launcher: RowLauncher | None = None  # graphed decode, rows
+        self._prefetcher: L2Prefetcher | None = None  # graphed decode, config.l2_prefetch
+        # where the group's region of a slot ends, and the next group's (groups are laid
+        # out in model order, the order a forward runs them)
+        ends = [*layout.group_a_off[index + 1 : index + 3], layout.numel, layout.numel]
+        self._end, self._next_end = ends[0], ends[1]
         for i, m in enumerate(members):
             m.member = i
             object.__setattr__(m, "group", self)
@@ -404,6 +410,9 @@ class LoraGroup:
         main = torch.cuda.current_stream(x2.device) if side is not None else None
         if side is not None:
             side.wait_stream(main)
+            if plan.fetch_open:  # the hints an earlier group issued: joined, not waited on
+                side.wait_stream(plan.fetch)
+                plan.fetch_open = False
         tok, tile_slot, tiles = plan.tiles(x2.shape[0] // plan.rows)
         config = self.layers.config
         kernel = decode_kernel_for(config.decode_kernel, x2.shape[0], plan.rows, tiles)
@@ -434,6 +443,11 @@ class LoraGroup:
             part, split = launcher.shrink(x2, *where)
             if delta is not None:
                 launcher.expand(delta, part, split, *where)
+        if plan.fetch is not None:
+            if kernel == "rows":
+                self.prefetch_ahead(plan, plan.idx(), plan.rows)
+            else:
+                self.prefetch_ahead(plan, tile_slot, tiles)
         if out is None:
             out = carved_mm(x2, w_t, carveout)
         self._full = out
@@ -450,6 +464,30 @@ class LoraGroup:
         else:
             out.add_(delta)
         return [out[:, col : col + width] for col, width in columns]
+
+    def prefetch_ahead(self, plan: ForwardPlan, slots: torch.Tensor, count: int) -> None:
+        """Hint into L2, on ``plan.fetch`` after the side stream's kernels issued so far, the
+        slot regions of the groups after this one that this forward has not hinted yet: the
+        next group whole and ``config.l2_prefetch`` KiB past this group's end, of each of the
+        first ``count`` ``slots``. The next group's side stream joins it."""
+        config = self.layers.config
+        stack = self.layers.stack
+        if stack is None or config.l2_prefetch <= 0:
+            return
+        ahead = config.l2_prefetch * 1024 // stack.element_size()
+        start = max(self._end, plan.fetched)
+        stop = min(self.layers.layout.numel if self.layers.layout else 0,
+                   max(self._next_end, self._end + ahead))  # fmt: skip
+        if stop <= start:
+            return
+        prefetcher = self._prefetcher
+        if prefetcher is None or prefetcher.flat is not stack:
+            prefetcher = self._prefetcher = L2Prefetcher(stack)
+        plan.fetch.wait_stream(plan.side)
+        with torch.cuda.stream(plan.fetch):
+            prefetcher(slots, count, start, stop, last=config.l2_evict_last)
+        plan.fetched = stop
+        plan.fetch_open = True
 
     def take(self, member: int) -> torch.Tensor | None:
         """Member ``member``'s delta that a deferred forward of the current plan left

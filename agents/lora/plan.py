@@ -66,6 +66,7 @@ class StaticPlanBuffers:
         self.slots: tuple[int, ...] = ()
         self.tiles = 0
         self.side: Any = None  # made by plan(), at the config's side_priority
+        self.fetch: Any = None  # the L2 prefetch stream (config.l2_prefetch), the same
         self._priority: int | None = None
 
     def write(self, slots: list[int]) -> int:
@@ -102,8 +103,11 @@ class StaticPlanBuffers:
             priority = config.side_priority
             if self._priority != priority:  # graphs bake the stream in when captured
                 self.side = torch.cuda.Stream(self.device, priority=priority)
+                self.fetch = torch.cuda.Stream(self.device, priority=priority)
                 self._priority = priority
             plan.side = self.side
+            if config.l2_prefetch > 0:
+                plan.fetch = self.fetch
         plan._idx = self.idx[:n]
         plan._tiles[1] = (self.tok[: self.tiles * TILE_M], self.tile_slot[: self.tiles], self.tiles)
         return plan
@@ -114,7 +118,7 @@ class ForwardPlan:
 
     __slots__ = (
         "version", "slots", "uniform", "device", "_idx", "_tiles", "_stream", "_masks", "side",
-        "graphed", "defer",
+        "graphed", "defer", "fetch", "fetched", "fetch_open",
     )  # fmt: skip
 
     def __init__(self, version: int, slots: list[int], uniform: int | None, device: torch.device):
@@ -134,6 +138,13 @@ class ForwardPlan:
         # the caller adds each delta itself, inside the op that reads the GEMM's product
         # next (:func:`~.layer.take_delta`); the layers return the base product alone
         self.defer = False
+        # a third stream (graphed, config.l2_prefetch): each group hints the slot regions of
+        # the groups after it into L2 there (:meth:`~.layer.LoraGroup.prefetch_ahead`);
+        # ``fetched``: the slot element up to which this forward has hinted; ``fetch_open``:
+        # a hint not yet joined into the side stream
+        self.fetch: Any = None
+        self.fetched = 0
+        self.fetch_open = False
 
     @property
     def rows(self) -> int:
@@ -257,6 +268,9 @@ class AdapterContext:
         try:
             yield self
         finally:
+            plan = self.plan
+            if plan is not None and plan.fetch_open:  # a capture must end on one stream
+                torch.cuda.current_stream(plan.device).wait_stream(plan.fetch)
             self.clear()
 
     @contextmanager

@@ -74,6 +74,14 @@ class LaunchCounter:
                 return _original(*args, **kwargs)
 
             monkeypatch.setattr(cls, name, counted)
+        self.hints = 0  # L2 prefetch launches (config.l2_prefetch)
+        hint = launchers.L2Prefetcher.__call__
+
+        def hinted(*args, **kwargs):
+            self.hints += 1
+            return hint(*args, **kwargs)
+
+        monkeypatch.setattr(launchers.L2Prefetcher, "__call__", hinted)
         self.taken = 0  # LoRA deltas a decode step left to the paged engine's fused ops
         take = LoraGroup.take
 
@@ -215,6 +223,31 @@ def test_int8_adapter_weights_graphed_and_eager_match_the_cpu_reference(
         print("int8 graphed", _compare(graphed, reference), counter.lora, counter.taken)
         eng.scheduler.set_decode(static=False, graphs=False)
         print("int8 eager", _compare(_run(eng), reference))
+    finally:
+        eng.close()
+
+
+def test_l2_hints_change_no_output_of_graphed_decode(tiny, reference, monkeypatch):
+    """With the next groups' slot regions hinted into L2 on a third stream, graphed decode
+    still matches the CPU reference and gives the tokens it gives without the hints; the
+    hint kernel ran inside the recorded graphs (the capture ended joined)."""
+    counter = LaunchCounter(monkeypatch)
+    eng = _engine(tiny, "cuda", kv_block_size=8, max_step_tokens=48)
+    try:
+        plain = _run(eng)
+    finally:
+        eng.close()
+    assert counter.hints == 0
+    monkeypatch.setenv("LORAROUTE_LORA_L2_PREFETCH", "64")
+    eng = _engine(tiny, "cuda", kv_block_size=8, max_step_tokens=48)
+    try:
+        assert eng.slots.config.l2_prefetch == 64
+        hinted = _run(eng)
+        paged = eng.scheduler.paged
+        assert paged is not None and paged.graphs is not None and paged.graphs.replays > 0
+        assert counter.hints > 0
+        print("hinted", _compare(hinted, reference), counter.hints)
+        assert hinted[0] == plain[0]
     finally:
         eng.close()
 
