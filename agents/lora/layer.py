@@ -465,27 +465,32 @@ class LoraGroup:
             out.add_(delta)
         return [out[:, col : col + width] for col, width in columns]
 
+    def ahead(self, fetched: int) -> tuple[int, int]:
+        """The slot elements ``[start, stop)`` :meth:`prefetch_ahead` hints when this forward
+        has hinted up to ``fetched``: the next group whole and ``config.l2_prefetch`` KiB
+        past this group's end, less what was hinted, within the slot (empty: nothing)."""
+        config, stack, layout = self.layers.config, self.layers.stack, self.layers.layout
+        if stack is None or layout is None or config.l2_prefetch <= 0:
+            return 0, 0
+        ahead = config.l2_prefetch * 1024 // stack.element_size()
+        stop = min(layout.numel, max(self._next_end, self._end + ahead))
+        return max(self._end, fetched), stop
+
     def prefetch_ahead(self, plan: ForwardPlan, slots: torch.Tensor, count: int) -> None:
         """Hint into L2, on ``plan.fetch`` after the side stream's kernels issued so far, the
         slot regions of the groups after this one that this forward has not hinted yet: the
         next group whole and ``config.l2_prefetch`` KiB past this group's end, of each of the
         first ``count`` ``slots``. The next group's side stream joins it."""
-        config = self.layers.config
         stack = self.layers.stack
-        if stack is None or config.l2_prefetch <= 0:
-            return
-        ahead = config.l2_prefetch * 1024 // stack.element_size()
-        start = max(self._end, plan.fetched)
-        stop = min(self.layers.layout.numel if self.layers.layout else 0,
-                   max(self._next_end, self._end + ahead))  # fmt: skip
-        if stop <= start:
+        start, stop = self.ahead(plan.fetched)
+        if stack is None or stop <= start:
             return
         prefetcher = self._prefetcher
         if prefetcher is None or prefetcher.flat is not stack:
             prefetcher = self._prefetcher = L2Prefetcher(stack)
         plan.fetch.wait_stream(plan.side)
         with torch.cuda.stream(plan.fetch):
-            prefetcher(slots, count, start, stop, last=config.l2_evict_last)
+            prefetcher(slots, count, start, stop, last=self.layers.config.l2_evict_last)
         plan.fetched = stop
         plan.fetch_open = True
 

@@ -405,3 +405,26 @@ def test_int8_slots_hold_quantized_adapters_within_their_rounding(block):
     with pytest.raises(ValueError, match="Triton"):
         fp.adapter_weights = "int8"
         fp.backend = "torch"
+
+
+def test_l2_hint_ranges_cover_each_next_group_once_in_forward_order(block):
+    """Each group hints the next group whole, or ``l2_prefetch`` KiB past its end where
+    that is more, minus what the forward already hinted; the last group hints nothing."""
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    layers = SlotLayers(block, num_slots=3, r_max=4, backend="torch")
+    layers.write(1, _weights(block, 1, 4, targets, alpha=8))
+    layout, groups = layers.layout, layers.groups
+    ends = [*layout.group_a_off[1:], layout.numel]
+    assert [g.index for g in groups] == [0, 1, 2, 3]
+    assert groups[0].ahead(0) == (0, 0)  # off by default
+    layers.config.l2_prefetch = 1  # 1 KiB: 256 fp32 elements, less than any next group
+    fetched, ranges = 0, []
+    for group in groups:
+        start, stop = group.ahead(fetched)
+        ranges.append((start, stop))
+        fetched = max(fetched, stop)
+    assert ranges[:3] == [(ends[0], ends[1]), (ends[1], ends[2]), (ends[2], ends[3])]
+    assert ranges[3][1] <= ranges[3][0]  # nothing after the last group
+    layers.config.l2_prefetch = 64  # more than the rest of the slot: clipped to it
+    assert groups[0].ahead(0) == (ends[0], layout.numel)
+    assert groups[1].ahead(layout.numel)[1] <= groups[1].ahead(layout.numel)[0]
