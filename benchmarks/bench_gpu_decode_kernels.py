@@ -74,6 +74,11 @@ VARIANTS: dict[str, tuple[str, Attrs]] = {
     "auto_pfn1536": ("auto", {"group": {"l2_prefetch": 1536, "l2_evict_last": 0}}),
     "auto_int8_pf768": ("auto", {"slots": {"int8": 1}, "group": {"l2_prefetch": 768}}),
     **{
+        f"auto_pf{k}_c{c}": ("auto", {"group": {"l2_prefetch": k, "gemm_sm_carveout": c}})
+        for k in (768, 1536)
+        for c in (0, 16)
+    },
+    **{
         f"auto_int8_w{w}" + (f"_n{n}" if n else "") + (f"_k{k}" if k else ""): (
             "auto",
             {
