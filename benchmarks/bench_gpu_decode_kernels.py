@@ -73,6 +73,8 @@ VARIANTS: dict[str, tuple[str, Attrs]] = {
     **{f"auto_pf{k}": ("auto", {"group": {"l2_prefetch": k}}) for k in (1, 768, 1536, 2560)},
     "auto_pfn1536": ("auto", {"group": {"l2_prefetch": 1536, "l2_evict_last": 0}}),
     "auto_int8_pf768": ("auto", {"slots": {"int8": 1}, "group": {"l2_prefetch": 768}}),
+    # the hints joined only at the end of the step, not by the next group's LoRA kernels
+    "auto_pf1536_nojoin": ("auto", {"group": {"l2_prefetch": 1536}, "hints": {"join": 0}}),
     **{
         f"auto_pf{k}_c{c}": ("auto", {"group": {"l2_prefetch": k, "gemm_sm_carveout": c}})
         for k in (768, 1536)
@@ -193,6 +195,9 @@ def use(kernel: str, attrs: Attrs, groups) -> None:
         for key, value in {**_DEFAULTS[family], **attrs.get(family, {})}.items():
             if key != "adds":
                 setattr(cls, key, value)
+    from loraroute.agents.lora.layer import LoraGroup
+
+    LoraGroup.join_hints = bool(attrs.get("hints", {}).get("join", 1))
     for group in groups:  # launchers fix their tables when built
         group._split_launcher = group._row_launcher = None
 

@@ -175,6 +175,10 @@ class LoraGroup:
     kernel runs before the GEMM, as in eager steps; benchmarks/results/gpu_decode_*.md).
     """
 
+    # the next group's LoRA kernels wait for the L2 hints of the group before them (off:
+    # only the end of the forward joins the hint stream; benchmarks compare the two)
+    join_hints = True
+
     def __init__(self, layers: SlotStore, index: int, members: list[SlotLoraLinear]):
         self.layers = layers
         self.index = index
@@ -410,7 +414,7 @@ class LoraGroup:
         main = torch.cuda.current_stream(x2.device) if side is not None else None
         if side is not None:
             side.wait_stream(main)
-            if plan.fetch_open:  # the hints an earlier group issued: joined, not waited on
+            if plan.fetch_open and self.join_hints:  # the hints of the group before
                 side.wait_stream(plan.fetch)
                 plan.fetch_open = False
         tok, tile_slot, tiles = plan.tiles(x2.shape[0] // plan.rows)
