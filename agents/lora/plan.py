@@ -232,8 +232,17 @@ class AdapterContext:
             self._pending.append(event)
 
     def wait_copies(self) -> None:
-        """Order the current stream after every adapter copy issued so far."""
+        """Order the current stream after every adapter copy issued so far.
+
+        Not while the current stream records a CUDA graph: a recording may not wait on work
+        outside it (``cudaErrorStreamCaptureIsolation``, which turned an engine's graphs off
+        for good when an adapter load landed between a step's eager run and its recording);
+        the copies stay pending for the wait before the next replay (``StepGraphs.run``).
+        A recording computes nothing itself: the eager run before it gives the step's result.
+        """
         if not self._pending:
+            return  # (on a CPU-only build, too: only CUDA copies leave events)
+        if torch.cuda.is_current_stream_capturing():
             return
         with self._pending_lock:
             pending, self._pending = self._pending, []

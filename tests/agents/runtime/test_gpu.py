@@ -252,6 +252,33 @@ def test_l2_hints_change_no_output_of_graphed_decode(tiny, reference, monkeypatc
         eng.close()
 
 
+def test_an_adapter_copy_pending_while_a_graph_records_is_waited_for_at_replay():
+    """A copy issued on another stream after a step's eager run and before its recording
+    (an adapter load from a request thread) neither breaks the recording (a capture may not
+    wait on uncaptured work) nor is dropped: the replay waits for it."""
+    from loraroute.agents.lora import AdapterContext
+
+    context = AdapterContext()
+    copies = torch.cuda.Stream()
+    src = torch.full((1 << 20,), 2.0, device="cuda")
+    dst = torch.zeros_like(src)
+    with torch.cuda.stream(copies):
+        dst.copy_(src)
+        event = torch.cuda.Event()
+        event.record(copies)
+    context.add_pending(event)
+    out = torch.zeros_like(src)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        context.wait_copies()  # recording: nothing to wait on inside it
+        out.copy_(dst * 2)
+    assert context._pending  # still pending, for the replay
+    context.wait_copies()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert not context._pending and float(out[0]) == 4.0
+
+
 def test_paged_kernels_on_cuda_equal_the_pytorch_operations_in_bf16():
     from loraroute.agents.runtime.paged.ops import Ops, build_meta
 
