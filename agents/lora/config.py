@@ -52,7 +52,8 @@ class LoraKernelConfig:
     # hints into L2 (on a third stream, once its own LoRA kernels are issued), so the groups
     # after it read their A and B from L2 beside their GEMM; at least the next group whole;
     # 0: no hints. ``l2_evict_last``: at evict-last priority (the GEMMs' streamed weights
-    # leave L2 first)
+    # leave L2 first). Slower at every setting tried: 32 distinct adapters 0.834x of base ->
+    # 0.77-0.81x on an H200 (benchmarks/results/gpu_decode_l2.md)
     l2_prefetch: int = 0
     l2_evict_last: bool = True
     # call compiled Triton kernels directly (skipping kernel[grid]'s argument binding)
