@@ -66,7 +66,7 @@ class StaticPlanBuffers:
         self.slots: tuple[int, ...] = ()
         self.tiles = 0
         self.side: Any = None  # made by plan(), at the config's side_priority
-        self.fetch: Any = None  # the L2 prefetch stream (config.l2_prefetch), the same
+        self.fetch: Any = None  # the L2 hint stream (config.l2_prefetch), at side_priority
         self._priority: int | None = None
 
     def write(self, slots: list[int]) -> int:
