@@ -66,7 +66,7 @@ class StaticPlanBuffers:
         self.slots: tuple[int, ...] = ()
         self.tiles = 0
         self.side: Any = None  # made by plan(), at the config's side_priority
-        self.fetch: Any = None  # the L2 hint stream (config.l2_prefetch), at side_priority
+        self.fetch: Any = None  # the L2 hint stream, made when config.l2_prefetch asks
         self._priority: int | None = None
 
     def write(self, slots: list[int]) -> int:
@@ -103,10 +103,12 @@ class StaticPlanBuffers:
             priority = config.side_priority
             if self._priority != priority:  # graphs bake the stream in when captured
                 self.side = torch.cuda.Stream(self.device, priority=priority)
-                self.fetch = torch.cuda.Stream(self.device, priority=priority)
+                self.fetch = None
                 self._priority = priority
             plan.side = self.side
             if config.l2_prefetch > 0:
+                if self.fetch is None:
+                    self.fetch = torch.cuda.Stream(self.device, priority=priority)
                 plan.fetch = self.fetch
         plan._idx = self.idx[:n]
         plan._tiles[1] = (self.tok[: self.tiles * TILE_M], self.tile_slot[: self.tiles], self.tiles)
