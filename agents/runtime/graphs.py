@@ -6,7 +6,9 @@ A graph bakes in every tensor address and shape, so the callers (the dense path'
 shape with a key (row bucket, LoRA tile bucket). The first step at a key runs eagerly on a side
 stream (its result is that step's), then is recorded; later steps at the key replay it. A few
 keys are kept, least recently used dropped. If recording fails the step's eager result stands
-and the owner runs eagerly from then on (:attr:`StepGraphs.failed`).
+and a later step at the key tries again: a failure can be passing (work another thread issued
+at that moment); after :data:`MAX_FAILURES` of them the owner runs eagerly from then on
+(:attr:`StepGraphs.failed`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 import torch
 
 logger = logging.getLogger(__name__)
+
+MAX_FAILURES = 3  # failed recordings before graphs are off for the owner's life
 
 
 class StepGraphs:
@@ -36,7 +40,7 @@ class StepGraphs:
         self.forward = forward
         self.limit = limit
         self.what = what  # for the log line when recording fails
-        self.failed = False
+        self.failures = 0  # failed recordings (graphs are off at MAX_FAILURES)
         self.captures = 0  # graphs recorded (for tests and stats)
         self.replays = 0
         self._recorded: OrderedDict[tuple, tuple[Any, torch.Tensor]] = OrderedDict()
@@ -72,9 +76,13 @@ class StepGraphs:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 out = self.forward(b, lora)
-        except Exception:  # noqa: BLE001 - the step's result stands; later steps run eagerly
-            logger.exception("recording a CUDA graph of the %s failed; graphs are off", self.what)
-            self.failed = True
+        except Exception:  # noqa: BLE001 - the step's result stands; a later step tries again
+            self.failures += 1
+            logger.exception(
+                "recording a CUDA graph of the %s failed (%d of %d); %s",
+                self.what, self.failures, MAX_FAILURES,
+                "graphs are off" if self.failed else "a later step tries again",
+            )  # fmt: skip
             self.drop()
             return logits
         self._recorded[key] = (graph, out)
@@ -82,6 +90,11 @@ class StepGraphs:
         while len(self._recorded) > self.limit:
             self._recorded.popitem(last=False)
         return logits
+
+    @property
+    def failed(self) -> bool:
+        """Recording failed :data:`MAX_FAILURES` times: the owner runs eagerly from now on."""
+        return self.failures >= MAX_FAILURES
 
     def drop(self) -> None:
         """Forget every graph (the buffers they read were reallocated or rewired)."""
@@ -111,4 +124,4 @@ class GraphedSteps:
         return self._steps.replays
 
 
-__all__ = ["GraphedSteps", "StepGraphs"]
+__all__ = ["MAX_FAILURES", "GraphedSteps", "StepGraphs"]
