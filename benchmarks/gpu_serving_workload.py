@@ -129,7 +129,10 @@ def serve(engine, requests: list[Request], rate: float | None, *, seed: int = 0,
         "kv_blocks": after.get("blocks"),
         "preemptions": after.get("preemptions", 0) - before.get("preemptions", 0),
         "prefix_hit_blocks": after.get("prefix_hits", 0) - before.get("prefix_hits", 0),
-        "graph_captures": after.get("graph_captures", 0) - before.get("graph_captures", 0),
+        **{
+            k: after.get(k, 0) - before.get(k, 0)
+            for k in ("graph_captures", "graph_replays", "graph_failures")
+        },
     }
 
 

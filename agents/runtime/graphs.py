@@ -123,5 +123,9 @@ class GraphedSteps:
     def replays(self) -> int:
         return self._steps.replays
 
+    @property
+    def failures(self) -> int:
+        return self._steps.failures
+
 
 __all__ = ["MAX_FAILURES", "GraphedSteps", "StepGraphs"]

@@ -361,6 +361,7 @@ class PagedBatch:
             "cache_bytes": self.cache.nbytes(),
             "graph_captures": self.graphs.captures if self.graphs else 0,
             "graph_replays": self.graphs.replays if self.graphs else 0,
+            "graph_failures": self.graphs.failures if self.graphs else 0,
         }
 
 
