@@ -541,7 +541,9 @@ def main() -> None:
         save()
     if "serving" in sections:
         res["serving"] = bench_serving(engine, args)
-        if "hf" in sections and args.hf_serving:
+        if args.hf_serving and res.get("hf", {}).get("serving"):
+            # beside transformers' figures on the same prompts (this run's, or the resumed
+            # file's: a split run keeps the row)
             engine.scheduler.paged.alloc.reset_prefixes()
             res["serving"]["ours_on_hf_prompts"] = serve(engine, hf_prompts, None)
         save()
