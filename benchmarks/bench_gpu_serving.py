@@ -500,10 +500,16 @@ def main() -> None:
         "gpu_serving_check" if args.check else "gpu_serving_smoke" if args.smoke else "gpu_serving"
     )
     res: dict[str, Any] = json.loads(args.resume.read_text()) if args.resume else {}
+    here = env()
+    if res.get("env", {}).get("device", here["device"]) != here["device"]:
+        sys.exit(
+            f"--resume: {args.resume} was measured on {res['env']['device']}, this machine has "
+            f"{here['device']}; its figures and this run's would not compare"
+        )
     command = "python benchmarks/bench_gpu_serving.py " + " ".join(sys.argv[1:])
     res["commands"] = [*res.get("commands", []), command]
     res.update(
-        env=env(),
+        env=here,
         command=" ; ".join(res["commands"]),
         config={
             k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"
