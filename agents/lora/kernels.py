@@ -300,27 +300,22 @@ if triton is not None:
     @triton.jit
     def _l2_prefetch_kernel(
         w_ptr, slot_stride, slots_ptr, n_slots, start, n_lines,
-        LINE: tl.constexpr, BLOCK: tl.constexpr, LAST: tl.constexpr,
+        LINE: tl.constexpr, BLOCK: tl.constexpr, PREFETCH: tl.constexpr,
     ):  # fmt: skip
         """Hint ``n_lines`` 128-byte lines of one listed slot (``LINE`` elements each), from
-        element ``start``, into L2 (``LAST``: at evict-last priority); program ``(i, j)``
-        takes block ``j`` of the lines of slot ``slots[i]``. A prefetch moves nothing into
-        registers and writes nothing: slot 0 (no adapter) and slots out of range are
-        skipped, and a block's tail repeats the last line."""
+        element ``start``, into L2 with the PTX instruction ``PREFETCH`` (``prefetch.global.L2``
+        or its ``::evict_last`` form); program ``(i, j)`` takes block ``j`` of the lines of
+        slot ``slots[i]``. A prefetch moves nothing into registers and writes nothing: slot 0
+        (no adapter) and slots out of range are skipped, and a block's tail repeats the last
+        line."""
         slot = tl.load(slots_ptr + tl.program_id(0)).to(tl.int64)
         if (slot > 0) & (slot < n_slots):
             line = tl.minimum(tl.program_id(1) * BLOCK + tl.arange(0, BLOCK), n_lines - 1)
             ptrs = w_ptr + slot * slot_stride + start + line.to(tl.int64) * LINE
-            if LAST:
-                tl.inline_asm_elementwise(
-                    "prefetch.global.L2::evict_last [$1]; mov.u32 $0, 0;", "=r,l", [ptrs],
-                    dtype=tl.int32, is_pure=False, pack=1,
-                )  # fmt: skip
-            else:
-                tl.inline_asm_elementwise(
-                    "prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs],
-                    dtype=tl.int32, is_pure=False, pack=1,
-                )  # fmt: skip
+            tl.inline_asm_elementwise(
+                PREFETCH + " [$1]; mov.u32 $0, 0;", "=r,l", [ptrs],
+                dtype=tl.int32, is_pure=False, pack=1,
+            )  # fmt: skip
 
 
 else:  # pragma: no cover - depends on the machine

@@ -454,7 +454,8 @@ class L2Prefetcher:
         flat = self.flat
         _l2_prefetch_kernel[(count, _ceil_div(n_lines, self.block))](
             flat, flat.stride(0), slots, flat.shape[0], start, n_lines, LINE=self.line,
-            BLOCK=self.block, LAST=last, num_warps=4,
+            BLOCK=self.block, PREFETCH="prefetch.global.L2" + ("::evict_last" if last else ""),
+            num_warps=4,
         )  # fmt: skip
 
 
