@@ -51,16 +51,29 @@ class SignatureMethods:
     def _store_signature(self, v: AdapterVersion, sig: SignatureInfo) -> SignatureInfo:
         with Session(self._write) as s:
             bump_revision(s)
-            vid = self._version_id(s, v)
-            rows = s.exec(select(VersionSignature).where(VersionSignature.version_id == vid)).all()
-            same = next((r for r in rows if r.digest == sig.digest), None)
-            if same is not None:
+            if not self._add_signatures(s, self._version_id(s, v), v.ref, [sig]):
                 s.rollback()
-                sig.created_at = same.created_at
                 return sig
-            if len(rows) >= MAX_SIGNATURES_PER_VERSION:
+            s.commit()
+        logger.info("%s: stored signature %s (%s)", v.ref, sig.digest, sig.signer)
+        return sig
+
+    @staticmethod
+    def _add_signatures(
+        s: Session, vid: int, label: str, sigs: Sequence[SignatureInfo]
+    ) -> builtins.list[SignatureInfo]:
+        """Add ``sigs`` to version ``vid`` in session ``s`` (not committed), skipping bundles it
+        already carries (whose ``created_at`` they take); returns those added."""
+        rows = s.exec(select(VersionSignature).where(VersionSignature.version_id == vid)).all()
+        have = {r.digest: r for r in rows}
+        added = []
+        for sig in sigs:
+            if sig.digest in have:
+                sig.created_at = have[sig.digest].created_at
+                continue
+            if len(have) >= MAX_SIGNATURES_PER_VERSION:
                 raise SignatureError(
-                    f"{v.ref} already carries {len(rows)} signatures; the limit is "
+                    f"{label} already carries {len(have)} signatures; the limit is "
                     f"{MAX_SIGNATURES_PER_VERSION}"
                 )
             row = VersionSignature(
@@ -71,10 +84,10 @@ class SignatureMethods:
                 bundle=sig.bundle,
             )
             s.add(row)
-            s.commit()
+            have[sig.digest] = row
             sig.created_at = row.created_at
-        logger.info("%s: stored signature %s (%s)", v.ref, sig.digest, sig.signer)
-        return sig
+            added.append(sig)
+        return added
 
     def attach_signature(self, ref: str | AdapterVersion, bundle: str) -> SignatureInfo:
         """Store a model-signing bundle with a version, after checking it signs exactly the

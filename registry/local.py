@@ -66,6 +66,7 @@ from .migrate import ensure_schema
 from .refs import Ref, check_name, check_version, parse_ref
 from .reports import GcReport, VerifyReport
 from .signing import (
+    SignatureInfo,
     TrustPolicy,
     load_trust_policy,
 )
@@ -286,10 +287,7 @@ class Registry(SignatureMethods, EvalMethods):
         row.training_config = json.loads(json.dumps(row.training_config or {}, default=str))
         for attempt in range(20):
             try:
-                pushed = self._insert_version(name, row, files, version)
-                for sig in signed:
-                    self._store_signature(pushed, sig)
-                return pushed
+                return self._insert_version(name, row, files, version, signed)
             except exc.IntegrityError as e:  # a concurrent writer took the number; retry
                 logger.debug("version insert raced (%s), attempt %d", e.orig, attempt)
                 time.sleep(0.01 * (attempt + 1))
@@ -302,7 +300,12 @@ class Registry(SignatureMethods, EvalMethods):
         )
 
     def _insert_version(
-        self, name: str, proto: Version, files: builtins.list[FileInfo], number: int | None
+        self,
+        name: str,
+        proto: Version,
+        files: builtins.list[FileInfo],
+        number: int | None,
+        signed: builtins.list[SignatureInfo],
     ) -> AdapterVersion:
         with Session(self._write) as s:
             bump_revision(s)
@@ -322,11 +325,18 @@ class Registry(SignatureMethods, EvalMethods):
                         f"{name}@{same.number} already holds this content ({proto.digest}); "
                         f"it cannot also be version {number}"
                     )
-                s.rollback()
-                logger.info(
-                    "%s@%d already holds %s; push is a no-op", name, same.number, proto.digest
-                )
-                return self.resolve(f"{name}@{same.number}")
+                # read it here: a concurrent removal after this session must not fail the push
+                sid = same.id or 0
+                existing = self._to_public(name, same, self._aliases_of(s, [sid]).get(sid, []))
+                if self._add_signatures(s, sid, existing.ref, signed):
+                    s.commit()
+                    logger.info(
+                        "%s already holds %s; its signatures added", existing.ref, proto.digest
+                    )
+                else:
+                    s.rollback()
+                    logger.info("%s already holds %s; push is a no-op", existing.ref, proto.digest)
+                return existing
             latest = s.exec(
                 select(func.max(Version.number)).where(Version.adapter_id == adapter.id)
             ).one()
@@ -365,10 +375,14 @@ class Registry(SignatureMethods, EvalMethods):
                     s.add(Blob(digest=f.digest, size=f.size))
                     have.add(f.digest)
                 s.add(FileEntry(version_id=row.id, path=f.path, blob_digest=f.digest, size=f.size))  # type: ignore[arg-type]
+            # in the version's own transaction: no reader sees it pushed but not yet signed
+            self._add_signatures(s, row.id, f"{name}@{row.number}", signed)  # type: ignore[arg-type]
+            # built before the commit expires the row: a concurrent `rm` may delete it as soon
+            # as it is committed, and the push still happened (its number is never reused)
+            pushed = self._to_public(name, row, [])
             s.commit()
-            ref = f"{name}@{row.number}"
-        logger.info("pushed %s (%s)", ref, proto.digest)
-        return self.resolve(ref)
+        logger.info("pushed %s (%s)", pushed.ref, proto.digest)
+        return pushed
 
     # -- read ------------------------------------------------------------------------------
     def _to_public(self, name: str, v: Version, aliases: builtins.list[str]) -> AdapterVersion:
@@ -581,8 +595,13 @@ class Registry(SignatureMethods, EvalMethods):
             else:
                 row.version_id = v.id  # type: ignore[assignment]
                 s.add(row)
+            s.flush()
+            # what this call set, read before the commit: a concurrent move or removal after
+            # it must not change or fail this call's answer
+            vid = v.id or 0
+            out = self._to_public(name, v, self._aliases_of(s, [vid]).get(vid, []))
             s.commit()
-        return self.resolve(f"{name}:{alias}")
+        return out
 
     def alias_remove(self, name: str, alias: str) -> None:
         check_name(alias, "alias")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -192,3 +193,28 @@ def raw_client(settings):
         aws_secret_access_key=S3_SECRET,
     )
     return client, bucket, prefix
+
+
+@pytest.fixture
+def after_next_commit():
+    """``with after_next_commit(action): ...`` runs ``action`` once, right after the next
+    session commit in this process: another writer's turn between a commit and what follows."""
+    from sqlalchemy import event
+    from sqlmodel import Session
+
+    @contextmanager
+    def hook(action: Callable[[], object]) -> Iterator[list[bool]]:
+        done: list[bool] = []
+
+        def once(session) -> None:
+            if not done:
+                done.append(True)
+                action()
+
+        event.listen(Session, "after_commit", once)
+        try:
+            yield done
+        finally:
+            event.remove(Session, "after_commit", once)
+
+    return hook

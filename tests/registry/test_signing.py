@@ -335,6 +335,27 @@ def test_signed_version_can_be_removed(env, adapter, keys):
 
 
 # -- travel between registries ---------------------------------------------------------------
+def test_a_signed_push_is_never_seen_without_its_signature(
+    store, adapter, keys, tmp_path, after_next_commit
+):
+    v = store.push(adapter, "legal")
+    store.sign(v.ref, key=keys / "release.key.pem")
+    signed = store.pull(v.ref, tmp_path / "signed")  # carries model.sig
+    seen = []
+    with after_next_commit(lambda: seen.append(store.signatures("copy@1"))):
+        copy = store.push(signed, "copy")
+    assert copy.ref == "copy@1" and [s.signer for s in seen[0]] == [
+        sig.signer for sig in store.signatures(v.ref)
+    ]
+    # the same bytes pushed again with a signature: it is added to the version holding them
+    plain = store.push(adapter, "plain")
+    assert store.signatures(plain.ref) == []
+    assert store.push(signed, "plain").ref == plain.ref
+    assert len(store.signatures(plain.ref)) == 1
+    assert store.push(signed, "plain").ref == plain.ref  # and not twice
+    assert len(store.signatures(plain.ref)) == 1
+
+
 def test_signature_survives_push_pull_push(tmp_path, lr_home, adapter, keys, service_missing):
     policy = key_policy(keys)
     first = open_registry(f"sqlite:///{tmp_path / 'first' / 'registry.db'}")

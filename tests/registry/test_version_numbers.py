@@ -89,3 +89,25 @@ def test_no_number_reused_under_concurrent_pushes_and_removals(store_url, tiny_a
     assert len(graves) >= removed and not set(graves) & set(live)
     assert sorted(graves + live) == sorted(set(pushed))
     reg.close()
+
+
+def test_a_push_answers_with_its_version_though_it_is_removed_right_after(
+    store, tiny_adapter, tmp_path, after_next_commit
+):
+    """The CI race: a concurrent `rm` between the push's commit and its answer."""
+    with after_next_commit(lambda: store.rm("race")) as done:
+        v = store.push(make_variant(tiny_adapter, tmp_path / "a", "a"), "race")
+    assert done and (v.ref, v.aliases) == ("race@1", [])
+    assert store.list(name="race") == []
+    assert store.push(make_variant(tiny_adapter, tmp_path / "b", "b"), "race").version == 2
+
+
+def test_alias_set_answers_with_what_it_set_though_it_moves_right_after(
+    store, tiny_adapter, tmp_path, after_next_commit
+):
+    for tag in "ab":
+        store.push(make_variant(tiny_adapter, tmp_path / tag, tag), "moved")
+    with after_next_commit(lambda: store.alias_set("moved", "beta", 2)):
+        v = store.alias_set("moved", "beta", 1)
+    assert (v.ref, v.aliases) == ("moved@1", ["beta"])
+    assert store.resolve("moved:beta").ref == "moved@2"
