@@ -326,9 +326,8 @@ class Registry(SignatureMethods, EvalMethods):
                         f"it cannot also be version {number}"
                     )
                 # read it here: a concurrent removal after this session must not fail the push
-                sid = same.id or 0
-                existing = self._to_public(name, same, self._aliases_of(s, [sid]).get(sid, []))
-                if self._add_signatures(s, sid, existing.ref, signed):
+                existing = self._read_public(s, name, same)
+                if self._add_signatures(s, same.id or 0, existing.ref, signed):
                     s.commit()
                     logger.info(
                         "%s already holds %s; its signatures added", existing.ref, proto.digest
@@ -390,6 +389,11 @@ class Registry(SignatureMethods, EvalMethods):
         pub.aliases = sorted(aliases)
         return pub
 
+    def _read_public(self, s: Session, name: str, v: Version) -> AdapterVersion:
+        """``v`` as the API shows it, its aliases read in session ``s``."""
+        vid = v.id or 0
+        return self._to_public(name, v, self._aliases_of(s, [vid]).get(vid, []))
+
     def _find(self, s: Session, ref: str | Ref) -> tuple[Adapter, Version]:
         r = parse_ref(ref) if isinstance(ref, str) else ref
         adapter = s.exec(select(Adapter).where(Adapter.name == r.name)).first()
@@ -431,8 +435,7 @@ class Registry(SignatureMethods, EvalMethods):
         """The version ``ref`` names: ``legal``, ``legal@3``, ``legal:prod``, ``legal@sha256:..``."""
         with Session(self._read) as s:
             adapter, v = self._find(s, ref)
-            vid = v.id or 0
-            return self._to_public(adapter.name, v, self._aliases_of(s, [vid]).get(vid, []))
+            return self._read_public(s, adapter.name, v)
 
     def list(
         self,
@@ -598,8 +601,7 @@ class Registry(SignatureMethods, EvalMethods):
             s.flush()
             # what this call set, read before the commit: a concurrent move or removal after
             # it must not change or fail this call's answer
-            vid = v.id or 0
-            out = self._to_public(name, v, self._aliases_of(s, [vid]).get(vid, []))
+            out = self._read_public(s, name, v)
             s.commit()
         return out
 
