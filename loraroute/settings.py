@@ -233,6 +233,12 @@ class Settings(BaseSettings):
     lora_l2_evict_last: bool = Field(
         True, description="the L2 hints of `LORAROUTE_LORA_L2_PREFETCH` at evict-last priority"
     )
+    lora_l2_prefetch_at: Literal["each", "attention"] = Field(
+        "each",
+        description="where the L2 hints of `LORAROUTE_LORA_L2_PREFETCH` run: `each` group, "
+        "beside its GEMM, or only after the q/k/v GEMM, beside attention (`attention`); "
+        "neither measured faster with 32 distinct adapters",
+    )
     triton_fast_launch: bool = Field(
         True, description="call compiled Triton kernels directly instead of `kernel[grid]`"
     )

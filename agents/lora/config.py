@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 Backend = Literal["auto", "triton", "torch"]
 DecodeKernel = Literal["auto", "tiles", "rows"]
+HintsAt = Literal["each", "attention"]
 
 
 @dataclass
@@ -56,6 +57,12 @@ class LoraKernelConfig:
     # 0.77-0.81x on an H200 (benchmarks/results/gpu_decode_l2.md)
     l2_prefetch: int = 0
     l2_evict_last: bool = True
+    # where the hints run: "each" group, once its LoRA kernels are issued (beside the GEMMs),
+    # or only the groups that feed attention, after their GEMM ("attention": beside the
+    # attention kernels). Not faster either: on an H100, 32 distinct 0.841x of base -> 0.850x
+    # hinting the o group alone (noise), 0.79-0.81x with gate/up or the rest of the layer
+    # (benchmarks/results/gpu_decode_l2_attention.md)
+    l2_prefetch_at: HintsAt = "each"
     # call compiled Triton kernels directly (skipping kernel[grid]'s argument binding)
     fast_launch: bool = True
     # split-K slice width of the eager kernel's shrink (0: no split)
@@ -76,6 +83,7 @@ class LoraKernelConfig:
             gemm_sm_carveout=settings.lora_gemm_sm_carveout,
             l2_prefetch=settings.lora_l2_prefetch,
             l2_evict_last=settings.lora_l2_evict_last,
+            l2_prefetch_at=settings.lora_l2_prefetch_at,
             fast_launch=settings.triton_fast_launch,
             k_per_split=settings.triton_k_per_split,
             interpret=settings.triton_interpret,

@@ -39,6 +39,8 @@ from .layout import SlotLayout
 from .plan import TILE_M, AdapterContext, ForwardPlan
 
 TRITON_MAX_UNIFORM_TOKENS = 64  # above this, a one-adapter batch uses two plain matmuls
+# projections whose product attention reads next (L2 hints beside attention)
+ATTENTION_INPUTS = frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj"})
 _USED = object()  # a group delta already handed to its module
 # torch warns once that its SM carveout is experimental (carved_mm checks it is there)
 warnings.filterwarnings("ignore", message="Setting the SM carveout", category=UserWarning)
@@ -211,6 +213,8 @@ class LoraGroup:
         # out in model order, the order a forward runs them)
         ends = [*layout.group_a_off[index + 1 : index + 3], layout.numel, layout.numel]
         self._end, self._next_end = ends[0], ends[1]
+        # q/k/v: attention runs after this group's GEMM (config.l2_prefetch_at "attention")
+        self.feeds_attention = any(m.name.rsplit(".", 1)[-1] in ATTENTION_INPUTS for m in members)
         for i, m in enumerate(members):
             m.member = i
             object.__setattr__(m, "group", self)
@@ -447,13 +451,15 @@ class LoraGroup:
             part, split = launcher.shrink(x2, *where)
             if delta is not None:
                 launcher.expand(delta, part, split, *where)
-        if plan.fetch is not None:
-            if kernel == "rows":
-                self.prefetch_ahead(plan, plan.idx(), plan.rows)
-            else:
-                self.prefetch_ahead(plan, tile_slot, tiles)
+        hint_at = config.l2_prefetch_at if plan.fetch is not None else None
+        hint_where = (plan.idx(), plan.rows) if kernel == "rows" else (tile_slot, tiles)
+        if hint_at == "each":
+            self.prefetch_ahead(plan, *hint_where)
         if out is None:
             out = carved_mm(x2, w_t, carveout)
+        if hint_at == "attention" and self.feeds_attention:
+            plan.fetch.wait_stream(main)  # after the GEMM: beside the attention kernels
+            self.prefetch_ahead(plan, *hint_where)
         self._full = out
         self.based = True
         columns = self._columns

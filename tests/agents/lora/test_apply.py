@@ -416,6 +416,8 @@ def test_l2_hint_ranges_cover_each_next_group_once_in_forward_order(block):
     layout, groups = layers.layout, layers.groups
     ends = [*layout.group_a_off[1:], layout.numel]
     assert [g.index for g in groups] == [0, 1, 2, 3]
+    # only q/k/v's group hints when the hints run beside attention
+    assert [g.feeds_attention for g in groups] == [True, False, False, False]
     assert groups[0].ahead(0) == (0, 0)  # off by default
     layers.config.l2_prefetch = 1  # 1 KiB: 256 fp32 elements, less than any next group
     fetched, ranges = 0, []

@@ -32,8 +32,14 @@ def test_l2_hints_are_off_by_default_and_read_from_the_environment(monkeypatch):
     assert LoraKernelConfig().l2_prefetch == Settings().lora_l2_prefetch == 0
     monkeypatch.setenv("LORAROUTE_LORA_L2_PREFETCH", "1536")
     monkeypatch.setenv("LORAROUTE_LORA_L2_EVICT_LAST", "false")
+    monkeypatch.setenv("LORAROUTE_LORA_L2_PREFETCH_AT", "attention")
     config = LoraKernelConfig.from_settings(Settings())
     assert (config.l2_prefetch, config.l2_evict_last) == (1536, False)
+    assert config.l2_prefetch_at == "attention" and LoraKernelConfig().l2_prefetch_at == "each"
+    monkeypatch.setenv("LORAROUTE_LORA_L2_PREFETCH_AT", "everywhere")
+    with pytest.raises(pydantic.ValidationError, match="lora_l2_prefetch_at"):
+        Settings()
+    monkeypatch.setenv("LORAROUTE_LORA_L2_PREFETCH_AT", "each")
     monkeypatch.setenv("LORAROUTE_LORA_L2_PREFETCH", "-1")
     with pytest.raises(pydantic.ValidationError, match="lora_l2_prefetch"):
         Settings()

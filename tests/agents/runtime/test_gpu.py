@@ -228,10 +228,12 @@ def test_int8_adapter_weights_graphed_and_eager_match_the_cpu_reference(
         eng.close()
 
 
-def test_l2_hints_change_no_output_of_graphed_decode(tiny, reference, monkeypatch):
-    """With the next groups' slot regions hinted into L2 on a third stream, graphed decode
-    still matches the CPU reference and gives the tokens it gives without the hints; the
-    hint kernel ran inside the recorded graphs (the capture ended joined)."""
+@pytest.mark.parametrize("at", ["each", "attention"])
+def test_l2_hints_change_no_output_of_graphed_decode(tiny, reference, monkeypatch, at):
+    """With the next groups' slot regions hinted into L2 on a third stream (by each group,
+    or after the q/k/v GEMM only), graphed decode still matches the CPU reference and gives
+    the tokens it gives without the hints; the hint kernel ran inside the recorded graphs
+    (the capture ended joined)."""
     counter = LaunchCounter(monkeypatch)
     eng = _engine(tiny, "cuda", kv_block_size=8, max_step_tokens=48)
     try:
@@ -240,9 +242,10 @@ def test_l2_hints_change_no_output_of_graphed_decode(tiny, reference, monkeypatc
         eng.close()
     assert counter.hints == 0
     monkeypatch.setenv("LORAROUTE_LORA_L2_PREFETCH", "64")
+    monkeypatch.setenv("LORAROUTE_LORA_L2_PREFETCH_AT", at)
     eng = _engine(tiny, "cuda", kv_block_size=8, max_step_tokens=48)
     try:
-        assert eng.slots.config.l2_prefetch == 64
+        assert (eng.slots.config.l2_prefetch, eng.slots.config.l2_prefetch_at) == (64, at)
         hinted = _run(eng)
         paged = eng.scheduler.paged
         assert paged is not None and paged.graphs is not None and paged.graphs.replays > 0
