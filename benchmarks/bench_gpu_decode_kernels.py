@@ -17,7 +17,9 @@ and ``auto`` end to end. ``shapes`` is the grid that chose the launchers' defaul
 programs wanted, input slices, expand columns, inputs a shrink step, where the expand goes);
 ``fine`` varies columns, warps and steps around them; ``multirow`` the rows a row-expand
 program serves. ``--parts`` only times each piece of a group's step alone; ``--e2e CASES``
-only runs those cases end to end.
+only runs those cases end to end, and with ``--profile`` also traces each one's decode step
+(torch.profiler) to split its device time into GEMMs, LoRA kernels, L2 hints, attention and
+the rest.
 
 Writes ``<name>.json`` and ``.md`` (``--name``, default ``gpu_decode_kernels``) into
 ``--out`` after every case (a run cut short keeps what it measured):
@@ -28,6 +30,7 @@ Writes ``<name>.json`` and ``.md`` (``--name``, default ``gpu_decode_kernels``) 
 from __future__ import annotations
 
 import argparse
+import bisect
 import itertools
 import json
 import sys
@@ -72,6 +75,16 @@ VARIANTS: dict[str, tuple[str, Attrs]] = {
     # least the next group; n: at normal eviction priority, not evict-last)
     **{f"auto_pf{k}": ("auto", {"group": {"l2_prefetch": k}}) for k in (1, 768, 1536, 2560)},
     "auto_pfn1536": ("auto", {"group": {"l2_prefetch": 1536, "l2_evict_last": 0}}),
+    # hints only after the q/k/v GEMM, beside attention: the o group (pfa1), o and gate/up
+    # (1408 KiB of a slot), the rest of the layer (1984); n: normal eviction priority
+    **{
+        f"auto_pfa{k}": ("auto", {"group": {"l2_prefetch": k, "l2_prefetch_at": "attention"}})
+        for k in (1, 1408, 1984)
+    },
+    "auto_pfan1408": (
+        "auto",
+        {"group": {"l2_prefetch": 1408, "l2_prefetch_at": "attention", "l2_evict_last": 0}},
+    ),
     "auto_int8_pf768": ("auto", {"slots": {"int8": 1}, "group": {"l2_prefetch": 768}}),
     # the hints joined only at the end of the step, not by the next group's LoRA kernels
     "auto_pf1536_nojoin": ("auto", {"group": {"l2_prefetch": 1536}, "hints": {"join": 0}}),
@@ -162,7 +175,7 @@ KEYS = (
 # LoraKernelConfig fields a variant may set
 GROUP_KEYS = (
     "side_priority", "gemm_first", "overlap", "fused_adds", "gemm_sm_carveout", "l2_prefetch",
-    "l2_evict_last",
+    "l2_evict_last", "l2_prefetch_at",
 )  # fmt: skip
 
 
@@ -370,8 +383,87 @@ def best(layer: dict, variants: dict, kernel: str, counts) -> str:
     return min(over, key=over.__getitem__)
 
 
+# kernel kinds of a profiled step, by the first pattern its name contains (lower case)
+KINDS = (
+    ("hints", ("l2_prefetch",)),
+    ("lora", ("lora",)),
+    ("attention", ("attn", "attention", "flash", "flex")),
+    ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "cublas")),
+)
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    return next((k for k, pats in KINDS if any(p in low for p in pats)), "other")
+
+
+def kernel_trace(engine, names, ids, new_tokens: int) -> list[tuple[float, float, str]]:
+    """``(start_us, end_us, kind)`` of every kernel of one run of ``engine`` (graph replays
+    included: CUPTI reports the kernels of a replayed graph)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        bg.run_engine(engine, names, ids, new_tokens)
+        torch.cuda.synchronize()
+    cuda = torch.autograd.DeviceType.CUDA
+    return sorted(
+        (e.time_range.start, e.time_range.end, kind_of(e.name))
+        for e in prof.events()
+        if e.device_type == cuda and e.time_range.end > e.time_range.start
+    )
+
+
+def busy_us(spans) -> float:
+    """Microseconds covered by the union of ``(start, end)`` spans."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def profile_step(engine, names, ids, steps: int = 32) -> dict:
+    """What one decode step's device time goes to: the difference of two profiled runs,
+    ``steps`` and ``2 * steps`` new tokens (prefill and start-up cancel), divided by
+    ``steps``: kernel time by kind (summed over streams), and the device's busy time (any
+    kernel running). ``attention_gap_us``: the median stretch between the end of the last
+    GEMM before an attention kernel and the start of the next GEMM (what runs between the
+    q/k/v and o projections: rotary, the KV write, attention, and anything beside them)."""
+    runs = [kernel_trace(engine, names, ids, n) for n in (steps, 2 * steps)]
+    per_step = {}
+    for kind in ("gemm", "lora", "hints", "attention", "other"):
+        t = [sum(e - s for s, e, k in run if k == kind) for run in runs]
+        per_step[kind] = round((t[1] - t[0]) / steps, 1)
+    busy = [busy_us([(s, e) for s, e, _ in run]) for run in runs]
+    gemm_busy = [busy_us([(s, e) for s, e, k in run if k == "gemm"]) for run in runs]
+    with_lora = [busy_us([(s, e) for s, e, k in run if k in ("gemm", "lora")]) for run in runs]
+    gemms = [(s, e) for s, e, k in runs[1] if k == "gemm"]  # sorted by start
+    starts = [s for s, _ in gemms]
+    ends = list(itertools.accumulate((e for _, e in gemms), max))  # latest end so far
+    gaps = []
+    for s, _, k in runs[1]:
+        i = bisect.bisect_left(starts, s)  # GEMMs [0, i) start before this kernel
+        if k == "attention" and 0 < i < len(starts):
+            gaps.append(starts[i] - ends[i - 1])
+    gaps.sort()
+    return {
+        "kernel_us": per_step,
+        "busy_us": round((busy[1] - busy[0]) / steps, 1),
+        "gemm_busy_us": round((gemm_busy[1] - gemm_busy[0]) / steps, 1),
+        # LoRA kernels running while no GEMM does
+        "lora_outside_gemm_us": round(
+            (with_lora[1] - with_lora[0] - gemm_busy[1] + gemm_busy[0]) / steps, 1
+        ),
+        "attention_gap_us": round(gaps[len(gaps) // 2], 1) if gaps else None,
+        "attention_kernels_a_step": round(len(gaps) / (2 * steps), 1),
+    }
+
+
 def end_to_end(args, cases: dict, counts, results: dict, save) -> None:
-    """Decode tokens/s of base alone and ours for each case (``name -> (kernel, attrs)``)."""
+    """Decode tokens/s of base alone and ours for each case (``name -> (kernel, attrs)``);
+    with ``args.profile``, also where each one's decode step spends its device time."""
     # the KV cache each engine needs, not the model's full context for every row: two
     # engines fit an 80 GB card
     kv = {"kv_cache_tokens": args.concurrency * (args.prompt_len + args.new_tokens + 64)}
@@ -391,6 +483,10 @@ def end_to_end(args, cases: dict, counts, results: dict, save) -> None:
         packed = bg.random_packed(engine, tmpl, seed=i)
         engine.add_adapter(bg.renamed(tmpl, i + 1), name=f"a{i}", load=False, packed=packed)
     inter = bg.Interleaved(base, ids, args.new_tokens)
+    if args.profile:
+        results["base_engine_profile"] = profile_step(base, [None] * n, ids)
+        bg.log(f"base profile {results['base_engine_profile']}")
+        save()
     for distinct in counts:
         names = [f"a{i % distinct}" for i in range(n)]
         engine.preload(sorted(set(names)))
@@ -400,6 +496,9 @@ def end_to_end(args, cases: dict, counts, results: dict, save) -> None:
             for _ in range(2):
                 bg.run_engine(engine, names, ids, 4)
             r = inter.pair(engine, [names] * args.reps)
+            if args.profile:
+                r["profile"] = profile_step(engine, names, ids)
+                bg.log(f"{label} {distinct:>2} distinct profile {r['profile']}")
             results[f"{label}_{distinct}"] = r
             bg.log(
                 f"{label} {distinct:>2} distinct: {r['decode_tok_s']:.0f} tok/s {r['reps']}, "
@@ -408,6 +507,40 @@ def end_to_end(args, cases: dict, counts, results: dict, save) -> None:
             results["base_engine"] = bg.summarize(inter.base_runs)
             save()
     use("auto", {}, engine.slots.groups)
+
+
+def profile_markdown(e2e: dict) -> list[str]:
+    """The ``--profile`` table: one decode step's device time by kind of kernel."""
+    rows = [("base alone", e2e.get("base_engine_profile"))]
+    rows += [(k, v.get("profile")) for k, v in e2e.items() if isinstance(v, dict)]
+    rows = [(label, p) for label, p in rows if p]
+    if not rows:
+        return []
+    kinds = ("gemm", "lora", "hints", "attention", "other")
+    lines = [
+        "",
+        "## Where a decode step's device time goes (us a step, torch.profiler)",
+        "",
+        "Kernel time by kind, summed over streams (so kernels running side by side both count); "
+        "busy: time any kernel runs; GEMM busy: time any GEMM runs; LoRA past GEMMs: time LoRA "
+        "kernels run while no GEMM does; attention stretch: the "
+        "median time from the GEMM before an attention kernel to the GEMM after it. Each is "
+        "the difference of a 64- and a 32-token run, over 32 steps.",
+        "",
+        "| case | " + " | ".join(kinds) + " | busy | GEMM busy | LoRA past GEMMs | attention "
+        "stretch |",
+        "| --- | " + " | ".join("---" for _ in kinds) + " | --- | --- | --- | --- |",
+    ]
+    for label, p in rows:
+        cells = " | ".join(f"{p['kernel_us'][k]:,.0f}" for k in kinds)
+        gap = p["attention_gap_us"]
+        lines.append(
+            f"| {label} | {cells} | {p['busy_us']:,.0f} | {p['gemm_busy_us']:,.0f} | "
+            f"{p.get('lora_outside_gemm_us', 0):,.0f} | "
+            + (f"{gap:.1f}" if gap is not None else "-")
+            + " |"
+        )
+    return lines
 
 
 def command_flags(result: dict) -> str:
@@ -420,6 +553,8 @@ def command_flags(result: dict) -> str:
         flags += " --parts"
     if args.get("e2e") not in (None, "None"):
         flags += f" --e2e {args['e2e']} --counts {args['counts']} --reps {args['reps']}"
+        if args.get("profile") == "True":
+            flags += " --profile"
     if args.get("name") not in (None, "gpu_decode_kernels"):
         flags += f" --name {args['name']}"
     return flags
@@ -531,12 +666,13 @@ def markdown(result: dict) -> str:
             "base run just before it.",
             "",
         ]
-        cases = list(dict.fromkeys(k.rsplit("_", 1)[0] for k in e2e if k != "base_engine"))
+        runs = [k for k in e2e if not k.startswith("base_engine")]
+        cases = list(dict.fromkeys(k.rsplit("_", 1)[0] for k in runs))
         lines += [
             "| distinct | " + " | ".join(f"{c} | x base, paired" for c in cases) + " |",
             "| --- | " + " | ".join("--- | ---" for _ in cases) + " |",
         ]
-        for d in sorted({int(k.rsplit("_", 1)[1]) for k in e2e if k != "base_engine"}):
+        for d in sorted({int(k.rsplit("_", 1)[1]) for k in runs}):
             cells = []
             for c in cases:
                 r = e2e.get(f"{c}_{d}")
@@ -544,6 +680,7 @@ def markdown(result: dict) -> str:
                     f"{r['decode_tok_s']:,.0f} | {r['paired_ratio']:.3f}" if r else "- | -"
                 )
             lines.append(f"| {d} | " + " | ".join(cells) + " |")
+        lines += profile_markdown(e2e)
     if "chosen" in result:
         lines += ["", f"Sweep: best launch shapes chosen from the layer table: {result['chosen']}."]
     if result.get("notes"):  # written by hand into the JSON after reading a run
@@ -570,6 +707,9 @@ def main() -> None:
     )
     p.add_argument("--e2e", help="only these cases (comma-separated names, or auto) end to end")
     p.add_argument("--counts", default="8,32,16,1", help="distinct adapters, with --e2e")
+    p.add_argument(
+        "--profile", action="store_true", help="with --e2e: profile each case's decode step"
+    )
     p.add_argument("--render", type=Path, help="only write the markdown of this JSON file")
     args = p.parse_args()
     if args.render:
