@@ -452,7 +452,8 @@ class LoraGroup:
             if delta is not None:
                 launcher.expand(delta, part, split, *where)
         hint_at = config.l2_prefetch_at if plan.fetch is not None else None
-        hint_where = (plan.idx(), plan.rows) if kernel == "rows" else (tile_slot, tiles)
+        if hint_at is not None:
+            hint_where = (plan.idx(), plan.rows) if kernel == "rows" else (tile_slot, tiles)
         if hint_at == "each":
             self.prefetch_ahead(plan, *hint_where)
         if out is None:
