@@ -529,6 +529,13 @@ class Engine:
                         f"from a folder or from memory; load it again (load_adapter_folder / "
                         f"add_adapter), or raise max_resident / max_cpu_adapters"
                     )
+            if ref.startswith("sha256:"):  # a bare digest the engine does not hold (any more)
+                if not load:
+                    return None  # nothing to evict
+                raise UnknownAdapterError(
+                    f"no adapter with digest {ref} is loaded; ask for it by name "
+                    f"(name@sha256:..., name@3 or name:alias)"
+                )
         registry = self.registry
         if registry is None:
             close = difflib.get_close_matches(ref, list(self._names), n=3, cutoff=0.4)

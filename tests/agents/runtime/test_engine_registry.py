@@ -124,3 +124,21 @@ def test_a_trust_policy_refuses_unsigned_folders_and_admits_signed_ones(
     )  # altered after signing
     with pytest.raises(IncompatibleAdapterError):
         engine.load_adapter_folder(signed, name="altered", base_fingerprint=engine.base_fingerprint)
+
+
+def test_a_bare_digest_the_engine_no_longer_holds_is_not_looked_up_in_the_registry(setup):
+    """Evicting a digest that already left the pool does nothing (Ray Serve's replicas evict
+    by digest when Serve's cache drops one, which the pool may have dropped first); asking to
+    serve one is a clear unknown-adapter error, not the registry's reading of ``sha256`` as
+    an adapter name."""
+    from loraroute.agents.errors import UnknownAdapterError
+
+    engine, _, v1, v2 = setup
+    engine.load_adapter(v1.ref)
+    engine.evict(v1.digest)
+    assert engine.resident() == []
+    engine.evict(v1.digest)  # gone already: nothing to do
+    engine.evict(v2.digest)  # never loaded
+    with pytest.raises(UnknownAdapterError, match="no adapter with digest") as info:
+        engine.load_adapter(v2.digest)
+    assert "'sha256'" not in str(info.value)
