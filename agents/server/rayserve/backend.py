@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from ..backends import Delta, Final, Prepared, QueuedChoice, Target, _run
@@ -294,6 +295,26 @@ class RayBackend:
 
     def base_names(self) -> set[str]:
         return {self.base_model.lower()}
+
+    def private_strings(self) -> dict[str, str]:
+        """Folders and URLs that error messages to clients must not show: the replicas'
+        errors reach clients through this ingress, and theirs name the same home, base model
+        folder and registry (its URL and folders) as this process's settings."""
+        settings = self.args.settings()
+        hide = {str(settings.home): "<home>", str(Path(settings.home).resolve()): "<home>"}
+        base = Path(self._base_model).expanduser()
+        if base.exists():
+            hide[str(base)] = hide[str(base.resolve())] = "<base model>"
+        try:
+            registry = self.registry
+        except Exception:  # noqa: BLE001 - not open yet: its URL, as configured, is hidden
+            hide[settings.registry_url] = "the server's registry"
+            if self.args.registry:
+                hide[self.args.registry] = "the server's registry"
+            return hide
+        if hasattr(registry, "private_strings"):
+            hide.update(registry.private_strings())
+        return hide
 
     def _call(self, target: Target, prepared: Prepared, digest: str | None) -> Any:
         options: dict[str, Any] = {"stream": True}

@@ -200,3 +200,35 @@ def test_each_choice_gets_its_own_events_and_a_finished_choice_survives_a_resend
     assert first.content == "A" and first.finish_reason == "stop"  # kept from the first replica
     assert second.content == "BB" and second.finish_reason == "length"  # from the second
     assert texts[0] == ["A"] and backend.retried == 1
+
+
+def test_a_replica_error_reaches_the_client_without_the_servers_folders(lr_home):
+    """A replica's error can name the registry's database file and the home folder (the
+    registry's own errors do); the ingress answers with the same error, those hidden."""
+    import httpx
+
+    from loraroute.agents.server import BackgroundServer
+    from loraroute.agents.server.app import create_app
+
+    message = (
+        f"no adapter named 'sha256' in the registry ({lr_home.registry_url}); "
+        f"checked {lr_home.home / 'registry'}"
+    )
+
+    class Leaking(Script):
+        async def _events(self):
+            yield {
+                "event": "error",
+                "status": 404,
+                "headers": {},
+                "error": {"message": message, "type": "not_found_error", "code": "model_not_found"},
+            }
+
+    backend = Scripted([Leaking("r1", [])])
+    body = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    with BackgroundServer(create_app(backend, open_router=False)) as srv:
+        answer = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=30)
+    assert answer.status_code == 404 and backend.calls == 1
+    text = answer.json()["error"]["message"]
+    assert str(lr_home.home) not in text and "registry.db" not in text
+    assert text.startswith("no adapter named 'sha256' in the registry (the server's registry)")
