@@ -114,6 +114,8 @@ class EngineReplica:
                 continue
             except UnknownAdapterError:
                 pass
+            except Exception:  # noqa: BLE001 - one failed eviction must not fail every request
+                logger.warning("could not free the slot of %s", digest, exc_info=True)
             self._unwanted.discard(digest)
 
     def _resident(self) -> list[dict[str, Any]]:
