@@ -524,8 +524,8 @@ def profile_markdown(e2e: dict) -> list[str]:
         "Kernel time by kind, summed over streams (so kernels running side by side both count); "
         "busy: time any kernel runs; GEMM busy: time any GEMM runs; LoRA past GEMMs: time LoRA "
         "kernels run while no GEMM does; attention stretch: the "
-        "median time from the GEMM before an attention kernel to the GEMM after it. Each is "
-        "the difference of a 64- and a 32-token run, over 32 steps.",
+        "median time from the GEMM before an attention kernel to the GEMM after it, over the "
+        "64-token run. The times are the difference of a 64- and a 32-token run, over 32 steps.",
         "",
         "| case | " + " | ".join(kinds) + " | busy | GEMM busy | LoRA past GEMMs | attention "
         "stretch |",
