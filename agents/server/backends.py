@@ -165,6 +165,18 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
+def layout_strings(home: Path, base_path: Path | None, registry: Any) -> dict[str, str]:
+    """A server's layout that error messages to clients must not show, with a label for each:
+    its home folder, a local base model's folder, and the registry's URL and folders (for
+    ``loraroute.redact.Scrubber``)."""
+    hide = {str(home): "<home>"}
+    if base_path is not None:
+        hide[str(base_path)] = "<base model>"
+    if registry is not None and hasattr(registry, "private_strings"):
+        hide.update(registry.private_strings())
+    return hide
+
+
 def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run blocking work (tokenising, reading adapter files, registry I/O) off the event loop,
     in the caller's context (so log lines keep the request id)."""
@@ -496,14 +508,9 @@ class LocalBackend:
 
     def private_strings(self) -> dict[str, str]:
         """Folders and URLs of this server that error messages to clients must not show."""
-        hide = {str(self.engine.settings.home): "<home>"}
-        if self.engine.base_path is not None:
-            hide[str(self.engine.base_path)] = "<base model>"
+        hide = layout_strings(self.engine.settings.home, self.engine.base_path, self.registry)
         for root in self.adapter_roots:
             hide[str(root)] = "<adapter root>"
-        registry = self.registry
-        if registry is not None and hasattr(registry, "private_strings"):
-            hide.update(registry.private_strings())
         return hide
 
     async def load_adapter(self, name: str, path: str, inplace: bool) -> str:

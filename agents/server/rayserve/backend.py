@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..backends import Delta, Final, Prepared, QueuedChoice, Target, _run
+from ..backends import Delta, Final, Prepared, QueuedChoice, Target, _run, layout_strings
 from ..errors import APIError
 from .config import RayServeArgs
 
@@ -301,19 +301,14 @@ class RayBackend:
         errors reach clients through this ingress, and theirs name the same home, base model
         folder and registry (its URL and folders) as this process's settings."""
         settings = self.args.settings()
-        hide = {str(settings.home): "<home>", str(Path(settings.home).resolve()): "<home>"}
         base = Path(self._base_model).expanduser()
-        if base.exists():
-            hide[str(base)] = hide[str(base.resolve())] = "<base model>"
         try:
             registry = self.registry
-        except Exception:  # noqa: BLE001 - not open yet: its URL, as configured, is hidden
-            hide[settings.registry_url] = "the server's registry"
-            if self.args.registry:
-                hide[self.args.registry] = "the server's registry"
-            return hide
-        if hasattr(registry, "private_strings"):
-            hide.update(registry.private_strings())
+        except Exception:  # noqa: BLE001 - it cannot open yet: its URL, as configured, is hidden
+            registry = None
+        hide = layout_strings(settings.home, base if base.exists() else None, registry)
+        if registry is None:
+            hide[self.args.registry or settings.registry_url] = "the server's registry"
         return hide
 
     def _call(self, target: Target, prepared: Prepared, digest: str | None) -> Any:
