@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ._perms import new_file
-from ._transfer import ChunkSource, materialize
+from ._transfer import ChunkSource, checkout_ok, materialize
+from .blobs import check_digest
 from .errors import InvalidAdapterError
 from .signing import (
     SignatureInfo,
+    SignatureReport,
     TrustPolicy,
     check_signatures,
     folder_digests,
@@ -102,6 +105,40 @@ def cached_checkout_ok(
     return True
 
 
+def cached_checkout(
+    v: AdapterVersion,
+    root: Path,
+    chunks: ChunkSource,
+    signatures: Callable[[], Sequence[SignatureInfo]],
+    policy: TrustPolicy | None,
+) -> Path:
+    """``v``'s verified checkout under ``root``, one folder per manifest digest: a cached one
+    whose files are whole (and, under a policy, re-hash and verify) is handed out as it is;
+    anything else is fetched again through ``chunks`` and checked before it appears.
+    ``signatures`` is asked only when a check needs them."""
+    dest = root / check_digest(v.digest).split(":", 1)[1]
+    if dest.is_dir():
+        if checkout_ok(v, dest) and (
+            policy is None or cached_checkout_ok(v, dest, signatures(), policy)
+        ):
+            return dest
+        logger.warning("cached checkout %s is incomplete; fetching it again", dest)
+        shutil.rmtree(dest, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    check = new_checkout_check(v, signatures(), policy)
+    try:
+        return materialize(v, dest, chunks, check=check)
+    except FileExistsError:  # another process materialized (and checked) it first
+        return dest
+
+
+def signature_report(
+    v: AdapterVersion, signatures: Sequence[SignatureInfo], policy: TrustPolicy | None
+) -> SignatureReport:
+    """``v``'s signatures checked against its recorded digests and ``policy``."""
+    return check_signatures(v.ref, recorded(v), [s.bundle for s in signatures], policy)
+
+
 def sign_version(
     v: AdapterVersion,
     chunks: ChunkSource,
@@ -125,9 +162,11 @@ def sign_version(
 
 
 __all__ = [
+    "cached_checkout",
     "cached_checkout_ok",
     "new_checkout_check",
     "recorded",
     "sign_version",
+    "signature_report",
     "write_signature",
 ]

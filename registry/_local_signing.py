@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from ._checkout import sign_version
+from ._checkout import sign_version, signature_report
 from ._db import bump_revision
 from ._meta import bind_signatures
 from .blobs import BlobStore
@@ -23,7 +23,6 @@ from .signing import (
     SignatureInfo,
     SignatureReport,
     TrustPolicy,
-    check_signatures,
 )
 from .tables import Adapter, AdapterVersion, Version, VersionSignature
 
@@ -132,10 +131,7 @@ class SignatureMethods:
         Example: ``reg.signature_report("legal@3", TrustPolicy.from_file("trust.json")).ok``
         """
         v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
-        bundles = [sig.bundle for sig in self.signatures(v)]
-        return check_signatures(
-            v.ref, {f.path: f.digest for f in v.files}, bundles, policy or self.trust_policy
-        )
+        return signature_report(v, self.signatures(v), policy or self.trust_policy)
 
     def sign(
         self,

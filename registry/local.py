@@ -19,7 +19,6 @@ import builtins
 import gc
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from sqlmodel import Session, col, delete, select
 from loraroute.redact import redact_url
 from loraroute.settings import Settings, get_settings
 
-from ._checkout import cached_checkout_ok, new_checkout_check
+from ._checkout import cached_checkout, new_checkout_check
 from ._db import bump_revision, make_engines, sqlite_path
 from ._evals_store import gate_promotion
 from ._local_evals import EvalMethods, alias_target
@@ -51,7 +50,7 @@ from ._meta import (
 )
 from ._suggest import close_matches, missing_adapter, missing_version
 from ._text import check_text
-from ._transfer import checkout_ok, materialize
+from ._transfer import materialize
 from .blobs import BlobStore, LocalBlobStore, open_blob_store
 from .errors import (
     AdapterNotFoundError,
@@ -531,21 +530,13 @@ class Registry(SignatureMethods, EvalMethods):
         """A verified folder holding ``ref``'s files, cached by manifest digest (``ref`` may
         be a version already resolved: no second lookup)."""
         v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
-        dest = self.checkout_dir / v.digest.split(":", 1)[1]
-        policy = self.trust_policy
-        if dest.is_dir():
-            if checkout_ok(v, dest) and (
-                policy is None or cached_checkout_ok(v, dest, self.signatures(v), policy)
-            ):
-                return dest
-            logger.warning("cached checkout %s is incomplete; fetching it again", dest)
-            shutil.rmtree(dest, ignore_errors=True)
-        self.checkout_dir.mkdir(parents=True, exist_ok=True)
-        check = new_checkout_check(v, self.signatures(v), policy)
-        try:
-            return materialize(v, dest, self.blobs.iter_chunks, check=check)
-        except FileExistsError:  # another process materialized (and checked) it first
-            return dest
+        return cached_checkout(
+            v,
+            self.checkout_dir,
+            self.blobs.iter_chunks,
+            lambda: self.signatures(v),
+            self.trust_policy,
+        )
 
     def import_folder(self, folder: str | Path, name: str, **meta: Any) -> AdapterVersion:
         """Import an existing PEFT folder (same checks as push)."""

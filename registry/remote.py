@@ -20,7 +20,6 @@ from __future__ import annotations
 import builtins
 import json
 import logging
-import shutil
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -33,9 +32,9 @@ from loraroute.redact import redact_text, redact_url
 from loraroute.settings import Settings, get_settings
 
 from . import errors
-from ._checkout import cached_checkout_ok, new_checkout_check, sign_version
+from ._checkout import cached_checkout, new_checkout_check, sign_version, signature_report
 from ._meta import bind_signatures, check_meta, complete_meta, read_signature_file
-from ._transfer import checkout_ok, materialize
+from ._transfer import materialize
 from .blobs import CHUNK, check_digest, sha256_file
 from .errors import InvalidResponseError, LimitError, RegistryError, RemoteError, SignatureError
 from .evals import EvalResult, GateReport, as_results, check_tolerance
@@ -58,7 +57,6 @@ from .signing import (
     SignatureInfo,
     SignatureReport,
     TrustPolicy,
-    check_signatures,
     load_trust_policy,
 )
 from .tables import AdapterVersion, FileInfo
@@ -405,21 +403,13 @@ class RemoteRegistry:
         """A verified local folder for ``ref``, cached by manifest digest (``ref`` may be a
         version already resolved: no second request)."""
         v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
-        dest = self.checkout_dir / check_digest(v.digest).split(":", 1)[1]
-        policy = self.trust_policy
-        if dest.is_dir():
-            if checkout_ok(v, dest) and (
-                policy is None or cached_checkout_ok(v, dest, self.signatures(v), policy)
-            ):
-                return dest
-            logger.warning("cached checkout %s is incomplete; fetching it again", dest)
-            shutil.rmtree(dest, ignore_errors=True)
-        self.checkout_dir.mkdir(parents=True, exist_ok=True)
-        check = new_checkout_check(v, self._checkout_signatures(v), policy)
-        try:
-            return materialize(v, dest, self._download, check=check)
-        except FileExistsError:
-            return dest
+        return cached_checkout(
+            v,
+            self.checkout_dir,
+            self._download,
+            lambda: self._checkout_signatures(v),
+            self.trust_policy,
+        )
 
     # -- signatures ------------------------------------------------------------------------
     def _checkout_signatures(self, v: AdapterVersion) -> builtins.list[SignatureInfo]:
@@ -479,10 +469,7 @@ class RemoteRegistry:
         """Check a version's signatures against its digests and ``policy`` (default: this
         client's ``trust_policy``), here on the client."""
         v = ref if isinstance(ref, AdapterVersion) else self.resolve(ref)
-        bundles = [sig.bundle for sig in self.signatures(v)]
-        return check_signatures(
-            v.ref, {f.path: f.digest for f in v.files}, bundles, policy or self.trust_policy
-        )
+        return signature_report(v, self.signatures(v), policy or self.trust_policy)
 
     def sign(
         self,
