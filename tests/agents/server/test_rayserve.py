@@ -38,6 +38,10 @@ def cluster(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")  # no token file under ~/.ray
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")  # offline
+        # Serve kills an HTTP proxy not ready in 5 s (and serve.start fails with it): on a
+        # busy 2-core machine its process can take longer to import and start
+        mp.setenv("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+        mp.setenv("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
         ray.init(
             num_cpus=2,
             include_dashboard=False,
@@ -105,26 +109,41 @@ def ask(client, model: str, max_tokens: int = 2, content: str = "Hello"):
     return out, info
 
 
+def settle(client, names: list[str], rounds: int = 12) -> list[list[bool]]:
+    """Asks for each adapter in turn until a whole round finds every one resident where it
+    landed: the first loads are placed before Serve's routers learn where anything is (a
+    replica reports its adapters within about 0.1 s of a load), so the first requests at once
+    may load an adapter on both replicas or three on one. Returns each round's answers."""
+    seen = []
+    for _ in range(rounds):
+        seen.append([ask(client, name)[1]["placement"]["adapter_was_resident"] for name in names])
+        if all(seen[-1]):
+            return seen
+        time.sleep(0.3)  # the replicas' reports reach the ingress's router
+    raise AssertionError(f"placement never settled: adapter_was_resident per round {seen}")
+
+
 def test_requests_go_to_the_replica_that_holds_their_adapter(served):
     client, versions = served
     names = list(EXAMPLES)
+    settle(client, names)  # 4 adapters on 2 replicas of 2 slots: 2 on each, all resident
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda i: ask(client, names[i % 4]), range(48)))
     by_adapter = collections.defaultdict(collections.Counter)
     held = 0
-    for i, (out, info) in enumerate(answers):
+    for out, info in answers:
         assert out.choices[0].message.content is not None
         assert info["adapter_digest"] == versions[info["requested_model"]].digest
-        if i >= 12:  # once the first loads have settled where each adapter lives
-            by_adapter[info["adapter"]][info["placement"]["replica"]] += 1
+        by_adapter[info["adapter"]][info["placement"]["replica"]] += 1
         held += info["placement"]["adapter_was_resident"]
     replicas = {r for counts in by_adapter.values() for r in counts}
-    assert len(replicas) == 2  # both replicas served
+    assert len(replicas) == 2, by_adapter  # both replicas served
     for counts in by_adapter.values():  # each adapter stays on one replica (random: ~50/50)
         assert counts.most_common(1)[0][1] >= 0.9 * sum(counts.values()), by_adapter
-    # a request lands where its adapter is already resident, bar the first loads (random
-    # placement over 2 replicas of 2 slots: about half)
-    assert held >= 0.8 * len(answers), by_adapter
+    # a request lands where its adapter is already resident (random placement over 2
+    # replicas of 2 slots: about half); a request may still go elsewhere when its replica
+    # has max_ongoing_requests (4) running
+    assert held >= 0.9 * len(answers), by_adapter
 
 
 def test_streams_report_their_replica_and_auto_routes(served):
