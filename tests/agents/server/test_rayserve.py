@@ -109,16 +109,16 @@ def ask(client, model: str, max_tokens: int = 2, content: str = "Hello"):
     return out, info
 
 
-def settle(client, names: list[str], rounds: int = 12) -> list[list[bool]]:
+def settle(client, names: list[str], rounds: int = 12) -> None:
     """Asks for each adapter in turn until a whole round finds every one resident where it
     landed: the first loads are placed before Serve's routers learn where anything is (a
     replica reports its adapters within about 0.1 s of a load), so the first requests at once
-    may load an adapter on both replicas or three on one. Returns each round's answers."""
+    may load an adapter on both replicas or three on one."""
     seen = []
     for _ in range(rounds):
         seen.append([ask(client, name)[1]["placement"]["adapter_was_resident"] for name in names])
         if all(seen[-1]):
-            return seen
+            return
         time.sleep(0.3)  # the replicas' reports reach the ingress's router
     raise AssertionError(f"placement never settled: adapter_was_resident per round {seen}")
 
